@@ -1,0 +1,12 @@
+"""Checkpoint conversion between wegen_jax and PyTorch layouts.
+
+    from wegen_jax import convert
+    model = convert.load_hf_llm("path/to/hf_dir")      # NNX LLM with weights
+    logits = model(input_ids)                           # [batch, seq, vocab]
+    convert.save_hf_llm(model, "out_dir")              # AutoModelForCausalLM loads it
+
+CLI: `python -m wegen_jax.convert --help`.
+"""
+from wegen_jax.convert.checkpoint_io import (CheckpointError, read_state_dict, save_safetensors,
+                                             save_state_dict)
+from wegen_jax.convert.hf_llm import config_from_hf, hf_config, load_hf_llm, save_hf_llm
