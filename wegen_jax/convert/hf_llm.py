@@ -40,8 +40,8 @@ def config_from_hf(d: Mapping[str, Any], **overrides) -> LLMConfig:
     text = dict(d.get("text_config") or d)  # transformers 5 nests the text model's config
     for k in ("vocab_size", "tie_word_embeddings"):
       text.setdefault(k, d.get(k))
-    theta, scaling = _rope_params(text)
-    section = (scaling or {}).get("mrope_section")
+    theta, _ = _rope_params(text)
+    section = (text.get("rope_parameters") or text.get("rope_scaling") or {}).get("mrope_section")
     cfg = _llama_like(text, "qwen2", qkv_bias=True, theta=theta, scaling=None)
     return cfg.replace(mrope_section=tuple(section) if section else None, **overrides)
   if model_type in ("llama", "qwen2"):

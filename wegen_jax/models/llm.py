@@ -54,7 +54,7 @@ class LLMConfig:
   norm_bias: bool = False            # LayerNorm bias (OPT)
   position_embedding: str = "rope"   # "rope" | "learned"
   rope_theta: float = 10000.0
-  rope_scaling: Mapping[str, Any] | None = None
+  rope_scaling: Mapping[str, Any] | tuple | None = None  # stored as sorted (key, value) pairs
   mrope_section: Sequence[int] | None = None
   max_position_embeddings: int = 4096
   learned_position_offset: int = 2   # OPT's positions are shifted by 2
@@ -66,6 +66,12 @@ class LLMConfig:
   attention_impl: str = "xla"
 
   def __post_init__(self):
+    # Hashable fields: the config is static data of the jitted graph.
+    if isinstance(self.rope_scaling, Mapping):
+      items = ((k, tuple(v) if isinstance(v, list) else v) for k, v in self.rope_scaling.items())
+      object.__setattr__(self, "rope_scaling", tuple(sorted(items)))
+    if self.mrope_section is not None:
+      object.__setattr__(self, "mrope_section", tuple(self.mrope_section))
     if self.num_heads % self.kv_heads:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.kv_heads}")
     if self.remat not in REMAT_POLICIES:

@@ -1,0 +1,123 @@
+"""Jit-compiled autoregressive decoding with a fixed-shape KV cache.
+
+Prompts are left-padded ([B, P] with an attention mask, HF convention); the cache holds
+P + max_new_tokens slots, so the whole loop (prefill + `lax.while_loop`) compiles once per
+shape. A `DecodeHook` can rewrite each step: force the next token and/or replace the next
+input embedding. WeGen uses it to feed back input_proj(output_proj(h)) for the 64 image
+positions; GILL uses it to force [IMG1..7] after [IMG0] (see ForcedTokensHook).
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wegen_jax.generation.sampling import SamplingConfig, sample_token
+
+
+class DecodeHook(nnx.Module):
+  """Base hook: changes nothing. Subclasses override `init` and `step`.
+
+  step(state, token [B], hidden [B, E]) -> (token [B], embed [B, E], use_embed [B] bool, state)
+  `hidden` is the last hidden state that produced `token`'s logits; where `use_embed` is
+  True, `embed` replaces the token embedding as the next input.
+  """
+
+  def init(self, batch: int, hidden_size: int):
+    return ()
+
+  def step(self, state, token, hidden):
+    return token, jnp.zeros_like(hidden), jnp.zeros(token.shape, bool), state
+
+
+class ForcedTokensHook(DecodeHook):
+  """After `trigger` is emitted, force `forced` tokens one per step; while forcing, the next
+  input embedding is `embed_fn(hidden)` when an embed_fn (an nnx.Module) is given."""
+
+  def __init__(self, trigger: int, forced, embed_fn: nnx.Module | None = None):
+    self.trigger = int(trigger)
+    self.forced = tuple(int(t) for t in forced)
+    self.embed_fn = embed_fn
+
+  def init(self, batch, hidden_size):
+    return jnp.full((batch,), -1, jnp.int32)   # index into `forced`, -1 = not forcing
+
+  def step(self, state, token, hidden):
+    forcing = state >= 0
+    forced = jnp.asarray(self.forced, jnp.int32)[jnp.clip(state, 0, len(self.forced) - 1)]
+    token = jnp.where(forcing, forced, token)
+    use_embed = forcing if self.embed_fn is not None else jnp.zeros_like(forcing)
+    embed = self.embed_fn(hidden).astype(hidden.dtype) if self.embed_fn is not None else jnp.zeros_like(hidden)
+    nxt = jnp.where(forcing, state + 1, jnp.where(token == self.trigger, 0, -1))
+    nxt = jnp.where(nxt >= len(self.forced), -1, nxt)
+    return token, embed, use_embed, nxt
+
+
+class GenerateOutput(NamedTuple):
+  tokens: jax.Array          # [B, N] generated ids, pad_token after a stop token
+  hidden_states: jax.Array   # [B, N, E]: the hidden state whose logits chose tokens[:, i]
+  lengths: jax.Array         # [B] tokens generated up to and including the stop token
+
+
+def _check_left_padded(mask: np.ndarray) -> None:
+  started = np.cumsum(mask, axis=1) > 0
+  if np.any(started & (mask == 0)):
+    raise ValueError("generate() needs left-padded prompts (padding before the tokens, "
+                     "as HF's tokenizer(padding_side='left') gives)")
+  if np.any(mask.sum(axis=1) == 0):
+    raise ValueError("every prompt needs at least one token")
+
+
+def generate(model, input_ids, *, attention_mask=None, sampling: SamplingConfig = SamplingConfig(),
+             rng=None, hook: DecodeHook | None = None) -> GenerateOutput:
+  """Decodes `sampling.max_new_tokens` tokens after left-padded prompts [B, P]."""
+  input_ids = jnp.asarray(input_ids, jnp.int32)
+  mask = np.ones(input_ids.shape, np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
+  _check_left_padded(mask)
+  rng = jax.random.key(0) if rng is None else rng
+  graphdef, state = nnx.split((model, hook or DecodeHook()))
+  return _generate(graphdef, state, input_ids, jnp.asarray(mask), rng, sampling)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"))
+def _generate(graphdef, state, input_ids, mask, rng, sampling: SamplingConfig) -> GenerateOutput:
+  model, hook = nnx.merge(graphdef, state)
+  b, p = input_ids.shape
+  n = sampling.max_new_tokens
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  out = model.forward(input_ids, positions=positions, segment_ids=mask,
+                      cache=model.init_cache(b, p + n), cache_index=0)
+  hidden = out.hidden_states[:, -1]
+  stop = jnp.asarray(sampling.stop_tokens or (-1,), jnp.int32)
+
+  def body(carry):
+    step, cache, logits, hidden, pos, done, tokens, hiddens, lengths, rng, hook_state = carry
+    rng, sub = jax.random.split(rng)
+    token = sample_token(logits, sub, sampling)
+    token, embed, use_embed, hook_state = hook.step(hook_state, token, hidden)
+    token = jnp.where(done, sampling.pad_token, token)
+    tokens = tokens.at[:, step].set(token)
+    hiddens = hiddens.at[:, step].set(hidden)
+    lengths = lengths + (~done).astype(jnp.int32)
+    done = done | jnp.isin(token, stop)
+    x = model.embed_tokens(token[:, None])
+    x = jnp.where(use_embed[:, None, None], embed[:, None].astype(x.dtype), x)
+    out = model.forward(inputs_embeds=x, positions=pos[:, None], segment_ids=jnp.ones((b, 1), jnp.int32),
+                        cache=cache, cache_index=p + step)
+    return (step + 1, out.cache, out.logits[:, 0], out.hidden_states[:, 0], pos + 1, done, tokens,
+            hiddens, lengths, rng, hook_state)
+
+  def cond(carry):
+    return (carry[0] < n) & ~jnp.all(carry[5])
+
+  positions_last = positions[:, -1] if positions.ndim == 2 else positions[..., -1]
+  carry = (jnp.int32(0), out.cache, out.logits[:, -1], hidden, positions_last + 1,
+           jnp.zeros((b,), bool), jnp.full((b, n), sampling.pad_token, jnp.int32),
+           jnp.zeros((b, n, hidden.shape[-1]), hidden.dtype), jnp.zeros((b,), jnp.int32), rng,
+           hook.init(b, hidden.shape[-1]))
+  carry = jax.lax.while_loop(cond, body, carry)
+  return GenerateOutput(carry[6], carry[7], carry[8])
