@@ -235,11 +235,11 @@ class DownBlock(nnx.Module):
                       eps=cfg.norm_eps, act=cfg.act_fn, output_scale_factor=cfg.resnet_out_scale_factor, **kw)
         for j in range(n)])
     self.attentions = None if cfg.down_block_types[i] != "CrossAttnDownBlock2D" else nnx.List([
-          Transformer2DModel(out_ch, cfg.num_attention_heads[i], cfg.cross_attention_dim[i],
-                             cfg.down_transformer_layers[i][j], groups=cfg.norm_num_groups,
-                             linear_projection=cfg.use_linear_projection,
-                             attention_impl=cfg.attention_impl, **kw)
-          for j in range(n)])
+        Transformer2DModel(out_ch, cfg.num_attention_heads[i], cfg.cross_attention_dim[i],
+                           cfg.down_transformer_layers[i][j], groups=cfg.norm_num_groups,
+                           linear_projection=cfg.use_linear_projection, attention_impl=cfg.attention_impl,
+                           **kw)
+        for j in range(n)])
     last = i == len(cfg.block_out_channels) - 1
     self.downsamplers = None if last else nnx.List(
         [Downsample2D(out_ch, padding=cfg.downsample_padding, **kw)])
@@ -275,10 +275,10 @@ class UpBlock(nnx.Module):
                       output_scale_factor=cfg.resnet_out_scale_factor, **kw)
         for j in range(n)])
     self.attentions = None if cfg.up_block_types[i] != "CrossAttnUpBlock2D" else nnx.List([
-          Transformer2DModel(out_ch, heads, cross, cfg.up_transformer_layers[i][j],
-                             groups=cfg.norm_num_groups, linear_projection=cfg.use_linear_projection,
-                             attention_impl=cfg.attention_impl, **kw)
-          for j in range(n)])
+        Transformer2DModel(out_ch, heads, cross, cfg.up_transformer_layers[i][j],
+                           groups=cfg.norm_num_groups, linear_projection=cfg.use_linear_projection,
+                           attention_impl=cfg.attention_impl, **kw)
+        for j in range(n)])
     self.upsamplers = None if i == nb - 1 else nnx.List([Upsample2D(out_ch, **kw)])
 
   def __call__(self, x, skips, temb, context, upsample_size=None):
