@@ -82,7 +82,8 @@ def save_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
                      metadata: Mapping[str, str] | None = None) -> None:
   header, offset, arrays = {}, 0, []
   for name in sorted(tensors):
-    a = np.ascontiguousarray(np.asarray(tensors[name]))
+    a = np.asarray(tensors[name])
+    a = np.ascontiguousarray(a).reshape(a.shape)  # ascontiguousarray makes 0-d arrays 1-d
     if a.dtype not in _NAMES:
       raise CheckpointError(f"tensor {name!r}: dtype {a.dtype} cannot be written to safetensors")
     header[name] = {"dtype": _NAMES[a.dtype], "shape": list(a.shape),

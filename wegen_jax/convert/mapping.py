@@ -116,5 +116,6 @@ def export_state_dict(model: nnx.Module, rules: Sequence[Rule], dtype=None) -> d
     value = np.asarray(jax.device_get(var.get_value()))
     if dtype is not None:
       value = value.astype(dtype)
-    out[key] = np.ascontiguousarray(transform.to_torch(value))
+    value = transform.to_torch(value)
+    out[key] = np.ascontiguousarray(value).reshape(np.shape(value))  # keep 0-d tensors 0-d
   return out
