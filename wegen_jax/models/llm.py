@@ -72,6 +72,8 @@ class LLMConfig:
       object.__setattr__(self, "rope_scaling", tuple(sorted(items)))
     if self.mrope_section is not None:
       object.__setattr__(self, "mrope_section", tuple(self.mrope_section))
+    if self.head_dim is None:
+      object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
     if self.num_heads % self.kv_heads:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.kv_heads}")
     if self.remat not in REMAT_POLICIES:
@@ -83,7 +85,7 @@ class LLMConfig:
 
   @property
   def dim_per_head(self) -> int:
-    return self.head_dim or self.hidden_size // self.num_heads
+    return self.head_dim
 
   @property
   def embed_dim(self) -> int:
