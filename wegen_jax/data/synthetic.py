@@ -238,7 +238,8 @@ def generate_clip(seed: int, spec: ClipSpec = ClipSpec()) -> tuple[np.ndarray, d
             gt_frames.append({"scene": k, "objects": objs})
     objects = {f"s{k}o{j}": {"scene": k, "shape": o["shape"], "texture": o["texture"], "colour": o["colour"]}
                for k, sc in enumerate(scenes) for j, o in enumerate(sc["objects"])}
-    gt = {"seed": int(seed), "size": [n, n], "fps": spec.fps, "num_frames": T, "static": spec.static,
+    gt = {"seed": int(seed), "spec": dataclasses.asdict(spec), "size": [n, n], "fps": spec.fps, "num_frames": T,
+          "static": spec.static,
           "cuts": bounds[1:-1], "scenes": scenes, "objects": objects, "frames": gt_frames}
     return frames, gt
 

@@ -57,7 +57,9 @@ def write_video(path: str, frames: np.ndarray, fps: int, codec: str = "libx264",
 
 def probe(path: str, max_pixels: int) -> Probe:
     if not os.path.exists(path):
-        raise VideoError("missing file")
+        raise VideoError("missing file or broken link")
+    if not os.path.isfile(path):  # a FIFO or device would block or stream forever
+        raise VideoError("not a regular file")
     if os.path.getsize(path) == 0:
         raise VideoError("zero-length file")
     try:
