@@ -128,7 +128,7 @@ class _CanonicalView(Mapping[str, np.ndarray]):
         self._get[f"{head}.{leaf[0]}.bias"] = get
       elif head.endswith(("attn.q_proj", "attn.k_proj", "attn.v_proj")):
         if not (head.endswith("k_proj") and leaf == "bias"):
-          self._get[f"{head[:-7]}{head[-6]}.{leaf}"] = get
+          self._get[f"{head[:-6]}{head[-6]}.{leaf}"] = get
       elif name == "pos_embed":
         self._get[name] = lambda g=get: self._pos_embed(g())
       else:
