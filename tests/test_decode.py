@@ -103,3 +103,24 @@ def test_rejects_right_padding():
   model = tiny()
   with pytest.raises(ValueError, match="left-padded"):
     generate(model, np.ones((1, 4), np.int32), attention_mask=np.array([[1, 1, 0, 0]]))
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_packed_sequences_equal_separate_runs(family):
+  """Segment ids + per-segment positions: packing two sequences changes nothing."""
+  model = tiny(family)
+  a = np.random.RandomState(4).randint(1, 64, (1, 5))
+  b = np.random.RandomState(5).randint(1, 64, (1, 7))
+  packed = jnp.asarray(np.concatenate([a, b, np.zeros((1, 3), int)], axis=1))
+  segments = jnp.asarray([[1] * 5 + [2] * 7 + [0] * 3])
+  positions = jnp.asarray([list(range(5)) + list(range(7)) + [0] * 3])
+  logits = np.asarray(model(packed, positions=positions, segment_ids=segments))
+  np.testing.assert_allclose(logits[:, :5], np.asarray(model(jnp.asarray(a))), atol=1e-5)
+  np.testing.assert_allclose(logits[:, 5:12], np.asarray(model(jnp.asarray(b))), atol=1e-5)
+
+
+def test_inputs_embeds_equal_input_ids():
+  model = tiny("opt", word_embed_proj_dim=16)
+  ids = jnp.asarray(np.random.RandomState(6).randint(1, 64, (2, 6)))
+  np.testing.assert_allclose(np.asarray(model(None, inputs_embeds=model.embed_tokens(ids))),
+                             np.asarray(model(ids)), atol=1e-6)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import jax
 from flax import nnx
@@ -94,6 +94,16 @@ def shard_module(module: nnx.Module, mesh, rules=None) -> nnx.Module:
   shardings = state_shardings(state, mesh, rules)
   nnx.update(module, jax.device_put(state, shardings))
   return module
+
+
+def create_sharded(constructor: Callable[[], nnx.Module], mesh, rules=None) -> nnx.Module:
+  """Builds a module directly into its shardings: the constructor runs under jit with
+  out_shardings, so no device ever holds the whole model (7B does not fit on one chip)."""
+  abstract = nnx.eval_shape(constructor)
+  graphdef, abstract_state = nnx.split(abstract)
+  shardings = state_shardings(abstract_state, mesh, rules)
+  state = jax.jit(lambda: nnx.split(constructor())[1], out_shardings=shardings)()
+  return nnx.merge(graphdef, state)
 
 
 @contextlib.contextmanager
