@@ -1,0 +1,101 @@
+"""UNet2DConditionModel vs diffusers: noise prediction, export round trip, widened conv_in, errors."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from tests.test_diffusion_refs import (UNET_CONFIGS, diffusers_unet, run_diffusers_unet,  # noqa: E402
+                                       unet_inputs)
+from wegen_jax import convert  # noqa: E402
+from wegen_jax.convert.checkpoint_io import CheckpointError  # noqa: E402
+from wegen_jax.models.unet import widen_conv_in  # noqa: E402
+
+
+@nnx.jit
+def _forward(unet, x, t, ctx, added):
+  return unet(x, t, ctx, added)
+
+
+def ours(unet, x, t, ctx, added=None):
+  added = None if added is None else {k: jnp.asarray(v) for k, v in added.items()}
+  return np.asarray(_forward(unet, jnp.asarray(x), jnp.asarray(t), jnp.asarray(ctx), added))
+
+
+@pytest.fixture(scope="module", params=sorted(UNET_CONFIGS))
+def pair(request, tmp_path_factory):
+  ref = diffusers_unet(request.param)
+  path = tmp_path_factory.mktemp(request.param)
+  ref.save_pretrained(path)
+  return ref, convert.load_diffusers_unet(path)
+
+
+def test_noise_prediction_matches(pair):
+  ref, unet = pair
+  args = unet_inputs(ref)
+  want = run_diffusers_unet(ref, *args)
+  assert np.abs(want).max() > 0.1   # a live output, not a degenerate one
+  np.testing.assert_allclose(ours(unet, *args), want, atol=1e-4, rtol=0)
+
+
+def test_export_round_trip(pair, tmp_path):
+  ref, unet = pair
+  convert.save_diffusers_unet(unet, tmp_path)
+  back = diffusers.UNet2DConditionModel.from_pretrained(tmp_path).eval()
+  args = unet_inputs(ref, seed=1)
+  np.testing.assert_allclose(run_diffusers_unet(back, *args), run_diffusers_unet(ref, *args), atol=1e-5, rtol=0)
+  sd_ref, sd_back = ref.state_dict(), back.state_dict()
+  assert sorted(sd_ref) == sorted(sd_back)
+
+
+def test_widened_conv_in(tmp_path):
+  """GoT: conv_in 4 -> 12 with zero new channels keeps the output; export loads with in_channels=12."""
+  ref = diffusers_unet("sdxl")
+  ref.save_pretrained(tmp_path / "base")
+  unet = convert.load_diffusers_unet(tmp_path / "base")
+  x, t, ctx, added = unet_inputs(ref)
+  base = ours(unet, x, t, ctx, added)
+  widen_conv_in(unet, 12)
+  assert unet.cfg.in_channels == 12 and unet.conv_in.kernel.shape == (3, 3, 12, 32)
+  extra = np.random.RandomState(5).randn(x.shape[0], 8, *x.shape[2:]).astype(np.float32)
+  x12 = np.concatenate([x, extra], axis=1)
+  np.testing.assert_allclose(ours(unet, x12, t, ctx, added), base, atol=1e-5, rtol=0)
+  # Train-like change to the new channels, then diffusers must agree on the 12-channel model.
+  unet.conv_in.kernel.set_value(unet.conv_in.kernel[...].at[:, :, 4:].set(0.05))
+  convert.save_diffusers_unet(unet, tmp_path / "wide")
+  assert json.loads((tmp_path / "wide" / "config.json").read_text())["in_channels"] == 12
+  back = diffusers.UNet2DConditionModel.from_pretrained(tmp_path / "wide").eval()
+  np.testing.assert_allclose(ours(unet, x12, t, ctx, added), run_diffusers_unet(back, x12, t, ctx, added),
+                             atol=1e-4, rtol=0)
+
+
+def test_errors_name_the_problem(tmp_path):
+  with pytest.raises(CheckpointError, match="config.json"):
+    convert.load_diffusers_unet(tmp_path)
+  ref = diffusers_unet("sd15")
+  ref.save_pretrained(tmp_path)
+  cfg = json.loads((tmp_path / "config.json").read_text())
+  cfg["cross_attention_dim"] = 20
+  (tmp_path / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(CheckpointError, match=r"attn2\.to_k\.weight"):
+    convert.load_diffusers_unet(tmp_path)
+  cfg.update(cross_attention_dim=24, addition_embed_type="text_time", addition_time_embed_dim=8,
+             projection_class_embeddings_input_dim=68)
+  (tmp_path / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(CheckpointError, match=r"lacks 4 tensor.*add_embedding\.linear_1"):
+    convert.load_diffusers_unet(tmp_path)
+
+
+def test_text_time_needs_added_cond_kwargs(pair):
+  ref, unet = pair
+  if unet.cfg.addition_embed_type != "text_time":
+    pytest.skip("no text_time embedding")
+  x, t, ctx, _ = unet_inputs(ref)
+  with pytest.raises(ValueError, match="text_embeds"):
+    unet(jnp.asarray(x), jnp.asarray(t), jnp.asarray(ctx))
