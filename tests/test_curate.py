@@ -1,6 +1,8 @@
 """DIIC curation end to end on generator videos (several codecs) plus broken files: shots match the ground-truth
 cuts, static clips give nothing, bad files are named, the dataset loads through Grain, labelling, resume,
 host sharding and determinism."""
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -80,7 +82,11 @@ def corpus(tmp_path_factory):
 def curated(corpus, tmp_path_factory):
     root, vids, cfg = corpus
     out = tmp_path_factory.mktemp("out") / "data"
-    assert cli.main(["--videos", str(vids), "--out", str(out), "--config", cfg, "--no-progress"]) == 0
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert cli.main(["--videos", str(vids), "--out", str(out), "--config", cfg, "--no-progress"]) == 0
+    printed = buf.getvalue()
+    assert "records are unlabelled" in printed and "--label" in printed and "failed: corrupt.mp4" in printed
     with open(out / runner.STATS) as f:
         return out, json.load(f)
 
@@ -174,6 +180,9 @@ def test_unlabelled_selection_loads_through_grain(curated):
             assert ex["frames"].shape == (k, 64, 64, 3) and ex["frames"].dtype == np.uint8
             assert not ex["labelled"] and ex["dynamics"] == [""] * (k - 1)
     assert sizes == {2, 3}
+    import tensorflow_datasets as tfds  # the shards are a regular TFDS dataset directory
+    info = tfds.builder_from_directory(stats["dataset_dir"]).info
+    assert {k: v.num_examples for k, v in info.splits.items()} == stats["splits"]
     pairs = source.dynamics_dataset(str(out), "train", num_frames=2, shard_index=1, shard_count=2)
     assert all(len(ex["frame_indices"]) == 2 for ex in pairs)
 

@@ -31,7 +31,7 @@ class LabelRequest:
     video_path: str
     video_id: str
     frame_indices: Sequence[int]      # source frame indices
-    frames: np.ndarray                # uint8 [K, H, W, 3] as stored in the record
+    frames: np.ndarray                # uint8 [K, H, W, 3] as stored in the record (empty if not needed)
     crop: Sequence[float]             # source window kept in the record, (x0, y0, x1, y1) normalised
 
 
@@ -44,6 +44,7 @@ class Label:
 
 class Labeller(Protocol):
     name: str
+    needs_frames: bool  # False: LabelRequest.frames is left empty (no PNG decoding)
 
     def __call__(self, req: LabelRequest) -> Label: ...
 
@@ -52,6 +53,7 @@ class GroundTruthLabeller:
     """Texts and boxes from the synthetic generator's ground truth; exact by construction."""
 
     name = "synthetic"
+    needs_frames = False
 
     def __init__(self, with_boxes: bool = True):
         self.with_boxes = with_boxes
@@ -101,6 +103,7 @@ class WeGenLabeller:
     """
 
     name = "wegen"
+    needs_frames = True
 
     def __init__(self, checkpoint: str):
         try:
@@ -123,6 +126,7 @@ class HFVLMLabeller:
     """A transformers image-text-to-text model (e.g. Qwen2.5-VL, LLaVA) from a local directory, on CPU/GPU."""
 
     name = "hf_vlm"
+    needs_frames = True
 
     def __init__(self, path: str, caption_prompt: str, dynamics_prompt: str, max_new_tokens: int = 64,
                  device: str = "cpu"):

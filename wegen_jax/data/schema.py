@@ -56,15 +56,16 @@ def decode_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def make_record(video_id: str, frame_indices: Sequence[int], frames: Sequence[np.ndarray]) -> dict[str, Any]:
-    """An unlabelled record; a labeller later fills caption/dynamics/boxes via `with_labels`."""
+def make_record(video_id: str, frame_indices: Sequence[int], frames: Sequence[np.ndarray | bytes]) -> dict[str, Any]:
+    """An unlabelled record (frames as uint8 HWC arrays or PNG bytes); a labeller later fills
+    caption/dynamics/boxes via `with_labels`."""
     k = len(frame_indices)
     if k < 2 or len(frames) != k:
         raise ValueError(f"need >= 2 frames with one index each, got {k} indices and {len(frames)} frames")
     return {
         "video_id": video_id,
         "frame_indices": np.asarray(frame_indices, np.int32),
-        "frames": [encode_png(f) for f in frames],
+        "frames": [f if isinstance(f, bytes) else encode_png(f) for f in frames],
         "caption": "",
         "dynamics": [""] * (k - 1),
         "boxes": np.zeros((0, 4), np.float32),

@@ -14,7 +14,7 @@ def get_config(arg=None):
     # decoding
     c.sample_fps = 4.0               # frames kept per second of video (0 = every frame)
     c.frame_size = 256               # records hold size x size centre crops
-    c.analysis_size = 64             # grey thumbnails for shots/motion/quality (frame_size % analysis_size == 0)
+    c.analysis_size = 64             # colour/grey thumbnails for shots, motion, quality, built-in features
     c.max_pixels = 7680 * 4320       # larger sources are skipped as "enormous"
     c.max_frames_per_video = 2000    # sampled frames; long videos are cut off there
     c.min_frames = 3                 # fewer sampled frames: skipped as too short

@@ -18,6 +18,7 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 class FrameEncoder(Protocol):
     name: str
+    full_resolution: bool  # False: called on the analysis_size thumbnails
 
     def __call__(self, frames: np.ndarray) -> np.ndarray: ...
 
@@ -30,6 +31,7 @@ class ThumbHistEncoder:
     """[joint RGB histogram (bins^3) | thumb x thumb colour thumbnail], each half unit-normalised."""
 
     name = "thumb_hist"
+    full_resolution = False  # the analysis-size thumbnails are plenty for a histogram and an 8x8 layout
 
     def __init__(self, bins: int = 4, thumb: int = 8):
         self.bins, self.thumb = bins, thumb
@@ -49,6 +51,7 @@ class ClipEncoder:
     """Adapter for the project's JAX CLIP: load_hf_clip(path).get_image_features(pixel_values NCHW)."""
 
     name = "clip"
+    full_resolution = True  # gets the decoded frames, not the analysis thumbnails
 
     def __init__(self, path: str, image_size: int = 224, batch_size: int = 32):
         try:

@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 
-def grey(frames: np.ndarray, size: int) -> np.ndarray:
-    """Box-downsampled grey frames in [0, 1], [T, size, size] (frames are square after decoding)."""
-    g = frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
-    f = g.shape[1] // size
-    if f > 1 and g.shape[1] % size == 0:
-        g = g.reshape(len(g), size, f, size, f).mean(axis=(2, 4))
-    return g
+def downsample(frames: np.ndarray, size: int) -> np.ndarray:
+    """Box-downsampled uint8 colour frames [T, size, size, 3] (frames are square after decoding); the analysis
+    (shots, motion, quality, built-in features) runs on these, so its cost does not grow with frame_size."""
+    f = frames.shape[1] // size
+    if f <= 1 or frames.shape[1] % size:
+        return frames
+    return np.stack([np.asarray(Image.fromarray(fr).reduce(f)) for fr in frames])  # PIL's C box filter
+
+
+def grey(small: np.ndarray) -> np.ndarray:
+    """Grey frames in [0, 1]."""
+    return small.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
 
 
 def sharpness(g: np.ndarray) -> np.ndarray:

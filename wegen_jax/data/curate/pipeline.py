@@ -41,18 +41,20 @@ def process_video(path: str, video_id: str, cfg, encoder) -> dict[str, Any]:
         return result
 
     t = time.perf_counter()
-    g = filters.grey(dec.frames, cfg.analysis_size)
-    shot_list, _ = shots.detect_shots(dec.frames, g, cfg.shots)
+    small = filters.downsample(dec.frames, cfg.analysis_size)
+    g = filters.grey(small)
+    shot_list, _ = shots.detect_shots(small, g, cfg.shots)
     times["shots"] = time.perf_counter() - t
     t = time.perf_counter()
-    feats = encoder(dec.frames)
+    feats = encoder(dec.frames if getattr(encoder, "full_resolution", False) else small)
     times["features"] = time.perf_counter() - t
     t = time.perf_counter()
     kept, funnel = select.select(g, feats, shot_list, min(dec.probe.width, dec.probe.height), cfg.select,
                                  video_rng(cfg.seed, video_id))
     times["select"] = time.perf_counter() - t
     t = time.perf_counter()
-    records = [schema.make_record(video_id, dec.source_index[list(c)].tolist(), dec.frames[list(c)]) for c in kept]
+    png = {t: schema.encode_png(dec.frames[t]) for t in sorted({t for c in kept for t in c})}  # once per frame
+    records = [schema.make_record(video_id, dec.source_index[list(c)].tolist(), [png[t] for t in c]) for c in kept]
     times["encode_png"] = time.perf_counter() - t
     src = dec.source_index
     last = int(src[-1]) + 1

@@ -185,8 +185,10 @@ def run_labelling(data_dir: str, cfg, host_index: int = 0, host_count: int = 1, 
             if rec["labelled"]:
                 new.append(rec)
                 continue
-            req = labellers.LabelRequest(res["path"], res["video_id"], rec["frame_indices"].tolist(),
-                                         np.stack([schema.decode_png(b) for b in rec["frames"]]), res["crop"])
+            frames = (np.stack([schema.decode_png(b) for b in rec["frames"]]) if labeller.needs_frames
+                      else np.zeros((0,), np.uint8))
+            req = labellers.LabelRequest(res["path"], res["video_id"], rec["frame_indices"].tolist(), frames,
+                                         res["crop"])
             try:
                 lab = labeller(req)
                 new.append(schema.with_labels(rec, labeller.name, lab.caption, lab.dynamics, lab.boxes))
