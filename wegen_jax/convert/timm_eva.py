@@ -19,7 +19,7 @@ from flax import nnx
 
 from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict
 from wegen_jax.convert.mapping import CONV, COPY, LINEAR, Rule, Transform, export_state_dict, load_state_dict
-from wegen_jax.models.eva import EVAConfig, EVAVisionTower
+from wegen_jax.models.eva import EVA_CLIP_E_14_PLUS_448, EVAConfig, EVAVisionTower
 from wegen_jax.models.vit import resample_pos_embed
 
 _POS = Transform(lambda x: x.reshape(x.shape[-2:]), lambda x: x[None])       # [1, N, D] <-> [N, D]
@@ -155,13 +155,14 @@ class _CanonicalView(Mapping[str, np.ndarray]):
     return len(self._get)
 
 
-def load_timm_eva(state_dict_or_path, config: EVAConfig | Mapping[str, Any], *,
+def load_timm_eva(state_dict_or_path, config: EVAConfig | Mapping[str, Any] = EVA_CLIP_E_14_PLUS_448, *,
                   strict: bool = True) -> EVAVisionTower:
   """EVA tower with the weights of a timm `Eva` state dict or an EVA-CLIP `visual.pt`.
 
   state_dict_or_path: a mapping name -> array (numpy or torch tensors), or a path read by
     checkpoint_io.read_state_dict (.pt/.bin via torch.load(weights_only=True), .safetensors).
-  config: an EVAConfig, timm `Eva` kwargs, or an EVA-CLIP `vision_cfg` dict (config_from_timm).
+  config: an EVAConfig, timm `Eva` kwargs, or an EVA-CLIP `vision_cfg` dict (config_from_timm);
+    default: WeGen's EVA-CLIP-E-14-plus at 448 px (a 224-px pos_embed is resampled).
   Returns an EVAVisionTower; `tower(pixels)` with NCHW pixels [B, 3, H, W] gives the patch
   tokens of the last block [B, (H/p)*(W/p), width] (CLS dropped, no final norm), and
   `tower.forward_features(pixels)` all tokens with CLS first (timm's `forward_features`
