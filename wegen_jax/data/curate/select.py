@@ -23,6 +23,18 @@ def select(grey: np.ndarray, feats: np.ndarray, shots: list[tuple[int, int]], so
            rng: np.random.Generator) -> tuple[list[tuple[int, ...]], dict[str, dict[str, int]]]:
     """Returns kept tuples of sampled-frame indices and, per tuple size, how many survive each stage."""
     good = (filters.sharpness(grey) >= cfg.min_sharpness) & (filters.contrast(grey) >= cfg.min_contrast)
+    memo: dict[tuple[str, int, int], float] = {}  # pairs recur across gaps, pairs and triples
+
+    def moved(a: int, b: int) -> float:
+        if ("m", a, b) not in memo:
+            memo["m", a, b] = filters.motion(grey[a], grey[b], cfg.motion_tau)
+        return memo["m", a, b]
+
+    def same(a: int, b: int) -> bool:
+        if ("d", a, b) not in memo:
+            memo["d", a, b] = filters.near_duplicate(grey[a], grey[b], cfg.duplicate_threshold)
+        return memo["d", a, b]
+
     size_ok = source_short_side >= cfg.min_side
     funnel: dict[str, collections.Counter] = {}
     kept_all: list[tuple[int, ...]] = []
@@ -40,15 +52,13 @@ def select(grey: np.ndarray, feats: np.ndarray, shots: list[tuple[int, int]], so
                     continue
                 count["quality"] += 1
                 steps = list(zip(c[:-1], c[1:]))
-                if not all(cfg.motion_min <= filters.motion(grey[a], grey[b], cfg.motion_tau) <= cfg.motion_max
-                           for a, b in steps):
+                if not all(cfg.motion_min <= moved(a, b) <= cfg.motion_max for a, b in steps):
                     continue
                 count["motion"] += 1
                 if not all(filters.cosine(feats[a], feats[b]) >= cfg.identity_min for a, b in steps + [(c[0], c[-1])]):
                     continue
                 count["identity"] += 1
-                if any(all(filters.near_duplicate(grey[x], grey[y], cfg.duplicate_threshold) for x, y in zip(c, o))
-                       for o in kept + shot_kept):
+                if any(all(same(x, y) for x, y in zip(c, o)) for o in kept + shot_kept):
                     continue
                 count["duplicate"] += 1
                 if len(shot_kept) >= cfg.max_per_shot:
