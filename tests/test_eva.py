@@ -1,5 +1,7 @@
 """EVA-CLIP tower and WeGen projectors against their PyTorch references (timm `Eva`, WeGen's
 AvgPoolQuery/AvgPoolProjector semantics), in float32 on random tiny configs."""
+import functools
+
 import numpy as np
 import pytest
 
@@ -27,6 +29,11 @@ CONFIGS = {
     "no_qkv_bias_unfused": dict(img_size=24, patch_size=6, embed_dim=16, depth=1, num_heads=4,
                                 qkv_bias=False, qkv_fused=False, use_post_norm=True, num_classes=0,
                                 global_pool="", use_post_transformer_norm=False),
+    "no_cls_avgpool": dict(img_size=20, patch_size=4, embed_dim=16, depth=2, num_heads=2, class_token=False,
+                           global_pool="avg", num_classes=0),
+    "no_embed_class_torch_ln": dict(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=0,
+                                    no_embed_class=True, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-5),
+                                    global_pool="token"),
 }
 
 
@@ -58,8 +65,9 @@ def test_matches_timm_eva(name):
   tower = convert.load_timm_eva(ref.state_dict(), kwargs)
   got = np.asarray(tower.forward_features(jnp.asarray(x.numpy())))
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
-  patches = np.asarray(tower(jnp.asarray(x.numpy())))
-  np.testing.assert_allclose(patches, want[:, 1:], atol=1e-4, rtol=0)
+  patches = np.asarray(tower(x))  # torch tensors are accepted too
+  prefix = 0 if kwargs.get("class_token") is False else 1
+  np.testing.assert_allclose(patches, want[:, prefix:], atol=1e-4, rtol=0)
   assert patches.shape == (2, (kwargs["img_size"] // kwargs["patch_size"]) ** 2, kwargs["embed_dim"])
 
 

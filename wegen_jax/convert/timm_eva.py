@@ -11,6 +11,7 @@ resampled bicubically on load (models.vit.resample_pos_embed). EVA-CLIP's final 
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Callable, Iterator, Mapping
 
@@ -30,7 +31,7 @@ _IGNORE = (r"(^|\.)(norm|fc_norm|head)\.", r"(^|\.)rope\.", r"attn\.k_bias$",
 # timm Eva kwargs that change the computation and that this tower does not implement.
 _UNSUPPORTED = {"use_rot_pos_emb": False, "swiglu_mlp": False, "scale_mlp": False,
                 "scale_attn_inner": False, "qk_norm": False, "num_reg_tokens": 0,
-                "no_embed_class": False, "use_pre_transformer_norm": False, "attn_type": "eva",
+                "use_pre_transformer_norm": False, "attn_type": "eva",
                 "attn_only_layer_scale": False, "num_kv_heads": None, "use_abs_pos_emb": True}
 
 
@@ -68,15 +69,18 @@ def config_from_timm(kwargs: Mapping[str, Any], **overrides) -> EVAConfig:
   fc_norm = d.get("global_pool", "avg") == "avg" if fc_norm is None else fc_norm
   final_norm = d.get("use_post_transformer_norm")
   final_norm = not fc_norm if final_norm is None else final_norm
-  norm_layer = d.get("norm_layer")
-  eps = getattr(norm_layer, "keywords", {}).get("eps", 1e-6) if norm_layer is not None else 1e-6
+  eps = 1e-6  # timm.layers.LayerNorm's default; a given norm_layer (class or partial) says its own
+  if d.get("norm_layer") is not None:
+    params = inspect.signature(d["norm_layer"]).parameters
+    eps = params["eps"].default if "eps" in params else eps
   cfg = EVAConfig(image_size=img, patch_size=patch, in_channels=int(d.get("in_chans", 3)), width=width,
                   depth=int(d.get("depth", 12)), num_heads=int(d.get("num_heads", 12)),
                   mlp_dim=int(width * float(d.get("mlp_ratio", 4.0))), post_norm=post_norm,
                   qkv_bias=bool(d.get("qkv_bias", True)), norm_eps=float(eps),
                   # timm ignores init_values for post-norm blocks
                   layer_scale=d.get("init_values") is not None and not post_norm,
-                  class_token=bool(d.get("class_token", True)), final_norm=bool(final_norm))
+                  class_token=bool(d.get("class_token", True)), final_norm=bool(final_norm),
+                  embed_class=not d.get("no_embed_class", False))
   return cfg.replace(**overrides)
 
 
@@ -136,11 +140,11 @@ class _CanonicalView(Mapping[str, np.ndarray]):
 
   def _pos_embed(self, value: np.ndarray) -> np.ndarray:
     table = value.reshape(value.shape[-2:])
-    want = self.cfg.grid[0] * self.cfg.grid[1] + self.cfg.num_prefix_tokens
-    if table.shape[0] == want:
+    if table.shape[0] == self.cfg.num_positions:
       return value
+    prefix = self.cfg.num_prefix_tokens if self.cfg.embed_class else 0
     try:
-      return resample_pos_embed(table, self.cfg.grid, num_prefix_tokens=self.cfg.num_prefix_tokens)[None]
+      return resample_pos_embed(table, self.cfg.grid, num_prefix_tokens=prefix)[None]
     except ValueError as e:
       raise CheckpointError(f"{self.source}: pos_embed {value.shape} cannot be resampled to the "
                             f"{self.cfg.grid} grid of image_size={self.cfg.image_size}: {e}") from None

@@ -21,7 +21,7 @@ from flax import nnx
 
 from wegen_jax.layers import Dense, Embed, LayerNorm, param
 from wegen_jax.layers.linear import default_kernel_init
-from wegen_jax.models.vit import PatchEmbed, ViTBlock, run_blocks
+from wegen_jax.models.vit import PatchEmbed, ViTBlock, as_array, run_blocks
 from wegen_jax.parallel.sharding import constrain
 
 
@@ -97,6 +97,7 @@ class CLIPVisionTower(nnx.Module):
     self.post_norm = LayerNorm(v.hidden_size, eps=v.norm_eps, **kw)
 
   def __call__(self, pixel_values: jax.Array) -> tuple[jax.Array, jax.Array]:
+    pixel_values = as_array(pixel_values)
     x = self.patch_embed(pixel_values)
     if x.shape[1] + 1 != self.position_embedding.shape[0]:
       raise ValueError(f"pixels {pixel_values.shape} give {x.shape[1]} patches; the model expects "
@@ -121,6 +122,8 @@ class CLIPTextTower(nnx.Module):
     self.final_norm = LayerNorm(t.hidden_size, eps=t.norm_eps, **kw)
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None):
+    input_ids = jnp.asarray(as_array(input_ids))
+    attention_mask = None if attention_mask is None else jnp.asarray(as_array(attention_mask))
     b, t = input_ids.shape
     if t > self.position_embedding.shape[0]:
       raise ValueError(f"sequence length {t} exceeds max_position_embeddings {self.position_embedding.shape[0]}")

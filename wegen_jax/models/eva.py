@@ -19,7 +19,7 @@ from flax import nnx
 
 from wegen_jax.layers import LayerNorm, param
 from wegen_jax.layers.linear import default_kernel_init
-from wegen_jax.models.vit import PatchEmbed, ViTBlock, run_blocks
+from wegen_jax.models.vit import PatchEmbed, ViTBlock, as_array, run_blocks
 from wegen_jax.parallel.sharding import constrain
 
 
@@ -38,6 +38,7 @@ class EVAConfig:
   activation: str = "gelu"
   layer_scale: bool = False     # gamma_1/gamma_2 (timm/EVA `init_values`), pre-norm blocks only
   class_token: bool = True
+  embed_class: bool = True      # the position table covers CLS too (timm no_embed_class=False)
   final_norm: bool = False      # WeGen: none; timm Eva applies `norm` unless fc_norm/avg pool
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -51,6 +52,10 @@ class EVAConfig:
   @property
   def num_prefix_tokens(self) -> int:
     return int(self.class_token)
+
+  @property
+  def num_positions(self) -> int:
+    return self.grid[0] * self.grid[1] + (self.num_prefix_tokens if self.embed_class else 0)
 
   def replace(self, **kw) -> "EVAConfig":
     return dataclasses.replace(self, **kw)
@@ -68,8 +73,7 @@ class EVAVisionTower(nnx.Module):
     self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_channels, cfg.width, use_bias=True, **kw)
     self.cls_token = (param(rngs, default_kernel_init, (cfg.width,), pdtype, ("embed",))
                       if cfg.class_token else None)
-    n = cfg.grid[0] * cfg.grid[1] + cfg.num_prefix_tokens
-    self.pos_embed = param(rngs, default_kernel_init, (n, cfg.width), pdtype, (None, "embed"))
+    self.pos_embed = param(rngs, default_kernel_init, (cfg.num_positions, cfg.width), pdtype, (None, "embed"))
     self.blocks = nnx.List([
         ViTBlock(cfg.width, cfg.num_heads, cfg.mlp_dim, act=cfg.activation, norm_eps=cfg.norm_eps,
                  post_norm=cfg.post_norm, qkv_bias=cfg.qkv_bias, k_bias=False,
@@ -80,15 +84,20 @@ class EVAVisionTower(nnx.Module):
   def forward_features(self, pixels: jax.Array) -> jax.Array:
     """All tokens after the last block, [B, prefix + gh*gw, width]."""
     cfg = self.cfg
+    pixels = as_array(pixels)
     x = self.patch_embed(pixels)
-    if x.shape[1] + cfg.num_prefix_tokens != self.pos_embed.shape[0]:
-      raise ValueError(f"pixels {pixels.shape} give {x.shape[1]} patches but the position table "
-                       f"holds {self.pos_embed.shape[0] - cfg.num_prefix_tokens} (image_size="
-                       f"{cfg.image_size}); resize the input or load with the right image_size")
+    if x.shape[1] != cfg.grid[0] * cfg.grid[1]:
+      raise ValueError(f"pixels {pixels.shape} give {x.shape[1]} patches but the position table is "
+                       f"for a {cfg.grid} grid (image_size={cfg.image_size}); resize the input or "
+                       "load with the right image_size")
+    pos = self.pos_embed[...].astype(x.dtype)
+    if not cfg.embed_class:
+      x = x + pos
     if self.cls_token is not None:
       cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[2]))
       x = jnp.concatenate([cls, x], axis=1)
-    x = x + self.pos_embed[...].astype(x.dtype)
+    if cfg.embed_class:
+      x = x + pos
     x = constrain(x, ("batch", "length", "act_embed"))
     x = run_blocks(self.blocks, x, remat=cfg.remat)
     return x if self.norm is None else self.norm(x)

@@ -15,6 +15,11 @@ from wegen_jax.layers.linear import default_kernel_init
 from wegen_jax.parallel.sharding import constrain
 
 
+def as_array(x):
+  """Accepts torch tensors at the model entry points (duck-typed: no torch import here)."""
+  return x.detach().cpu().numpy() if hasattr(x, "detach") else x
+
+
 class PatchEmbed(nnx.Module):
   """Conv2d(kernel = stride = patch) as one einsum over non-overlapping patches.
 
