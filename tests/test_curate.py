@@ -293,3 +293,50 @@ def test_clip_encoder_adapter_matches_torch(tmp_path):
     ref = getattr(ref, "pooler_output", ref).numpy()
     ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def _tiny_llava(path):
+    """A random 1-layer LLaVA (CLIP vision + Llama) with a word-level tokenizer, saved as a local HF dir."""
+    tr = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    words = ["<unk>", "<s>", "</s>", "<image>", "<pad>"] + [chr(c) for c in range(33, 127)] + ["user", "assistant"]
+    vocab = {w: i for i, w in enumerate(words)}
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok = tr.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                     pad_token="<pad>")
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    template = ("{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}{% if c['type'] == 'image' %}"
+                "<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
+                "{% if add_generation_prompt %}assistant: {% endif %}")
+    proc = tr.LlavaProcessor(image_processor=tr.CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                   crop_size={"height": 32, "width": 32}),
+                             tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                             chat_template=template, num_additional_image_tokens=1)
+    cfg = tr.LlavaConfig(
+        vision_config=tr.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, image_size=32, patch_size=8),
+        text_config=tr.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                   num_key_value_heads=2, vocab_size=len(words)),
+        image_token_index=vocab["<image>"], vision_feature_select_strategy="default")
+    tr.LlavaForConditionalGeneration(cfg).save_pretrained(path)
+    proc.save_pretrained(path)
+
+
+def test_hf_vlm_labelling_pass(curated, tmp_path):
+    """--label with a transformers VLM from a local dir (random tiny LLaVA: the texts are noise, the plumbing
+    is what is checked: every record gets a caption and K-1 dynamics texts and is marked labelled)."""
+    pytest.importorskip("torch")
+    _tiny_llava(str(tmp_path / "vlm"))
+    out = tmp_path / "data"
+    os.makedirs(out / runner.WORK / "results")
+    src = runner.result_path(str(curated[0]), "clip_00.mp4")
+    shutil.copy(src, out / runner.WORK / "results")
+    cfg = load_config(f"{REPO}/configs/curate.py:vlm")
+    cfg.labeller.hf_vlm.path, cfg.labeller.hf_vlm.max_new_tokens = str(tmp_path / "vlm"), 3
+    counts = runner.run_labelling(str(out), cfg, progress=False)
+    recs = next(runner.iter_results(str(out)))["records"]
+    assert counts == {"labelled": len(recs)} and len(recs) > 0
+    for rec in recs:
+        assert rec["labelled"] and rec["labeller"] == "hf_vlm" and isinstance(rec["caption"], str)
+        assert len(rec["dynamics"]) == len(rec["frame_indices"]) - 1
