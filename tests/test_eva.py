@@ -181,3 +181,30 @@ def test_avg_pool_and_projectors_match_wegen():
   np.testing.assert_array_equal(exported["output_resampler.proj.weight"], w_out.numpy())
   with pytest.raises(CheckpointError, match="output_resampler"):
     convert.load_wegen_projectors({"input_resampler.proj.weight": w_in})
+
+
+def test_wegen_eva_clip_e_shapes():
+  """WeGen's sizes, abstractly (one of the 64 blocks): 448 px -> 32x32 = 1024 tokens of 1792,
+  4x4 pooled -> 64 tokens -> 4096, and 67.9M parameters per block (4.35B for the tower)."""
+  import jax
+  from flax import nnx
+
+  from wegen_jax.models.eva import EVA_CLIP_E_14_PLUS_448, EVAVisionTower
+  from wegen_jax.models.projectors import InputProjector, OutputProjector
+  cfg = EVA_CLIP_E_14_PLUS_448
+  assert (cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim, cfg.grid) == (1792, 64, 16, 15360, (32, 32))
+  one_block = cfg.replace(depth=1)
+  tower = nnx.eval_shape(lambda: EVAVisionTower(one_block, rngs=nnx.Rngs(0)))
+  inp = nnx.eval_shape(lambda: InputProjector(rngs=nnx.Rngs(0)))
+  out = nnx.eval_shape(lambda: OutputProjector(rngs=nnx.Rngs(0)))
+  block_params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(tower.blocks[0])))
+  assert block_params == 4 * 1792 * 1792 + 2 * 1792 + 1792 + 2 * 1792 * 15360 + 15360 + 1792 + 4 * 1792
+
+  def apply(module, x):
+    graphdef, state = nnx.split(module)
+    return jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+
+  tokens = apply(tower, jax.ShapeDtypeStruct((2, 3, 448, 448), np.float32))
+  assert tokens.shape == (2, 1024, 1792)
+  assert apply(inp, tokens).shape == (2, 64, 4096)
+  assert apply(out, jax.ShapeDtypeStruct((2, 64, 4096), np.float32)).shape == (2, 64, 1792)
