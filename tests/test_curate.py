@@ -183,8 +183,10 @@ def test_unlabelled_selection_loads_through_grain(curated):
     import tensorflow_datasets as tfds  # the shards are a regular TFDS dataset directory
     info = tfds.builder_from_directory(stats["dataset_dir"]).info
     assert {k: v.num_examples for k, v in info.splits.items()} == stats["splits"]
-    pairs = source.dynamics_dataset(str(out), "train", num_frames=2, shard_index=1, shard_count=2)
-    assert all(len(ex["frame_indices"]) == 2 for ex in pairs)
+    pairs = list(source.dynamics_dataset(str(out), "train", num_frames=2, shard_index=1, shard_count=2))
+    triples = list(source.dynamics_dataset(str(out), "train", num_frames=3, shard_index=1, shard_count=2))
+    assert all(len(ex["frame_indices"]) == 2 for ex in pairs) and all(len(ex["frame_indices"]) == 3 for ex in triples)
+    assert len(pairs) + len(triples) == len(source.dynamics_dataset(str(out), "train", shard_index=1, shard_count=2))
 
 
 def test_label_pass_fills_ground_truth_texts(labelled, corpus):

@@ -21,7 +21,11 @@ def tfds_source(data_dir: str, split: str):
 def dynamics_dataset(data_dir: str, split: str = "train", *, shard_index: int = 0, shard_count: int = 1,
                      num_frames: int | None = None, shuffle_seed: int | None = None,
                      labelled_only: bool = False) -> grain.MapDataset:
-    """Records of this process's shard (index::count), optionally only pairs (2) or triples (3)."""
+    """Records of this process's shard (index::count), optionally only pairs (2) or triples (3).
+
+    With a filter (num_frames, labelled_only), Grain keeps the length: ds[i] is None for a dropped record,
+    and iteration (`iter(ds)`, `ds.to_iter_dataset()`) skips them.
+    """
     ds = grain.MapDataset.source(tfds_source(data_dir, split))
     if shard_count > 1:
         ds = ds[shard_index::shard_count]
