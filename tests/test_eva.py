@@ -140,6 +140,14 @@ def test_export_round_trip(layout):
     np.testing.assert_array_equal(np.asarray(again(x.numpy())), np.asarray(tower(x.numpy())))
 
 
+def test_bfloat16_torch_state_dict():
+  sd = timm_eva(WEGEN_TINY).state_dict()
+  x = pixels(WEGEN_TINY).numpy()
+  from_bf16 = convert.load_timm_eva({k: v.bfloat16() for k, v in sd.items()}, WEGEN_TINY)
+  from_f32 = convert.load_timm_eva({k: v.bfloat16().float() for k, v in sd.items()}, WEGEN_TINY)
+  np.testing.assert_array_equal(np.asarray(from_bf16(x)), np.asarray(from_f32(x)))
+
+
 def test_load_errors_name_the_tensor():
   sd = timm_eva(WEGEN_TINY).state_dict()
   del sd["blocks.1.mlp.fc1.bias"]

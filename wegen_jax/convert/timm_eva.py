@@ -15,6 +15,7 @@ import inspect
 import os
 from typing import Any, Callable, Iterator, Mapping
 
+import ml_dtypes
 import numpy as np
 from flax import nnx
 
@@ -51,7 +52,8 @@ def config_from_timm(kwargs: Mapping[str, Any], **overrides) -> EVAConfig:
                     width=width, depth=int(d["layers"]),
                     num_heads=width // int(d.get("head_width", 64)), mlp_dim=int(mlp),
                     post_norm=bool(d.get("postnorm", False)), qkv_bias=bool(d.get("qkv_bias", True)),
-                    norm_eps=float(d.get("layer_norm_eps", 1e-6)))
+                    norm_eps=float(d.get("layer_norm_eps", 1e-6)),
+                    layer_scale=d.get("ls_init_value", d.get("init_values")) is not None)
     return cfg.replace(**overrides)
   for key, default in _UNSUPPORTED.items():
     if key in d and d[key] != default:
@@ -103,6 +105,16 @@ def rules() -> list[Rule]:
   return out
 
 
+def _to_numpy(value) -> np.ndarray:
+  """numpy from numpy or a torch tensor (bfloat16 kept as ml_dtypes.bfloat16); no torch import."""
+  if not hasattr(value, "detach"):
+    return np.asarray(value)
+  value = value.detach().cpu()
+  if str(value.dtype) == "torch.bfloat16":
+    return value.float().numpy().astype(ml_dtypes.bfloat16)
+  return value.numpy()
+
+
 def _find_prefix(state_dict: Mapping[str, Any]) -> str:
   for key in state_dict:
     if key.endswith("patch_embed.proj.weight"):
@@ -122,7 +134,7 @@ class _CanonicalView(Mapping[str, np.ndarray]):
     for key in state_dict:
       if not key.startswith(prefix):
         continue
-      name, get = key[len(prefix):], (lambda k=key: np.asarray(state_dict[k]))
+      name, get = key[len(prefix):], (lambda k=key: _to_numpy(state_dict[k]))
       head, _, leaf = name.rpartition(".")
       if head.endswith("attn.qkv") and leaf in ("weight", "bias"):
         for i, n in enumerate("qkv"):
@@ -175,7 +187,7 @@ def load_timm_eva(state_dict_or_path, config: EVAConfig | Mapping[str, Any] = EV
   cfg = config if isinstance(config, EVAConfig) else config_from_timm(config)
   source = str(state_dict_or_path) if isinstance(state_dict_or_path, (str, os.PathLike)) else "state dict"
   sd = (read_state_dict(state_dict_or_path) if isinstance(state_dict_or_path, (str, os.PathLike))
-        else {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state_dict_or_path.items()})
+        else state_dict_or_path)
   model = nnx.eval_shape(lambda: EVAVisionTower(cfg, rngs=nnx.Rngs(0)))
   return load_state_dict(model, _CanonicalView(sd, cfg, source), rules(), ignore=_IGNORE, strict=strict,
                          dtype=np.dtype(cfg.param_dtype), source=source)
@@ -207,8 +219,7 @@ PROJECTOR_RULES = [Rule("proj.kernel", "proj.weight", LINEAR)]
 
 
 def _sub_dict(state_dict: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]:
-  return {k[len(prefix):]: (v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-          for k, v in state_dict.items() if k.startswith(prefix)}
+  return {k[len(prefix):]: _to_numpy(state_dict[k]) for k in state_dict if k.startswith(prefix)}
 
 
 def load_wegen_projectors(state_dict_or_path, *, num_queries: int = 64,

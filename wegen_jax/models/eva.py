@@ -36,7 +36,7 @@ class EVAConfig:
   qkv_bias: bool = True         # q and v biases (EVA never has a k bias)
   norm_eps: float = 1e-6
   activation: str = "gelu"
-  layer_scale: bool = False     # gamma_1/gamma_2 (timm/EVA `init_values`), pre-norm blocks only
+  layer_scale: bool = False     # gamma_1/gamma_2 (EVA-CLIP `ls_init_value`, timm `init_values`)
   class_token: bool = True
   embed_class: bool = True      # the position table covers CLS too (timm no_embed_class=False)
   final_norm: bool = False      # WeGen: none; timm Eva applies `norm` unless fc_norm/avg pool

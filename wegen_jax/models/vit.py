@@ -54,16 +54,14 @@ class ViTBlock(nnx.Module):
   pre-norm (CLIP, EVA-01):  x + attn(norm1(x)),  then x + mlp(norm2(x))
   post-norm (EVA-CLIP-E "postnorm", timm EvaBlockPostNorm): x + norm1(attn(x)), then
   x + norm2(mlp(x)) - the norm sits inside the residual branch, not after the sum.
-  `layer_scale` (EVA/BEiT gamma_1/gamma_2) multiplies each branch when set (pre-norm only,
-  as in timm and EVA-CLIP).
+  `layer_scale` (EVA/BEiT gamma_1/gamma_2) multiplies each residual branch, in either form
+  (EVA-CLIP's Block; timm drops it for post-norm blocks, and its config translation says so).
   """
 
   def __init__(self, features: int, num_heads: int, mlp_dim: int, *, head_dim: int | None = None,
                act: str = "gelu", norm_eps: float = 1e-6, post_norm: bool = False,
                qkv_bias: bool = True, k_bias: bool | None = None, layer_scale: bool = False,
                attention_impl: str = "xla", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
-    if layer_scale and post_norm:
-      raise ValueError("layer scale (init_values) with post-norm blocks is not an EVA/timm layout")
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     head_dim = head_dim or features // num_heads
     self.post_norm = post_norm
@@ -79,14 +77,13 @@ class ViTBlock(nnx.Module):
   def __call__(self, x, *, causal: bool = False, q_segment_ids=None, kv_segment_ids=None):
     attend = lambda h: self.attn(h, causal=causal, q_segment_ids=q_segment_ids,
                                  kv_segment_ids=kv_segment_ids)
+    scale = lambda h, g: h if g is None else h * g[...].astype(h.dtype)
     if self.post_norm:
-      x = x + self.norm1(attend(x))
-      x = x + self.norm2(self.mlp(x))
+      x = x + scale(self.norm1(attend(x)), self.gamma1)
+      x = x + scale(self.norm2(self.mlp(x)), self.gamma2)
     else:
-      a = attend(self.norm1(x))
-      x = x + (a if self.gamma1 is None else a * self.gamma1[...].astype(a.dtype))
-      m = self.mlp(self.norm2(x))
-      x = x + (m if self.gamma2 is None else m * self.gamma2[...].astype(m.dtype))
+      x = x + scale(attend(self.norm1(x)), self.gamma1)
+      x = x + scale(self.mlp(self.norm2(x)), self.gamma2)
     return constrain(x, ("batch", "length", "act_embed"))
 
 
