@@ -342,3 +342,19 @@ def test_hf_vlm_labelling_pass(curated, tmp_path):
     for rec in recs:
         assert rec["labelled"] and rec["labeller"] == "hf_vlm" and isinstance(rec["caption"], str)
         assert len(rec["dynamics"]) == len(rec["frame_indices"]) - 1
+
+
+def test_chunked_decoding_finds_the_same_shots(curated, corpus, tmp_path):
+    """Long videos are curated in chunks; with tiny chunks the shots equal the one-chunk run's."""
+    cfg = load_config(corpus[2])
+    cfg.chunk_frames = 5
+    runner.run_selection(str(corpus[1]), str(tmp_path), cfg, progress=False)
+    whole, chunked = _results(curated[0]), _results(tmp_path)
+    assert set(whole) == set(chunked)
+    for vid, res in chunked.items():
+        assert res["status"] == whole[vid]["status"] and res["shots"] == whole[vid]["shots"], vid
+        assert res.get("num_sampled") == whole[vid].get("num_sampled")
+        if res["status"] == "ok":
+            scene = [f["scene"] for f in _gt(corpus[1], vid)["frames"]]
+            assert all(len({scene[i] for i in rec["frame_indices"]}) == 1 for rec in res["records"])
+            assert bool(res["records"]) == bool(whole[vid]["records"]), vid

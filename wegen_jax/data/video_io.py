@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Iterator
 
 import av
 import numpy as np
@@ -97,21 +98,29 @@ def _crop_window(w: int, h: int) -> tuple[int, int, int, int]:
     return x0, y0, x0 + side, y0 + side
 
 
-def decode_sampled(path: str, *, fps: float, size: int, max_pixels: int, max_frames: int = 100_000,
-                   min_decoded_fraction: float = 0.9) -> Decoded:
-    """Decodes frames at about `fps` (every frame if fps <= 0), each resized to a size x size centre crop.
+def iter_sampled(path: str, *, fps: float, size: int, max_pixels: int, chunk_frames: int = 256,
+                 max_frames: int = 1_000_000, min_decoded_fraction: float = 0.9) -> Iterator[Decoded]:
+    """Decodes frames at about `fps` (every frame if fps <= 0), each resized to a size x size centre crop,
+    and yields them in chunks of at most chunk_frames, so memory does not grow with the video's length.
 
-    A file that ends long before its header says (truncated) raises VideoError, as does any decode error.
+    Raises VideoError (from the first or a later next()) for unusable files, on any decode error, and at the
+    end for a file that stops long before its header says (truncated).
     """
     info = probe(path, max_pixels)
     x0, y0, x1, y1 = _crop_window(info.width, info.height)
-    side = x1 - x0
-    # resize the whole frame so the centre square becomes size x size, then slice the square out
-    scale = size / side
+    crop = (x0 / info.width, y0 / info.height, x1 / info.width, y1 / info.height)
+    # resize the whole frame so the centre square becomes size x size, then slice the square out (swscale)
+    scale = size / (x1 - x0)
     rw, rh = max(size, round(info.width * scale)), max(size, round(info.height * scale))
     ox, oy = (rw - size) // 2, (rh - size) // 2
     frames, idx, times = [], [], []
-    last_bin, n = -1, -1
+    last_bin, n, kept = -1, -1, 0
+
+    def chunk() -> Decoded:
+        out = Decoded(np.stack(frames), np.asarray(idx, np.int32), np.asarray(times, np.float32), info, crop)
+        frames.clear(), idx.clear(), times.clear()
+        return out
+
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
@@ -127,14 +136,24 @@ def decode_sampled(path: str, *, fps: float, size: int, max_pixels: int, max_fra
                 frames.append(img[oy:oy + size, ox:ox + size])
                 idx.append(n)
                 times.append(t)
-                if len(frames) >= max_frames:
+                kept += 1
+                if len(frames) >= chunk_frames:
+                    yield chunk()
+                if kept >= max_frames:
                     break
     except (av.FFmpegError, OSError, ValueError, MemoryError) as e:
         raise VideoError(f"decode error after {n + 1} frames: {type(e).__name__}: {e}") from e
     decoded = n + 1
     if decoded == 0:
         raise VideoError("no decodable video frames")
-    if len(frames) < max_frames and info.expected_frames and decoded < min_decoded_fraction * info.expected_frames:
+    if kept < max_frames and info.expected_frames and decoded < min_decoded_fraction * info.expected_frames:
         raise VideoError(f"truncated: decoded {decoded} of {info.expected_frames} frames in the header")
-    crop = (x0 / info.width, y0 / info.height, x1 / info.width, y1 / info.height)
-    return Decoded(np.stack(frames), np.asarray(idx, np.int32), np.asarray(times, np.float32), info, crop)
+    if frames:
+        yield chunk()
+
+
+def decode_sampled(path: str, **kwargs) -> Decoded:
+    """All sampled frames at once (iter_sampled's arguments); for short clips and tests."""
+    parts = list(iter_sampled(path, **kwargs))
+    return Decoded(np.concatenate([p.frames for p in parts]), np.concatenate([p.source_index for p in parts]),
+                   np.concatenate([p.times for p in parts]), parts[0].probe, parts[0].crop)

@@ -16,8 +16,9 @@ def get_config(arg=None):
     c.frame_size = 256               # records hold size x size centre crops
     c.analysis_size = 64             # colour/grey thumbnails for shots, motion, quality, built-in features
     c.max_pixels = 7680 * 4320       # larger sources are skipped as "enormous"
-    c.max_frames_per_video = 600     # sampled frames held in memory (600 x 256^2 x 3 = 118 MB); longer videos
-                                     # are cut off there (chunked decoding of long videos is not done yet)
+    c.chunk_frames = 256             # sampled frames held in memory at once (256 x 256^2 x 3 = 50 MB); tuples
+                                     # do not span chunk borders, shots do
+    c.max_frames_per_video = 100_000  # sampled frames; anything longer is cut off there
     c.min_frames = 3                 # fewer sampled frames: skipped as too short
     c.min_decoded_fraction = 0.9     # decoded < this share of the header's frame count: truncated file
     # shot boundaries (shots.py)
