@@ -358,3 +358,19 @@ def test_chunked_decoding_finds_the_same_shots(curated, corpus, tmp_path):
             scene = [f["scene"] for f in _gt(corpus[1], vid)["frames"]]
             assert all(len({scene[i] for i in rec["frame_indices"]}) == 1 for rec in res["records"])
             assert bool(res["records"]) == bool(whole[vid]["records"]), vid
+
+
+def test_command_line_entry_points(tmp_path):
+    """`python -m wegen_jax.data.synthetic` then `python -m wegen_jax.data.curate` with 2 worker processes."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=REPO)
+    run = lambda *a: subprocess.run([sys.executable, "-m", *a], env=env, capture_output=True, text=True, timeout=120)
+    gen = run("wegen_jax.data.synthetic", "--out", str(tmp_path / "v"), "--num", "3", "--config",
+              f"{REPO}/configs/synthetic.py")
+    assert gen.returncode == 0 and "wrote 3 clips" in gen.stdout, gen.stderr
+    cur = run("wegen_jax.data.curate", "--videos", str(tmp_path / "v"), "--out", str(tmp_path / "d"), "--config",
+              f"{REPO}/configs/curate.py:synthetic", "--workers", "2", "--label")
+    assert cur.returncode == 0, cur.stderr
+    assert "videos seen 3" in cur.stdout and "labelling (synthetic)" in cur.stdout and "unlabelled" not in cur.stdout
