@@ -374,3 +374,27 @@ def test_command_line_entry_points(tmp_path):
               f"{REPO}/configs/curate.py:synthetic", "--workers", "2", "--label")
     assert cur.returncode == 0, cur.stderr
     assert "videos seen 3" in cur.stdout and "labelling (synthetic)" in cur.stdout and "unlabelled" not in cur.stdout
+
+
+def test_crashing_worker_names_its_file(corpus, tmp_path, monkeypatch):
+    """A file that kills its worker process (as a decoder segfault would) is named; the other videos finish."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    # imported at start-up by the spawned workers only (they inherit PYTHONPATH): crash.mp4 kills the process
+    (hook / "sitecustomize.py").write_text(
+        "import os\nimport av\n_open = av.open\n"
+        "def _crashing_open(path, *a, **k):\n"
+        "    if str(path).endswith('crash.mp4'):\n        os._exit(3)\n    return _open(path, *a, **k)\n"
+        "av.open = _crashing_open\n")
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    for name in ["clip_00.mp4", "clip_01.avi", "clip_03.webm"]:
+        shutil.copy(corpus[1] / name, vids / name)
+    shutil.copy(corpus[1] / "clip_00.mp4", vids / "crash.mp4")
+    monkeypatch.setenv("PYTHONPATH", f"{hook}{os.pathsep}{REPO}")
+    cfg = load_config(corpus[2])
+    cfg.workers = 2
+    counts = runner.run_selection(str(vids), str(tmp_path / "d"), cfg, progress=False)
+    assert counts["failed"] == 1 and counts["ok"] == 3
+    failed = [r for r in runner.iter_results(str(tmp_path / "d")) if r["status"] == "failed"]
+    assert [(r["video_id"], "crashed" in r["reason"]) for r in failed] == [("crash.mp4", True)]

@@ -138,31 +138,35 @@ def run_selection(videos_dir: str, data_dir: str, cfg, host_index: int = 0, host
 
 
 def _run_pool(todo, cfg, counts, bar) -> None:
-    """Process pool (spawn: safe with FFmpeg threads); a crashed worker is retried alone, then named."""
+    """Process pool (spawn: safe with FFmpeg threads). If a worker dies (a decoder crash), the videos it left
+    unfinished are rerun one at a time in a single worker, so a crash names its own file and nothing else."""
     ctx = mp.get_context("spawn")
-    pending, suspects = list(todo), []
-    while pending:
-        with cf.ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker, initargs=(cfg,)) as ex:
-            futs = {ex.submit(_work, *job): job for job in pending}
-            pending = []
-            for fut in cf.as_completed(futs):
-                try:
-                    counts[fut.result()["status"]] += 1
-                    bar.update()
-                except cf.process.BrokenProcessPool:
-                    suspects.append(futs[fut])
-        for job in suspects:  # one at a time so a crash names its own file
-            with cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker, initargs=(cfg,)) as ex:
-                try:
-                    counts[ex.submit(_work, *job).result()["status"]] += 1
-                except cf.process.BrokenProcessPool:
-                    from wegen_jax.data.curate import pipeline
+    make = lambda n: cf.ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(cfg,))
+    suspects = []
+    with make(cfg.workers) as ex:
+        futs = {ex.submit(_work, *job): job for job in todo}
+        for fut in cf.as_completed(futs):
+            try:
+                counts[fut.result()["status"]] += 1
+                bar.update()
+            except cf.process.BrokenProcessPool:
+                suspects.append(futs[fut])
+    ex = None
+    for job in sorted(suspects):
+        ex = ex or make(1)
+        try:
+            counts[ex.submit(_work, *job).result()["status"]] += 1
+        except cf.process.BrokenProcessPool:
+            ex.shutdown()
+            ex = None
+            from wegen_jax.data.curate import pipeline
 
-                    res = pipeline.failed(job[1], job[0], "worker process crashed while decoding")
-                    write_atomic(job[2], dict(res, config_hash=job[3]))
-                    counts["failed"] += 1
-            bar.update()
-        suspects = []
+            res = pipeline.failed(job[1], job[0], "worker process crashed while processing this file")
+            write_atomic(job[2], dict(res, config_hash=job[3]))
+            counts["failed"] += 1
+        bar.update()
+    if ex is not None:
+        ex.shutdown()
 
 
 # -------------------------------------------------------------------------------------------- labelling
