@@ -2,13 +2,15 @@
 
 configs/curate.py starts from this and adds presets; every field is explained here once.
 """
+import os
+
 import ml_collections
 
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.seed = 0                       # per-video rng = f(seed, video id): independent of workers and hosts
-    c.workers = max(1, min(8, __import__("os").cpu_count() or 1))  # processes (1 = in-process)
+    c.workers = max(1, min(8, os.cpu_count() or 1))  # processes (1 = in-process)
     c.progress = True
     c.ignore_extensions = (".json", ".txt", ".md", ".csv", ".tmp", ".pkl")  # sidecars and notes, not videos
     # decoding
