@@ -201,6 +201,11 @@ def test_wegen_eva_clip_e_shapes():
   from wegen_jax.models.projectors import InputProjector, OutputProjector
   cfg = EVA_CLIP_E_14_PLUS_448
   assert (cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim, cfg.grid) == (1792, 64, 16, 15360, (32, 32))
+  wegen_yaml = dict(drop_path_rate=0, eva_model_name="eva-clip-E-14-plus", head_width=112, image_size=448,
+                    intermediate_size=15360, layer_norm_eps=1e-06, layers=64, mlp_ratio=8.571428571428571,
+                    n_query=64, patch_size=14, postnorm=True, qkv_bias=True, v_query=64, width=1792, xattn=False)
+  from wegen_jax.convert.timm_eva import config_from_timm
+  assert config_from_timm(wegen_yaml) == cfg  # configs/visual_encoder/eva_vision.yaml
   one_block = cfg.replace(depth=1)
   tower = nnx.eval_shape(lambda: EVAVisionTower(one_block, rngs=nnx.Rngs(0)))
   inp = nnx.eval_shape(lambda: InputProjector(rngs=nnx.Rngs(0)))

@@ -8,6 +8,11 @@ Layouts read (detected per tensor, any prefix such as `visual.` or `visual_encod
 A `pos_embed` for another grid (EVA-CLIP-E was trained at 224 px, WeGen runs 448 px) is
 resampled bicubically on load (models.vit.resample_pos_embed). EVA-CLIP's final norm/head
 (`norm.*`, `fc_norm.*`, `head.*`) are not part of WeGen's tower and are skipped.
+
+Caveat found reading WeGen's code: its eva_vision.py builds `qkv = nn.Linear(..., bias=True)`
+and loads visual.pt with strict=False. A visual.pt in the EVA-CLIP layout (q_bias/v_bias)
+would leave that qkv.bias at PyTorch's random init there; we load the EVA-CLIP biases, which
+is what the weights mean. A visual.pt already in WeGen's layout (qkv.bias) loads exactly.
 """
 from __future__ import annotations
 
