@@ -18,7 +18,7 @@ def import_timm():
   if importlib.util.find_spec("timm") is None:
     pytest.skip("timm is not installed")
   if "timm.models.eva" in sys.modules or importlib.util.find_spec("torchvision") is not None:
-    import timm.models.eva
+    import timm.models.eva  # noqa: F401
     return sys.modules["timm"]
   sys.path.insert(0, _STUB)
   try:

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict
-from wegen_jax.convert.mapping import CONV, COPY, LINEAR, Rule, Transform, export_state_dict, load_state_dict
+from wegen_jax.convert.mapping import CONV, LINEAR, Rule, Transform, export_state_dict, load_state_dict
 from wegen_jax.models.eva import EVA_CLIP_E_14_PLUS_448, EVAConfig, EVAVisionTower
 from wegen_jax.models.vit import resample_pos_embed
 
