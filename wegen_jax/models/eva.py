@@ -45,6 +45,12 @@ class EVAConfig:
   remat: str = "none"
   attention_impl: str = "xla"
 
+  def __post_init__(self):
+    if self.width % self.num_heads:
+      raise ValueError(f"width={self.width} is not a multiple of num_heads={self.num_heads}")
+    if self.image_size < self.patch_size:
+      raise ValueError(f"image_size={self.image_size} is smaller than patch_size={self.patch_size}")
+
   @property
   def grid(self) -> tuple[int, int]:
     return self.image_size // self.patch_size, self.image_size // self.patch_size
