@@ -26,7 +26,12 @@ UNET_CONFIGS = {
                   attention_head_dim=4, use_linear_projection=True, cross_attention_dim=56, norm_num_groups=16,
                   addition_embed_type="text_time", addition_time_embed_dim=8,
                   projection_class_embeddings_input_dim=56 + 6 * 8),
+    "tiny": dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
+                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=2,
+                 cross_attention_dim=8, norm_num_groups=4),
 }
+PARITY_CONFIGS = ("sd15", "sdxl", "wegen")
 
 VAE_CONFIG = dict(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
                   up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,

@@ -11,7 +11,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from tests.test_diffusion_refs import (UNET_CONFIGS, diffusers_unet, run_diffusers_unet,  # noqa: E402
+from tests.test_diffusion_refs import (PARITY_CONFIGS, diffusers_unet, run_diffusers_unet,  # noqa: E402
                                        unet_inputs)
 from wegen_jax import convert  # noqa: E402
 from wegen_jax.convert.checkpoint_io import CheckpointError  # noqa: E402
@@ -28,7 +28,7 @@ def ours(unet, x, t, ctx, added=None):
   return np.asarray(_forward(unet, jnp.asarray(x), jnp.asarray(t), jnp.asarray(ctx), added))
 
 
-@pytest.fixture(scope="module", params=sorted(UNET_CONFIGS))
+@pytest.fixture(scope="module", params=PARITY_CONFIGS)
 def pair(request, tmp_path_factory):
   ref = diffusers_unet(request.param)
   path = tmp_path_factory.mktemp(request.param)
