@@ -21,6 +21,8 @@ JAX_STACK = [
     "av==18.1.0",
     "pillow>=10",
     "tqdm>=4.66",
+    "tensorboardX==2.6.5",
+    "absl-py>=2.1",
 ]
 
 TORCH = [

@@ -34,6 +34,6 @@ def make_mesh(spec: Mapping[str, int] | None = None, devices=None) -> jax.shardi
   spec = {"fsdp": -1} if spec is None else spec
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(spec, len(devices))
-  if devices is None or list(devices) == jax.devices():
+  if list(devices) == jax.devices():
     return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
   return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES)

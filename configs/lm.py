@@ -1,0 +1,34 @@
+"""Next-token training of an LLM backbone (the trainer's simplest task).
+
+  python -m wegen_jax.train --config configs/lm.py:model=tiny_llama --workdir /tmp/lm
+
+On the synthetic progression corpus the tiny model's loss falls from ~5.5 to < 1 within
+200 steps on a laptop CPU. Rerunning the command resumes from the last checkpoint.
+arg: model=<preset from configs/llm.py>.
+"""
+import ml_collections
+
+from configs import llm as llm_configs  # noqa: F401  (run from the repository root)
+from wegen_jax.config_utils import parse_arg
+from wegen_jax.parallel.sharding import DEFAULT_RULES
+
+
+def get_config(arg=None):
+  args = parse_arg(arg, model="tiny_llama")
+  c = ml_collections.ConfigDict()
+  c.task = "lm"
+  c.seed = 0
+  c.total_steps = 200
+  c.log_every = 20
+  c.ckpt_every = 100
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+  c.batch_size = 8
+  c.grad_accum = 1
+  c.model = dict(llm_configs.MODEL_DEFAULTS, **llm_configs.PRESETS[args["model"]])
+  c.data = dict(num_records=4096, seq_len=64, seed=0)
+  c.optimizer = dict(lr=3e-3, total_steps=c.total_steps, warmup_steps=20, min_lr_ratio=0.05,
+                     b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01, grad_clip=1.0, freeze_until={})
+  c.mesh = dict(data=1, fsdp=-1, tensor=1)
+  c.sharding_rules = [list(r) for r in DEFAULT_RULES]
+  return c

@@ -1,0 +1,149 @@
+"""The shared trainer on the LM task: learning, exact resume (also after SIGKILL), corrupt
+checkpoints, non-finite losses, gradient accumulation, and sharding."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from configs import lm as lm_config
+from wegen_jax.training.trainer import NonFiniteLossError, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config(**overrides):
+  c = lm_config.get_config()
+  c.total_steps, c.log_every, c.ckpt_every = 12, 1, 4
+  c.async_checkpoints = False
+  c.data.seq_len = 32
+  c.model.num_layers = 1
+  for k, v in overrides.items():
+    target = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = v
+  return c
+
+
+def saved_steps(workdir) -> list[int]:
+  root = Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
+
+
+def logged_losses(workdir) -> dict[int, float]:
+  """Last logged loss per step (a resumed run re-logs steps after its checkpoint)."""
+  out = {}
+  for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    r = json.loads(line)
+    out[r["step"]] = r["loss"]
+  return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("full")
+  return train(config(), workdir)
+
+
+def test_loss_falls_tenfold(tmp_path):
+  result = train(config(**{"total_steps": 150, "log_every": 50, "ckpt_every": 150, "model.num_layers": 2,
+                           "data.seq_len": 64, "optimizer.lr": 5e-3}), tmp_path)
+  assert result.losses[150] < result.losses[1] / 10, (result.losses[1], result.losses[150])
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [50, 100, 150]
+  assert {"loss", "loss_ce", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(records[-1])
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_stop_and_resume_is_exact(uninterrupted, tmp_path):
+  first = train(config(), tmp_path, stop_at=6)
+  assert first.step == 6
+  second = train(config(), tmp_path)
+  assert min(second.losses) == 7          # resumed after step 6, no step repeated
+  for step, loss in uninterrupted.losses.items():
+    merged = {**first.losses, **second.losses}
+    assert abs(merged[step] - loss) <= 1e-6, step
+
+
+def test_data_iterator_resumes_without_repeating_or_skipping():
+  import grain
+  from wegen_jax.data.loader import DeviceLoader, process_batches
+  from wegen_jax.training.lm_task import ProgressionSource
+  import jax
+  source = grain.MapDataset.source(ProgressionSource(20, 4, 32, 0)).shuffle(seed=1)
+  sharding = lambda name, x: jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  loader = DeviceLoader(process_batches(source, 4), sharding, prefetch=3)
+  seen = [np.asarray(next(loader)["record_id"]) for _ in range(3)]
+  state = loader.get_state()
+  rest = [np.asarray(next(loader)["record_id"]) for _ in range(4)]
+  again = DeviceLoader(process_batches(source, 4), sharding)
+  again.set_state(state)
+  np.testing.assert_array_equal([np.asarray(next(again)["record_id"]) for _ in range(4)], rest)
+  first_epoch = np.concatenate(seen + rest[:2])
+  assert sorted(first_epoch) == list(range(20))   # one epoch: every record exactly once
+
+
+def test_sigkill_mid_run_resumes_exactly(uninterrupted, tmp_path):
+  cmd = [sys.executable, "-m", "wegen_jax.train", "--config", "configs/lm.py", "--workdir", str(tmp_path),
+         "--config.total_steps=12", "--config.log_every=1", "--config.ckpt_every=4",
+         "--config.data.seq_len=32", "--config.model.num_layers=1", "--config.async_checkpoints=True"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if any(s >= 4 for s in saved_steps(tmp_path)):
+      break
+    time.sleep(0.05)
+  killed = proc.poll() is None
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  assert killed, "the run finished before it could be killed; the test needs a slower run"
+  losses = logged_losses(tmp_path)
+  assert sorted(losses) == list(range(1, 13))
+  for step, loss in uninterrupted.losses.items():
+    assert abs(losses[step] - loss) <= 1e-6, step
+
+
+def test_corrupt_latest_checkpoint_falls_back(uninterrupted, tmp_path, caplog):
+  train(config(), tmp_path, stop_at=8)            # checkpoints at 4 and 8
+  for f in (tmp_path / "checkpoints" / "8" / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"corrupt")
+  result = train(config(), tmp_path)
+  assert min(result.losses) == 5                   # resumed from step 4
+  assert any("unreadable" in r.message for r in caplog.records)
+  for step in range(5, 13):
+    assert abs(result.losses[step] - uninterrupted.losses[step]) <= 1e-6
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  c = config(**{"optimizer.lr": 1e6, "optimizer.grad_clip": 0.0, "optimizer.warmup_steps": 0,
+                "total_steps": 40, "ckpt_every": 2})
+  with pytest.raises(NonFiniteLossError, match="last good checkpoint is step"):
+    train(c, tmp_path)
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  saved = saved_steps(tmp_path)
+  assert all(np.isfinite(r["loss"]) for r in lines) and saved[-1] <= len(lines)
+
+
+def test_gradient_accumulation_matches_full_batch(uninterrupted, tmp_path):
+  result = train(config(grad_accum=2, total_steps=4, ckpt_every=4), tmp_path)
+  for step in range(1, 5):
+    assert abs(result.losses[step] - uninterrupted.losses[step]) <= 1e-5
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 2, 4)], ids=lambda s: "x".join(map(str, s)))
+def test_same_losses_on_any_mesh(shape, tmp_path):
+  single = train(config(total_steps=3, ckpt_every=3, num_devices=1, mesh={"fsdp": 1}), tmp_path / "one")
+  sharded = train(config(total_steps=3, ckpt_every=3, mesh=dict(zip(("data", "fsdp", "tensor"), shape))),
+                  tmp_path / "many")
+  for step in (1, 2, 3):
+    assert abs(sharded.losses[step] - single.losses[step]) <= 1e-5 * abs(single.losses[step])

@@ -1,0 +1,30 @@
+"""`python -m wegen_jax.train --config configs/lm.py --workdir DIR`: train from a config.
+
+Rerunning the same command resumes from the newest checkpoint in DIR/checkpoints.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from wegen_jax.training.trainer import NonFiniteLossError, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard files go here")
+
+
+def main(_):
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  try:
+    result = train(_CONFIG.value, _WORKDIR.value)
+  except NonFiniteLossError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+  print(f"done: step {result.step}, workdir {result.workdir}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

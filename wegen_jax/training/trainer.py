@@ -1,0 +1,176 @@
+"""The training loop shared by every system (see training.task.Task).
+
+Sharded init straight onto the mesh, trainable/frozen split (frozen parameters get no
+gradients and no optimizer state), gradient accumulation over micro-batches inside one
+jitted step, AdamW per config, async Orbax checkpoints with the data-iterator state, exact
+resume, metrics, and a hard stop on a non-finite loss that keeps the last good checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from wegen_jax.data.loader import DeviceLoader
+from wegen_jax.parallel import activation_sharding, create_sharded, logical_to_spec, make_mesh
+from wegen_jax.training.checkpointing import Checkpointer, abstract_like
+from wegen_jax.training.metrics import MetricsWriter, device_peak_flops, step_flops
+from wegen_jax.training.optim import make_optimizer, make_schedule
+from wegen_jax.training.task import get_task
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+@dataclasses.dataclass
+class TrainResult:
+  step: int
+  losses: dict[int, float]
+  workdir: Path
+
+
+def _keystr(path) -> str:
+  return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _micro_batches(batch, accum: int):
+  """[B, ...] -> [accum, B/accum, ...] with micro-batch k = rows k, k+accum, ... so every
+  micro-batch stays spread over all data shards."""
+  def split(x):
+    if x.shape[0] % accum:
+      raise ValueError(f"batch of {x.shape[0]} does not split into grad_accum={accum} micro-batches")
+    return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def build_train_step(task, graphdef, tx, accum: int, schedule):
+  def loss_of(params, frozen, batch, rng):
+    return task.loss_fn(nnx.merge(graphdef, params, frozen), batch, rng)
+
+  grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+
+  def train_step(params, frozen, opt_state, batch, rng, step):
+    if accum == 1:
+      (loss, aux), grads = grad_fn(params, frozen, batch, rng)
+    else:
+      def body(carry, micro):
+        mb, r = micro
+        (l, a), g = grad_fn(params, frozen, mb, r)
+        return jax.tree.map(jnp.add, carry, (l, a, g)), None
+      (l0, a0), g0 = jax.eval_shape(grad_fn, params, frozen, jax.tree.map(lambda x: x[0], _micro_batches(batch, accum)), rng)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (l0, a0, g0))
+      (loss, aux, grads), _ = jax.lax.scan(body, zeros, (_micro_batches(batch, accum), jax.random.split(rng, accum)))
+      loss, aux, grads = jax.tree.map(lambda x: x / accum, (loss, aux, grads))
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(step))
+    return params, opt_state, metrics
+
+  return train_step
+
+
+def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainResult:
+  """Trains `config.task` to `config.total_steps`, resuming from WORKDIR/checkpoints.
+
+  stop_at: save and return after this step (as a preempted job would), schedules unchanged.
+  config.num_devices (optional): use only the first N devices (e.g. 1 for a reference run).
+  """
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  task = get_task(config)
+  devices = jax.devices()[: config.get("num_devices", 0) or None]
+  mesh = make_mesh(dict(config.mesh), devices=devices)
+  rules = config.get("sharding_rules")
+
+  model = create_sharded(lambda: task.build_model(nnx.Rngs(config.seed)), mesh, rules)
+  task.after_init(model) if hasattr(task, "after_init") else None
+  graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
+  labels = jax.tree_util.tree_map_with_path(lambda p, _: task.param_group(_keystr(p)), params)
+  tx = make_optimizer(config.optimizer, labels)
+  schedule = make_schedule(config.optimizer)
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  opt_state = jax.jit(tx.init)(params)
+
+  data = task.dataset("train", seed=config.seed, global_batch=config.batch_size)
+  batch_sharding = lambda name, local: NamedSharding(mesh, logical_to_spec(
+      task.batch_axes(name), None, mesh, rules))
+  loader = DeviceLoader(data, batch_sharding)
+
+  ckpt = Checkpointer(workdir / "checkpoints", keep=config.get("keep_checkpoints", 3),
+                      async_save=config.get("async_checkpoints", True))
+  state = {"params": params, "frozen": frozen, "opt": opt_state}
+  step = 0
+  restored = ckpt.restore_latest(abstract_like(state, mesh))
+  if restored is not None:
+    step, state, data_state = restored
+    loader.set_state(data_state)
+    print(f"resumed from step {step} in {ckpt.directory}", flush=True)
+  params, frozen, opt_state = state["params"], state["frozen"], state["opt"]
+
+  accum = int(config.get("grad_accum", 1))
+  step_fn = jax.jit(build_train_step(task, graphdef, tx, accum, schedule), donate_argnums=(0, 2),
+                    out_shardings=(param_shardings, None, None))
+  base_rng = jax.random.key(config.seed)
+  writer = MetricsWriter(workdir, total_steps=config.total_steps)
+  (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+  stop = {"signal": None}
+  previous = signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))  # preemption notice
+
+  compiled_flops, peak = None, None
+  losses: dict[int, float] = {}
+  last_saved, window_start, window_counts, window_steps = step, time.perf_counter(), {}, 0
+  try:
+    with activation_sharding(mesh, rules):
+      while step < config.total_steps:
+        batch = next(loader)
+        rng = jax.random.fold_in(base_rng, step)
+        if compiled_flops is None:
+          compiled = step_fn.lower(params, frozen, opt_state, batch, rng, step).compile()
+          # virtual CPU devices share one machine: its measured peak is the whole budget
+          scale = 1 if devices[0].platform == "cpu" else len(devices)
+          compiled_flops, peak = step_flops(compiled), device_peak_flops() * scale
+          window_start = time.perf_counter()   # throughput excludes compilation
+        params, opt_state, metrics = step_fn(params, frozen, opt_state, batch, rng, step)
+        step += 1
+        loss = float(metrics["loss"])
+        losses[step] = loss
+        if not math.isfinite(loss):
+          raise NonFiniteLossError(
+              f"loss is {loss} at step {step}: stopping without saving this state. The last good "
+              f"checkpoint is step {last_saved} in {ckpt.directory}; lower the learning rate or check "
+              "the data, then rerun to resume from it")
+        window_steps += 1
+        for k, v in task.batch_counts(batch).items():
+          window_counts[k] = window_counts.get(k, 0.0) + v
+        if step % config.log_every == 0 or step == config.total_steps:
+          seconds = time.perf_counter() - window_start
+          logged = {k: float(v) for k, v in metrics.items()}
+          logged.update({f"{k}_per_s": v / seconds for k, v in window_counts.items()})
+          if compiled_flops:
+            logged["mfu"] = compiled_flops * window_steps / seconds / peak
+          writer.write(step, logged)
+          window_start, window_counts, window_steps = time.perf_counter(), {}, 0
+        stopping = stop["signal"] or step == stop_at
+        if step % config.ckpt_every == 0 or step == config.total_steps or stopping:
+          ckpt.save(step, {"params": params, "frozen": frozen, "opt": opt_state}, loader.get_state(),
+                    config.to_dict())
+          last_saved = step
+        if stopping:
+          print(f"stopping at step {step} ({'signal ' + str(stop['signal']) if stop['signal'] else 'stop_at'}); "
+                "rerun to resume", flush=True)
+          break
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    ckpt.close()
+    writer.close()
+  return TrainResult(step, losses, workdir)
