@@ -99,3 +99,20 @@ def test_text_time_needs_added_cond_kwargs(pair):
   x, t, ctx, _ = unet_inputs(ref)
   with pytest.raises(ValueError, match="text_embeds"):
     unet(jnp.asarray(x), jnp.asarray(t), jnp.asarray(ctx))
+
+
+def test_cli_round_trip(tmp_path):
+  """diffusers -> wegen_jax native checkpoint -> diffusers, through `python -m wegen_jax.convert`."""
+  from wegen_jax.convert.cli import main
+  from tests.test_diffusion_refs import diffusers_vae
+  for kind, ref, cls in (("unet", diffusers_unet("sdxl"), diffusers.UNet2DConditionModel),
+                         ("vae", diffusers_vae(), diffusers.AutoencoderKL)):
+    ref.save_pretrained(tmp_path / kind)
+    assert main([f"diffusers-{kind}", "--src", str(tmp_path / kind), "--out", str(tmp_path / f"{kind}_jax")]) == 0
+    assert main([f"jax-to-diffusers-{kind}", "--src", str(tmp_path / f"{kind}_jax"),
+                 "--out", str(tmp_path / f"{kind}_back")]) == 0
+    back = cls.from_pretrained(tmp_path / f"{kind}_back").state_dict()
+    assert sorted(back) == sorted(ref.state_dict())
+    for k, v in ref.state_dict().items():
+      np.testing.assert_array_equal(back[k].numpy(), v.numpy(), err_msg=k)
+  assert main(["diffusers-unet", "--src", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2

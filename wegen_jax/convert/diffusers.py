@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict, save_state_dict
+from wegen_jax.convert.cli import command
 from wegen_jax.convert.mapping import CONV, COPY, LINEAR, Rule, Transform, export_state_dict, load_state_dict
 from wegen_jax.models.unet import UNet2DConditionModel, UNetConfig
 from wegen_jax.models.vae import AutoencoderKL, VAEConfig
@@ -304,3 +305,45 @@ def save_diffusers_unet(model: UNet2DConditionModel, path: str | os.PathLike, *,
 def save_diffusers_vae(model: AutoencoderKL, path: str | os.PathLike, *, dtype=None) -> None:
   """Writes config.json + diffusion_pytorch_model.safetensors for AutoencoderKL.from_pretrained."""
   _save(path, export_state_dict(model, vae_rules(model.cfg), dtype=dtype), vae_config_to_diffusers(model.cfg))
+
+
+def register_native_kinds() -> None:
+  """Lets convert.native save/load UNets and VAEs (kinds 'unet', 'vae'); imports Orbax, so lazy."""
+  from wegen_jax.convert.native import register_kind
+  register_kind("unet", UNetConfig, UNet2DConditionModel)
+  register_kind("vae", VAEConfig, AutoencoderKL)
+
+
+def _cli_args(p):
+  p.add_argument("--src", required=True, help="input directory")
+  p.add_argument("--out", required=True, help="output directory (created)")
+  p.add_argument("--dtype", default=None, help="dtype to store, e.g. bfloat16 (default: keep)")
+
+
+def _cli_to_jax(loader, what):
+  def run(args):
+    from wegen_jax.convert.native import save_native
+    register_native_kinds()
+    model = loader(args.src, **({"param_dtype": args.dtype} if args.dtype else {}))
+    save_native(model, args.out)
+    print(f"wrote {args.out} (wegen_jax {what})")
+  return run
+
+
+def _cli_to_diffusers(saver, what):
+  def run(args):
+    from wegen_jax.convert.native import load_native
+    register_native_kinds()
+    saver(load_native(args.src), args.out, dtype=args.dtype and np.dtype(args.dtype))
+    print(f"wrote {args.out} (diffusers {what})")
+  return run
+
+
+command("diffusers-unet", "diffusers UNet2DConditionModel dir (config.json + diffusion_pytorch_model."
+        "safetensors) -> wegen_jax checkpoint", _cli_args)(_cli_to_jax(load_diffusers_unet, "UNet"))
+command("jax-to-diffusers-unet", "wegen_jax UNet checkpoint -> dir that UNet2DConditionModel."
+        "from_pretrained loads", _cli_args)(_cli_to_diffusers(save_diffusers_unet, "UNet2DConditionModel"))
+command("diffusers-vae", "diffusers AutoencoderKL dir -> wegen_jax checkpoint",
+        _cli_args)(_cli_to_jax(load_diffusers_vae, "VAE"))
+command("jax-to-diffusers-vae", "wegen_jax VAE checkpoint -> dir that AutoencoderKL.from_pretrained loads",
+        _cli_args)(_cli_to_diffusers(save_diffusers_vae, "AutoencoderKL"))

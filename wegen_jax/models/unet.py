@@ -67,6 +67,10 @@ class UNetConfig:
   remat: bool = False                             # rematerialise each block in the backward pass
 
   def __post_init__(self):
+    for f in dataclasses.fields(self):   # JSON gives lists; configs must stay hashable (jit static)
+      v = getattr(self, f.name)
+      if isinstance(v, list):
+        object.__setattr__(self, f.name, tuple(tuple(x) if isinstance(x, list) else x for x in v))
     n = len(self.block_out_channels)
     per_block = dict(down_block_types=self.down_block_types, up_block_types=self.up_block_types,
                      layers_per_block=self.layers_per_block, num_attention_heads=self.num_attention_heads,
@@ -412,3 +416,4 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditi
   unet.conv_in = new
   unet.cfg = cfg.replace(in_channels=in_channels)
   return unet
+

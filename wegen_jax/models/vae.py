@@ -37,6 +37,11 @@ class VAEConfig:
   param_dtype: str = "float32"
   attention_impl: str = "xla"
 
+  def __post_init__(self):
+    for f in dataclasses.fields(self):   # JSON gives lists; configs must stay hashable (jit static)
+      if isinstance(getattr(self, f.name), list):
+        object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+
   def replace(self, **kw) -> "VAEConfig":
     return dataclasses.replace(self, **kw)
 
