@@ -86,10 +86,10 @@ def test_forced_tokens_hook_forces_and_feeds_back_embeddings():
   trigger = int(np.asarray(generate(model, ids, sampling=SamplingConfig(max_new_tokens=1)).tokens)[0, 0])
   forced = (60, 61, 62)
   feedback = Dense(32, 32, axes=("embed", "embed"), rngs=nnx.Rngs(5))
-  hook = ForcedTokensHook(trigger, forced, embed_fn=feedback)
-  out = generate(model, ids, sampling=SamplingConfig(max_new_tokens=6), hook=hook)
+  hook = ForcedTokensHook(trigger, forced + (59,), embed_fn=feedback, feedback=(True, True, True, False))
+  out = generate(model, ids, sampling=SamplingConfig(max_new_tokens=7), hook=hook)
   tokens = np.asarray(out.tokens)[0]
-  assert tokens[0] == trigger and tuple(tokens[1:4]) == forced
+  assert tokens[0] == trigger and tuple(tokens[1:5]) == forced + (59,)
   # Recompute by hand: the inputs after the trigger are feedback(h_prev), not token embeddings.
   embeds = model.embed_tokens(jnp.asarray(np.concatenate([ids[0], tokens[:1]])[None]))
   h = model.forward(inputs_embeds=embeds).hidden_states[:, -1]
@@ -97,6 +97,10 @@ def test_forced_tokens_hook_forces_and_feeds_back_embeddings():
     np.testing.assert_allclose(np.asarray(out.hidden_states[0, 1 + i]), np.asarray(h[0]), atol=1e-5)
     embeds = jnp.concatenate([embeds, feedback(h)[:, None]], axis=1)
     h = model.forward(inputs_embeds=embeds).hidden_states[:, -1]
+  # the last forced token (59) goes in as its own embedding, not as feedback
+  embeds = jnp.concatenate([embeds, model.embed_tokens(jnp.asarray([[59]]))], axis=1)
+  h = model.forward(inputs_embeds=embeds).hidden_states[:, -1]
+  np.testing.assert_allclose(np.asarray(out.hidden_states[0, 5]), np.asarray(h[0]), atol=1e-5)
 
 
 def test_rejects_right_padding():

@@ -38,10 +38,15 @@ class ForcedTokensHook(DecodeHook):
   """After `trigger` is emitted, force `forced` tokens one per step; while forcing, the next
   input embedding is `embed_fn(hidden)` when an embed_fn (an nnx.Module) is given."""
 
-  def __init__(self, trigger: int, forced, embed_fn: nnx.Module | None = None):
+  def __init__(self, trigger: int, forced, embed_fn: nnx.Module | None = None, feedback=None):
+    """feedback: per forced token, whether its input is embed_fn(hidden) (default: all).
+    WeGen forces <img_00000>..<img_00063> with feedback and then </img> without."""
     self.trigger = int(trigger)
     self.forced = tuple(int(t) for t in forced)
     self.embed_fn = embed_fn
+    self.feedback = tuple(bool(f) for f in (feedback if feedback is not None else [True] * len(self.forced)))
+    if len(self.feedback) != len(self.forced):
+      raise ValueError(f"feedback has {len(self.feedback)} entries for {len(self.forced)} forced tokens")
 
   def init(self, batch, hidden_size):
     return jnp.full((batch,), -1, jnp.int32)   # index into `forced`, -1 = not forcing
@@ -50,7 +55,8 @@ class ForcedTokensHook(DecodeHook):
     forcing = state >= 0
     forced = jnp.asarray(self.forced, jnp.int32)[jnp.clip(state, 0, len(self.forced) - 1)]
     token = jnp.where(forcing, forced, token)
-    use_embed = forcing if self.embed_fn is not None else jnp.zeros_like(forcing)
+    feedback = jnp.asarray(self.feedback)[jnp.clip(state, 0, len(self.forced) - 1)]
+    use_embed = forcing & feedback if self.embed_fn is not None else jnp.zeros_like(forcing)
     embed = self.embed_fn(hidden).astype(hidden.dtype) if self.embed_fn is not None else jnp.zeros_like(hidden)
     nxt = jnp.where(forcing, state + 1, jnp.where(token == self.trigger, 0, -1))
     nxt = jnp.where(nxt >= len(self.forced), -1, nxt)
