@@ -22,6 +22,7 @@ JAX_STACK = [
     "pillow>=10",
     "tqdm>=4.66",
     "tensorboardX==2.6.5",
+    "tokenizers>=0.21",
     "absl-py>=2.1",
 ]
 
