@@ -120,3 +120,6 @@ class Attention(nnx.Module):
         kv_segment_ids=kv_segment_ids, scale=self.scale)
     out = self.o(out.reshape(b, t, self.num_heads * self.head_dim))
     return out if cache is None else (out, cache)
+
+
+import wegen_jax.kernels  # noqa: E402,F401  registers "flash"/"auto" (Pallas loads on first call)
