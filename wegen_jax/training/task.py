@@ -16,6 +16,7 @@ from flax import nnx
 
 TASKS = {
     "lm": "wegen_jax.training.lm_task:LMTask",
+    "wegen": "wegen_jax.systems.wegen.task:WeGenTask",
 }
 
 

@@ -1,0 +1,96 @@
+"""WeGen: detokenizer (stage 1) and MLLM (stages 2, 3) training, SYSTEMS.md §1 recipe.
+
+  python -m wegen_jax.train --config configs/wegen.py:size=tiny,stage=2 --workdir /tmp/wegen2
+
+size=tiny trains on a laptop CPU in minutes (64-px images, 8x8 EVA grid pooled 1:1 to 64
+tokens, 2-layer LLM, 16x16 latents); stage 1 shows loss_diffusion falling, stage 2 all four
+terms (loss_ce, loss_mse, loss_cos, loss_diffusion). size=7b holds the real dimensions:
+Llama-2-7B-chat (vocab 32330), EVA-CLIP-E-14-plus at 448 px, the SDXL-base UNet with
+cross_attention_dim 1792 and a 1792 + 6*256 = 3328 add-embedding input, the SDXL VAE.
+Data: wegen_jax.data.wegen_pipeline over the TFDS dir `data.dir` (dataset wegen_dynamics).
+arg: size=tiny|7b, stage=1|2|3.
+"""
+import ml_collections
+
+from configs import llm as llm_configs
+from wegen_jax.config_utils import parse_arg
+from wegen_jax.parallel.sharding import DEFAULT_RULES
+from wegen_jax.systems.wegen.config import SDXL_SCHEDULER
+
+_SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json, WeGen's condition
+    block_out_channels=[320, 640, 1280], down_block_types=["DownBlock2D", "CrossAttnDownBlock2D",
+                                                           "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], layers_per_block=2,
+    transformer_layers_per_block=[1, 2, 10], attention_head_dim=[5, 10, 20], use_linear_projection=True,
+    cross_attention_dim=1792, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=1792 + 6 * 256, norm_num_groups=32, sample_size=128)
+_SDXL_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
+                 norm_num_groups=32, scaling_factor=0.13025, sample_size=1024, force_upcast=True)
+
+SIZES = {
+    "7b": dict(
+        model=dict(llm=dict(llm_configs.MODEL_DEFAULTS, **llm_configs.PRESETS["wegen_llama2_7b"], remat="full"),
+                   vision=dict(),   # EVAConfig defaults = EVA-CLIP-E-14-plus at 448 px
+                   unet=_SDXL_UNET, vae=_SDXL_VAE, unet_remat=True, dtype="bfloat16"),
+        data=dict(max_len=1024, max_images=4, image_size=448, vae_image_size=1024),
+        batch_size=128),
+    "tiny": dict(
+        model=dict(llm=dict(llm_configs.MODEL_DEFAULTS, **dict(llm_configs.PRESETS["tiny_llama"], vocab_size=384)),
+                   vision=dict(image_size=64, patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64),
+                   unet=dict(block_out_channels=[32, 64], down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+                             up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], layers_per_block=1,
+                             attention_head_dim=[2, 4], use_linear_projection=True, cross_attention_dim=32,
+                             addition_embed_type="text_time", addition_time_embed_dim=8,
+                             projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=8,
+                             sample_size=16),
+                   vae=dict(block_out_channels=[16, 32, 32], layers_per_block=1, latent_channels=4,
+                            norm_num_groups=8, scaling_factor=0.13025, sample_size=64),
+                   dtype="float32"),
+        data=dict(max_len=192, max_images=2, image_size=64, vae_image_size=64),
+        batch_size=4),
+}
+
+# SYSTEMS.md §1 optimizer settings. Stage 1 names no clipping; stage 3 repeats stage 2 on new data.
+_STAGE_OPT = {
+    1: dict(lr=1e-4, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, warmup_steps=2000, min_lr_ratio=0.05,
+            total_steps=160_000, grad_clip=0.0, freeze_until={"unet": 12_000}),
+    2: dict(lr=5e-4, weight_decay=0.05, b1=0.9, b2=0.95, eps=1e-6, warmup_steps=1000, min_lr_ratio=0.05,
+            total_steps=30_000, grad_clip=1.0, freeze_until={}),
+}
+_STAGE_OPT[3] = _STAGE_OPT[2]
+
+
+def get_config(arg=None):
+  args = parse_arg(arg, size="tiny", stage=2)
+  size, stage = args["size"], int(args["stage"])
+  if size not in SIZES:
+    raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
+  if stage not in _STAGE_OPT:
+    raise ValueError(f"stage={stage}; choose 1 (detokenizer), 2 or 3 (MLLM)")
+  preset = SIZES[size]
+  c = ml_collections.ConfigDict()
+  c.task = "wegen"
+  c.stage = stage
+  c.seed = 0
+  opt = dict(_STAGE_OPT[stage])
+  tiny = size == "tiny"
+  if tiny:  # minutes on a CPU: short schedule, larger lr, UNet unfrozen after 10 steps in stage 1
+    opt.update(total_steps=60, warmup_steps=5, lr=1e-3 if stage == 1 else 2e-3,
+               freeze_until={"unet": 10} if stage == 1 else {})
+  c.total_steps = opt["total_steps"]
+  c.log_every = 10 if tiny else 50
+  c.ckpt_every = 30 if tiny else 1000
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+  c.batch_size = preset["batch_size"]
+  c.grad_accum = 1 if stage == 1 else 2
+  c.optimizer = opt
+  c.model = dict(preset["model"], num_image_tokens=64, snr_gamma=5.0,
+                 train_scheduler=dict(SDXL_SCHEDULER, _class_name="DDPMScheduler"),
+                 sample_scheduler=SDXL_SCHEDULER,
+                 loss_weights=dict(ce=1.0, mse=1.0, cos=1.0, diffusion=1.0))
+  c.data = dict(preset["data"], dir="", tokenizer="", num_image_tokens=64)
+  c.sample = dict(num_steps=50, guidance_scale=7.0, var_cfg_scale=1.0)   # generate() defaults
+  c.mesh = dict(data=1, fsdp=-1, tensor=1)
+  c.sharding_rules = [list(r) for r in DEFAULT_RULES]
+  return c

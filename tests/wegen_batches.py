@@ -1,0 +1,83 @@
+"""Hand-built WeGen batches in the pipeline's batch contract (until wegen_pipeline lands)."""
+import numpy as np
+
+from wegen_jax.data.tokenizer import load_tokenizer
+
+Q = 64
+
+
+def make_batch(config, batch=2, seed=0):
+  """Per row: <s> prompt <img>[input image]</img> instruction <img>[target image]</img> </s>;
+  SEED-X labels (the target <img> and the response text supervised, image tokens masked)."""
+  tok = load_tokenizer("")
+  d = config.data
+  rng = np.random.default_rng(seed)
+  length, n, s, v = d.max_len, d.max_images, d.image_size, d.vae_image_size
+  out = dict(input_ids=np.zeros((batch, length), np.int32), segment_ids=np.zeros((batch, length), np.int32),
+             positions=np.zeros((batch, length), np.int32), labels=np.full((batch, length), -100, np.int32),
+             pixel_values=np.zeros((batch, n, 3, s, s), np.float32),
+             image_token_positions=np.zeros((batch, n, Q), np.int32), image_valid=np.zeros((batch, n), bool),
+             image_is_target=np.zeros((batch, n), bool), vae_pixels=np.zeros((batch, n, 3, v, v), np.float32))
+  img = [tok.img_start_id] + tok.image_token_ids(Q) + [tok.img_end_id]
+  for b in range(batch):
+    ids, supervised, slots = [tok.bos_id] + tok.encode("[INST] "), [], []
+    slots.append(len(ids) + 1)
+    ids += img + tok.encode(f"move the shape {b} [/INST]")
+    first_response = len(ids)
+    ids += tok.encode("ok ")
+    slots.append(len(ids) + 1)
+    ids += img + [tok.eos_id]
+    supervised = [t >= first_response and ids[t] not in img[1:] for t in range(len(ids))]
+    ids = np.asarray(ids)
+    m = len(ids)
+    out["input_ids"][b, :m] = ids
+    out["segment_ids"][b, :m] = 1
+    out["positions"][b, :m] = np.arange(m)
+    out["labels"][b, :m - 1] = np.where(supervised[1:], ids[1:], -100)
+    for k, start in enumerate(slots):
+      out["image_token_positions"][b, k] = np.arange(start, start + Q)
+      out["image_valid"][b, k] = True
+      out["image_is_target"][b, k] = k == 1
+      base = rng.uniform(-1, 1, (3, 1, 1)) * np.ones((3, v, v))
+      yy, xx = np.mgrid[:v, :v] / v
+      picture = np.clip(base + (np.abs(yy - 0.3 - 0.3 * k) < 0.15) * (np.abs(xx - 0.5) < 0.2), -1, 1)
+      out["vae_pixels"][b, k] = picture
+      small = picture[:, :: v // s, :: v // s] if v >= s else np.resize(picture, (3, s, s))
+      out["pixel_values"][b, k] = (small - small.mean()) / (small.std() + 1e-6)
+  return out
+
+
+def random_model(cfg, seed=0):
+  """A WeGen with random weights drawn in numpy: eager init of the UNet/VAE op by op takes a
+  minute on a busy CPU, this takes a second. Kernels ~ N(0, 1/fan_in), norms 1, biases small."""
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from wegen_jax.convert.mapping import param_paths
+  from wegen_jax.systems.wegen import WeGen
+  model = nnx.eval_shape(lambda: WeGen(cfg, rngs=nnx.Rngs(0)))
+  rng = np.random.default_rng(seed)
+  for path, var in param_paths(model).items():
+    shape, dtype = var.get_value().shape, var.get_value().dtype
+    leaf = path.rsplit(".", 1)[-1]
+    if leaf == "scale":
+      value = np.ones(shape)
+    elif leaf == "bias":
+      value = 0.02 * rng.standard_normal(shape)
+    elif leaf == "kernel":
+      value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
+    else:   # embeddings, position tables, class token
+      value = 0.02 * rng.standard_normal(shape)
+    var.set_value(jnp.asarray(value, dtype))
+  leftover = [p for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.Param)))]
+  assert not leftover, f"non-parameter state left abstract: {leftover[:3]}"
+  return model
+
+
+def tiny_config(stage=2, **data):
+  """configs/wegen.py tiny with test-sized data (32-px VAE images -> 8x8 latents)."""
+  from configs.wegen import get_config
+  c = get_config(f"size=tiny,stage={stage}")
+  c.data.update(dict(max_len=176, vae_image_size=32), **data)
+  c.model.vae.sample_size = c.data.vae_image_size
+  return c

@@ -1,0 +1,99 @@
+"""WeGenConfig: everything the system needs, built from `config.model` (see configs/wegen.py).
+
+The UNet and VAE are described by diffusers config.json dicts (SDXL's own files for the real
+model), the LLM by LLMConfig fields and the vision tower by EVAConfig fields, so the same
+dicts serve conversion and construction.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+from wegen_jax.convert.diffusers import unet_config_from_diffusers, vae_config_from_diffusers
+from wegen_jax.diffusion.schedulers import scheduler_from_config
+from wegen_jax.models.eva import EVAConfig
+from wegen_jax.models.llm import LLMConfig
+from wegen_jax.models.unet import UNetConfig
+from wegen_jax.models.vae import VAEConfig
+
+# SDXL-base's scheduler_config.json (EulerDiscrete for sampling; the same betas train as DDPM).
+SDXL_SCHEDULER = dict(_class_name="EulerDiscreteScheduler", num_train_timesteps=1000, beta_start=0.00085,
+                      beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon",
+                      timestep_spacing="leading", steps_offset=1)
+
+
+def _plain(x):
+  """ConfigDict / FrozenConfigDict / lists -> plain dicts and tuples."""
+  if hasattr(x, "to_dict"):
+    x = x.to_dict()
+  if isinstance(x, Mapping):
+    return {k: _plain(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return tuple(_plain(v) for v in x)
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class WeGenConfig:
+  llm: LLMConfig
+  vision: EVAConfig
+  unet: UNetConfig
+  vae: VAEConfig
+  num_image_tokens: int = 64
+  train_scheduler: Mapping[str, Any] | tuple = ()   # diffusers scheduler config (DDPM training)
+  sample_scheduler: Mapping[str, Any] | tuple = ()  # diffusers scheduler config (sampling)
+  snr_gamma: float | None = 5.0
+  loss_weights: Mapping[str, float] | tuple = ()    # ce, mse, cos, diffusion
+
+  def __post_init__(self):
+    for name in ("train_scheduler", "sample_scheduler", "loss_weights"):   # hashable (jit static)
+      v = getattr(self, name)
+      if isinstance(v, Mapping):
+        object.__setattr__(self, name, tuple(sorted(v.items())))
+    q = math.isqrt(self.num_image_tokens)
+    gh, gw = self.vision.grid
+    if q * q != self.num_image_tokens or gh != gw or gh % q:
+      raise ValueError(f"num_image_tokens={self.num_image_tokens} must be a square whose side divides the "
+                       f"vision grid {self.vision.grid} (image_size {self.vision.image_size} / patch "
+                       f"{self.vision.patch_size})")
+    if self.unet.cross_attention_dim[0] != self.vision.width:
+      raise ValueError(f"UNet cross_attention_dim {self.unet.cross_attention_dim} must equal the vision "
+                       f"width {self.vision.width}: the detokenizer attends to the 64 image features")
+    if self.unet.addition_embed_type == "text_time":
+      want = self.vision.width + 6 * self.unet.addition_time_embed_dim
+      if self.unet.projection_class_embeddings_input_dim != want:
+        raise ValueError(f"UNet projection_class_embeddings_input_dim is "
+                         f"{self.unet.projection_class_embeddings_input_dim}; the pooled features "
+                         f"({self.vision.width}) + 6 time ids x {self.unet.addition_time_embed_dim} need {want}")
+
+  @property
+  def pool(self) -> int:
+    """Average-pool kernel over the vision grid (4 for 32x32 -> 8x8)."""
+    return self.vision.grid[0] // math.isqrt(self.num_image_tokens)
+
+  def weight(self, name: str) -> float:
+    return dict(self.loss_weights).get(name, 1.0)
+
+  def train_noise_scheduler(self):
+    d = dict(dict(self.train_scheduler) or SDXL_SCHEDULER, _class_name="DDPMScheduler")
+    return scheduler_from_config(d)
+
+  def sampler(self):
+    return scheduler_from_config(dict(self.sample_scheduler) or SDXL_SCHEDULER)
+
+  @classmethod
+  def from_dict(cls, d) -> "WeGenConfig":
+    """From `config.model`: {llm: LLMConfig fields, vision: EVAConfig fields, unet: diffusers UNet
+    config, vae: diffusers VAE config, num_image_tokens, schedulers, snr_gamma, loss_weights,
+    dtype: compute dtype of every part}."""
+    d = _plain(d)
+    dtype = d.get("dtype", "float32")
+    extra = dict(dtype=dtype)
+    return cls(llm=LLMConfig(**{**d["llm"], **extra}),
+               vision=EVAConfig(**{**d["vision"], **extra}),
+               unet=unet_config_from_diffusers(d["unet"], **extra, remat=bool(d.get("unet_remat", False))),
+               vae=vae_config_from_diffusers(d["vae"], **extra),
+               num_image_tokens=d.get("num_image_tokens", 64),
+               train_scheduler=d.get("train_scheduler", {}), sample_scheduler=d.get("sample_scheduler", {}),
+               snr_gamma=d.get("snr_gamma", 5.0), loss_weights=d.get("loss_weights", {}))

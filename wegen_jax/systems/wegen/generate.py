@@ -1,0 +1,244 @@
+"""WeGen inference: text and images, multi-turn, with images as inputs.
+
+1. The prompt's `<img_i>` embeddings of every input image are replaced by the projected
+   features (a reference picture, or an earlier result to refine: multi-turn is the earlier
+   turns' tokens and images in the prompt).
+2. Decoding (wegen_jax.generation): after the model emits `<img>`, the next 64 tokens are
+   forced to `<img_00000>`..`<img_00063>` with input_proj(output_proj(h)) fed back, then
+   `</img>` (no feedback).
+3. VAR CFG (scale s != 1): at each fed-back step h = h_u + s (h_c - h_u), where h_u comes from
+   an unconditional branch that starts from `<img>` alone and keeps its own KV cache; the
+   guided h is what gets fed back (see VARGuidanceHook).
+4. Image features: output_proj of the hidden states at `<img>`..`<img_00062>` (the ones that
+   chose `<img_00000>`..`<img_00063>`), as in training. The authors' decode slices
+   `hidden[eoi-64:eoi]` (the states at `<img_00000>`..`<img_00063>`), one position later than
+   their training targets; we follow training.
+5. UNet sampling (Euler discrete by default; CFG against zero negative embeddings) and VAE decode.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wegen_jax.data.image_preprocess import preprocess_image
+from wegen_jax.diffusion import ClassifierFree, Conditioning, NoGuidance
+from wegen_jax.diffusion import generate as diffusion_generate
+from wegen_jax.generation import ForcedTokensHook, SamplingConfig
+from wegen_jax.generation import generate as decode
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTokens:
+  """Ids of `<img>`, `</img>` and `<img_00000>`.. (from the tokenizer in use)."""
+  boi: int
+  eoi: int
+  image: tuple[int, ...]
+
+  @classmethod
+  def from_tokenizer(cls, tok, count: int = 64) -> "ImageTokens":
+    return cls(tok.img_start_id, tok.img_end_id, tuple(tok.image_token_ids(count)))
+
+  def placeholder(self) -> list[int]:
+    """`<img><img_00000>..</img>`: the tokens an image occupies in a sequence."""
+    return [self.boi, *self.image, self.eoi]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSampling:
+  num_steps: int = 50
+  guidance_scale: float = 7.0          # CFG against zero features; 1 = off
+  height: int | None = None            # default: the VAE's configured sample_size
+  width: int | None = None
+
+
+class WeGenOutput(NamedTuple):
+  tokens: np.ndarray             # [B, N] generated ids (pad after the stop token)
+  text_tokens: list              # per row: generated ids without image tokens, `<img>`, `</img>`
+  images: list                   # per row: uint8 [k, H, W, 3] for the k images it generated
+  features: list                 # per row: [k, Q, width] image features sent to the UNet
+
+
+class _PromptEmbeds(nnx.Variable):
+  pass
+
+
+class _LLMWithPrompt(nnx.Module):
+  """The LLM seen by the decoder, with the prefill's input embeddings fixed to the prompt's
+  (images spliced in); the decode steps pass inputs_embeds themselves."""
+
+  def __init__(self, llm, prompt_embeds):
+    self.llm = llm
+    self.prompt = _PromptEmbeds(prompt_embeds)
+
+  def init_cache(self, batch, max_len, dtype=None):
+    return self.llm.init_cache(batch, max_len, dtype)
+
+  def embed_tokens(self, ids):
+    return self.llm.embed_tokens(ids)
+
+  def forward(self, input_ids=None, *, inputs_embeds=None, **kwargs):
+    if input_ids is not None:   # the prefill
+      inputs_embeds = self.prompt[...]
+    return self.llm.forward(inputs_embeds=inputs_embeds, **kwargs)
+
+
+class _Feedback(nnx.Module):
+  def __init__(self, model):
+    self.model = model
+
+  def __call__(self, hidden):
+    return self.model.feedback(hidden)
+
+
+class VARGuidanceHook(ForcedTokensHook):
+  """ForcedTokensHook whose fed-back hidden states are guided: h = h_u + s (h_c - h_u).
+
+  The unconditional branch sees `<img>` at position 0 and then the same fed-back embeddings as
+  the conditional one. Its cache has one slot per decode step (written at the step index);
+  each image of a row gets a new segment id, so earlier images' entries are masked out.
+  As in the authors' llama2_var.py, guidance changes the fed-back embeddings; the image
+  features are read from the conditional hidden states that the decoder records."""
+
+  def __init__(self, model, trigger, forced, feedback, scale: float, max_new_tokens: int):
+    super().__init__(trigger, forced, _Feedback(model), feedback)
+    self.llm = model.llm
+    self.scale = float(scale)
+    self.max_new_tokens = int(max_new_tokens)
+
+  def init(self, batch, hidden_size):
+    return dict(force=super().init(batch, hidden_size), step=jnp.int32(0),
+                cache=self.llm.init_cache(batch, self.max_new_tokens),
+                prev=jnp.zeros((batch, hidden_size), jnp.dtype(self.llm.cfg.dtype)),
+                image=jnp.zeros((batch,), jnp.int32))
+
+  def step(self, state, token, hidden):
+    force = state["force"]
+    idx = jnp.clip(force, 0, len(self.forced) - 1)
+    guide = (force >= 0) & jnp.asarray(self.feedback)[idx]
+    first = force == 0
+    image = state["image"] + first.astype(jnp.int32)
+    boi = self.llm.embed_tokens(jnp.full(token.shape, self.trigger, jnp.int32))
+    x_u = jnp.where(first[:, None], boi, state["prev"].astype(boi.dtype))
+
+    def branch(cache):
+      out = self.llm.forward(inputs_embeds=x_u[:, None], positions=idx[:, None],
+                             segment_ids=jnp.where(guide, image, 0)[:, None], cache=cache,
+                             cache_index=state["step"])
+      return out.hidden_states[:, 0].astype(hidden.dtype), out.cache
+
+    h_u, cache = jax.lax.cond(jnp.any(guide), branch, lambda c: (hidden, c), state["cache"])
+    guided = jnp.where(guide[:, None], h_u + self.scale * (hidden - h_u), hidden)
+    token, embed, use_embed, force = super().step(force, token, guided)
+    new = dict(force=force, step=state["step"] + 1, cache=cache, image=image,
+               prev=jnp.where(use_embed[:, None], embed, state["prev"].astype(embed.dtype)))
+    return token, embed, use_embed, new
+
+
+def image_positions(input_ids: np.ndarray, tokens: ImageTokens, num_images: int) -> np.ndarray:
+  """[B, N, Q] positions of each image's `<img_i>` run in the (left-padded) prompt, in order;
+  unused slots 0. Every run must start with `<img_00000>`."""
+  b = input_ids.shape[0]
+  q = len(tokens.image)
+  out = np.zeros((b, num_images, q), np.int32)
+  for r in range(b):
+    starts = np.flatnonzero(input_ids[r] == tokens.image[0])
+    if len(starts) > num_images:
+      raise ValueError(f"prompt row {r} has {len(starts)} images but only {num_images} were given")
+    for n, s in enumerate(starts):
+      if not np.array_equal(input_ids[r, s:s + q], tokens.image):
+        raise ValueError(f"prompt row {r}: the image run at {s} is not <img_00000>..<img_{q - 1:05d}>")
+      out[r, n] = np.arange(s, s + q)
+  return out
+
+
+def images_to_pixels(images: Sequence[np.ndarray], image_size: int) -> np.ndarray:
+  """uint8 [H, W, 3] images (e.g. an earlier turn's output) -> vision input [k, 3, S, S]."""
+  return np.stack([preprocess_image(np.asarray(im), image_size) for im in images]).astype(np.float32)
+
+
+@nnx.jit
+def _prompt_embeds(model, input_ids, pixel_values, positions, valid):
+  features = model.image_features(pixel_values)
+  return model.embed_inputs(input_ids, features, positions, valid)
+
+
+@nnx.jit
+def _features(model, hidden):
+  return model.output_proj(hidden).astype(jnp.float32)
+
+
+def _detokenize(model, features, key, sampling: ImageSampling) -> np.ndarray:
+  cond, added = model.condition(jnp.asarray(features))
+  guidance = NoGuidance()
+  if sampling.guidance_scale != 1.0:   # branches [uncond, cond]; negative = zero features
+    guidance = ClassifierFree(sampling.guidance_scale)
+    cond = jnp.concatenate([jnp.zeros_like(cond), cond])
+    added = None if added is None else jax.tree.map(lambda x: jnp.concatenate([jnp.zeros_like(x), x]), added)
+  c = Conditioning(cond, None if added is None else added["text_embeds"],
+                   None if added is None else added["time_ids"])
+  size = model.cfg.vae.sample_size
+  size = size if isinstance(size, int) else size[0]
+  return np.asarray(diffusion_generate(model.unet, model.vae, model.cfg.sampler(), c, key,
+                                       num_steps=sampling.num_steps, height=sampling.height or size,
+                                       width=sampling.width or size, guidance=guidance))
+
+
+def generate(model, input_ids, *, tokens: ImageTokens, attention_mask=None, pixel_values=None,
+             sampling: SamplingConfig = SamplingConfig(), var_cfg_scale: float = 1.0,
+             image_sampling: ImageSampling = ImageSampling(), rng=None) -> WeGenOutput:
+  """Continues left-padded prompts [B, P]; pixel_values [B, N, 3, S, S] are the prompt's input
+  images in order of appearance (zeros for unused slots). Returns tokens, text tokens and the
+  generated images (uint8 [k, H, W, 3] per row)."""
+  input_ids = np.asarray(input_ids, np.int32)
+  b = input_ids.shape[0]
+  rng = jax.random.key(0) if rng is None else rng
+  k_text, k_image = jax.random.split(rng)
+  q = model.cfg.num_image_tokens
+  if len(tokens.image) != q:
+    raise ValueError(f"tokens.image has {len(tokens.image)} ids; the model uses {q} image tokens")
+  s = model.cfg.vision.image_size
+  if pixel_values is None:
+    pixel_values = np.zeros((b, 0, 3, s, s), np.float32)
+  pixel_values = np.asarray(pixel_values, np.float32)
+  positions = image_positions(input_ids, tokens, pixel_values.shape[1])
+  valid = (positions != 0).any(-1)
+  if pixel_values.shape[1]:
+    embeds = _prompt_embeds(model, jnp.asarray(input_ids), jnp.asarray(pixel_values), jnp.asarray(positions),
+                            jnp.asarray(valid))
+  else:
+    embeds = model.llm.embed_tokens(jnp.asarray(input_ids))
+
+  forced = tokens.image + (tokens.eoi,)
+  feedback = [True] * q + [False]
+  if var_cfg_scale == 1.0:
+    hook = ForcedTokensHook(tokens.boi, forced, _Feedback(model), feedback)
+  else:
+    hook = VARGuidanceHook(model, tokens.boi, forced, feedback, var_cfg_scale, sampling.max_new_tokens)
+  out = decode(_LLMWithPrompt(model.llm, embeds), input_ids, attention_mask=attention_mask,
+               sampling=sampling, rng=k_text, hook=hook)
+  ids = np.asarray(out.tokens)
+  hidden = out.hidden_states
+
+  # Image j of a row: the hidden states that chose its 64 `<img_i>` tokens (at `<img>`..`<img_00062>`).
+  spans = [[i + 1 for i in np.flatnonzero(row == tokens.boi) if np.array_equal(row[i + 1:i + 2 + q], forced)]
+           for row in ids]
+  flat = [(r, s0) for r, row in enumerate(spans) for s0 in row]
+  images = [np.zeros((0, 0, 0, 3), np.uint8) for _ in range(b)]
+  feats = [np.zeros((0, q, model.cfg.vision.width), np.float32) for _ in range(b)]
+  if flat:
+    h = jnp.stack([hidden[r, s0:s0 + q] for r, s0 in flat])
+    f = _features(model, h)
+    pics = _detokenize(model, f, k_image, image_sampling)
+    for r in range(b):
+      mine = [i for i, (rr, _) in enumerate(flat) if rr == r]
+      if mine:
+        images[r], feats[r] = pics[mine], np.asarray(f)[mine]
+  drop = set(tokens.image) | {tokens.boi, tokens.eoi}
+  text = [[int(t) for t in row[:n] if int(t) not in drop] for row, n in zip(ids, np.asarray(out.lengths))]
+  return WeGenOutput(ids, text, images, feats)
+

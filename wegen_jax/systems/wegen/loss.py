@@ -1,0 +1,87 @@
+"""WeGen's training losses (SYSTEMS.md §1; the authors' wegen_mllm_var.forward and
+SDXLAdapter.train_pipeline).
+
+Batches have fixed shapes: every image slot [B, N] is computed and the losses are masked
+means over the valid (target) slots, so one compiled step serves every batch.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from wegen_jax.diffusion.losses import diffusion_loss, min_snr_weights
+from wegen_jax.training.losses import cross_entropy
+
+
+def _masked_mean(values, mask):
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def cosine_loss(pred, target):
+  """Mean over tokens of 1 - cos(pred, target) (the authors' get_cosine_loss), per image [M]."""
+  pred = pred / jnp.linalg.norm(pred, axis=-1, keepdims=True)
+  target = target / jnp.linalg.norm(target, axis=-1, keepdims=True)
+  return jnp.mean(1.0 - jnp.sum(pred * target, axis=-1), axis=-1)
+
+
+def image_diffusion_loss(model, features, vae_pixels, mask, key):
+  """Min-SNR-weighted epsilon loss of the UNet conditioned on `features` [M, Q, C] for the images
+  [M, 3, V, V], averaged over `mask` [M]. The condition is not stopped: in stage 2 the gradient
+  flows through the frozen UNet into the LLM."""
+  k_vae, k_noise = jax.random.split(key)
+  latents = model.latents(vae_pixels, k_vae)
+  cond, added = model.condition(features)
+  sched = model.cfg.train_noise_scheduler()
+  _, aux = diffusion_loss(model.unet, sched, latents, cond, k_noise, added_cond_kwargs=added,
+                          snr_gamma=model.cfg.snr_gamma, return_aux=True)
+  per_image = aux["mse"] * min_snr_weights(sched, aux["t"], model.cfg.snr_gamma)
+  return _masked_mean(per_image, mask)
+
+
+def _flat(x):
+  return x.reshape((-1,) + x.shape[2:])
+
+
+def detokenizer_loss(model, batch, rng):
+  """Stage 1: the UNet learns to draw each valid image from its own avg-pooled vision features."""
+  features = model.image_features(batch["pixel_values"])
+  loss = image_diffusion_loss(model, _flat(features), _flat(batch["vae_pixels"]),
+                              batch["image_valid"].reshape(-1), rng)
+  return loss, {"loss_diffusion": loss}
+
+
+def mllm_loss(model, batch, rng):
+  """Stages 2/3: next-token CE + (MSE + cosine + diffusion) on the generated images' features.
+
+  Every valid image (input or target) is teacher-forced into its `<img_i>` embeddings; for
+  target images the hidden states one position earlier (`<img>`..`<img_00062>`) go through the
+  output projector and are regressed onto the stop-gradient avg-pooled target features."""
+  cfg = model.cfg
+  features = model.image_features(batch["pixel_values"])            # [B, N, Q, C], no gradient
+  embeds = model.embed_inputs(batch["input_ids"], features, batch["image_token_positions"],
+                              batch["image_valid"])
+  out = model.llm.forward(inputs_embeds=embeds, positions=batch["positions"], segment_ids=batch["segment_ids"])
+  ce, _ = cross_entropy(out.logits, batch["labels"])
+
+  b = embeds.shape[0]
+  prev = jnp.maximum(batch["image_token_positions"] - 1, 0)
+  hidden = out.hidden_states[jnp.arange(b)[:, None, None], prev]   # [B, N, Q, E]
+  pred = model.output_proj(hidden).astype(jnp.float32)               # [B, N, Q, C]
+  target = features
+  is_target = (batch["image_valid"] & batch["image_is_target"]).reshape(-1)
+  pred, target = _flat(pred), _flat(target)
+  mse = _masked_mean(jnp.mean(jnp.square(pred - target), axis=(1, 2)), is_target)
+  cos = _masked_mean(cosine_loss(pred, target), is_target)
+  diff = image_diffusion_loss(model, pred, _flat(batch["vae_pixels"]), is_target, rng)
+  loss = (cfg.weight("ce") * ce + cfg.weight("mse") * mse + cfg.weight("cos") * cos
+          + cfg.weight("diffusion") * diff)
+  return loss, {"loss_ce": ce, "loss_mse": mse, "loss_cos": cos, "loss_diffusion": diff}
+
+
+def wegen_loss(model, batch, rng, stage: int):
+  if stage == 1:
+    return detokenizer_loss(model, batch, rng)
+  if stage in (2, 3):
+    return mllm_loss(model, batch, rng)
+  raise ValueError(f"WeGen stage {stage!r}: choose 1 (detokenizer), 2 or 3 (MLLM)")

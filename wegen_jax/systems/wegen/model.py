@@ -1,0 +1,72 @@
+"""The WeGen module: vision tower -> avg pool -> input projector -> LLM -> output projector,
+plus the SDXL-style UNet detokenizer and the VAE (SYSTEMS.md §1).
+
+Attribute names are the optimizer groups (`vision`, `input_proj`, `llm`, `output_proj`,
+`unet`, `vae`): the task freezes and unfreezes parts by them.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wegen_jax.models.eva import EVAVisionTower
+from wegen_jax.models.llm import LLM
+from wegen_jax.models.projectors import InputProjector, OutputProjector, avg_pool_tokens
+from wegen_jax.models.unet import UNet2DConditionModel
+from wegen_jax.models.vae import AutoencoderKL
+from wegen_jax.systems.wegen.config import WeGenConfig
+
+
+class WeGen(nnx.Module):
+
+  def __init__(self, cfg: WeGenConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    width, hidden = cfg.vision.width, cfg.llm.hidden_size
+    pdt = jnp.dtype(cfg.llm.param_dtype)
+    self.vision = EVAVisionTower(cfg.vision, rngs=rngs)
+    self.input_proj = InputProjector(width, hidden, cfg.num_image_tokens, dtype=jnp.dtype(cfg.llm.dtype),
+                                     param_dtype=pdt, rngs=rngs)
+    self.llm = LLM(cfg.llm, rngs=rngs)
+    self.output_proj = OutputProjector(hidden, width, dtype=jnp.dtype(cfg.llm.dtype), param_dtype=pdt,
+                                       rngs=rngs)
+    self.unet = UNet2DConditionModel(cfg.unet, rngs=rngs)
+    self.vae = AutoencoderKL(cfg.vae, rngs=rngs)
+
+  def image_features(self, pixels: jax.Array) -> jax.Array:
+    """CLIP-normalised pixels [..., 3, S, S] -> avg-pooled features [..., Q, width] (float32).
+    The tower is frozen in every stage, so no gradient flows into it."""
+    lead = pixels.shape[:-3]
+    tokens = self.vision(pixels.reshape((-1,) + pixels.shape[-3:]))
+    pooled = avg_pool_tokens(tokens, self.cfg.num_image_tokens).astype(jnp.float32)
+    return jax.lax.stop_gradient(pooled.reshape(lead + pooled.shape[1:]))
+
+  def project_in(self, features: jax.Array) -> jax.Array:
+    """Pooled features [..., Q, width] -> LLM input embeddings (the projector's pool is already done)."""
+    return self.input_proj.proj(features)
+
+  def feedback(self, hidden: jax.Array) -> jax.Array:
+    """input_proj(output_proj(h)): the embedding fed back at each generated image position."""
+    return self.project_in(self.output_proj(hidden))
+
+  def embed_inputs(self, input_ids, features, image_token_positions, image_valid) -> jax.Array:
+    """Token embeddings with the projected features of every valid image slot written at its
+    Q `<img_i>` positions. features [B, N, Q, width], positions [B, N, Q], valid [B, N]."""
+    embeds = self.llm.embed_tokens(input_ids)
+    b, length = input_ids.shape
+    proj = self.project_in(features).astype(embeds.dtype)
+    pos = jnp.where(image_valid[..., None], image_token_positions, length)   # invalid -> dropped
+    rows = jnp.broadcast_to(jnp.arange(b)[:, None, None], pos.shape)
+    return embeds.at[rows, pos].set(proj, mode="drop")
+
+  def condition(self, features: jax.Array) -> tuple[jax.Array, dict]:
+    """UNet conditioning from 64 features [M, Q, width]: cross-attention on the tokens, pooled
+    text_embeds = their mean, time_ids zeros (as WeGen trains; SDXL's pipeline would pass sizes)."""
+    kwargs = None
+    if self.cfg.unet.addition_embed_type == "text_time":
+      kwargs = {"text_embeds": features.mean(axis=1), "time_ids": jnp.zeros((features.shape[0], 6), jnp.float32)}
+    return features, kwargs
+
+  def latents(self, vae_pixels: jax.Array, key) -> jax.Array:
+    """[M, 3, V, V] in [-1, 1] -> scaled VAE latents (sampled, no gradient: the VAE is frozen)."""
+    return jax.lax.stop_gradient(self.vae.to_latents(self.vae.encode(vae_pixels).sample(key)))

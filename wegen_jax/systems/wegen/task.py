@@ -1,0 +1,44 @@
+"""WeGenTask: the shared trainer's view of WeGen (model, trainable parts, loss, data).
+
+Stage 1 trains the UNet only (the trainer delays it with optimizer.freeze_until={'unet': N});
+stages 2 and 3 train the LLM and both projectors while the vision tower, UNet and VAE stay
+frozen (the diffusion loss still back-propagates through the UNet into the LLM).
+"""
+from __future__ import annotations
+
+import numpy as np
+from flax import nnx
+
+from wegen_jax.systems.wegen.config import WeGenConfig
+from wegen_jax.systems.wegen.loss import wegen_loss
+from wegen_jax.systems.wegen.model import WeGen
+from wegen_jax.training.task import Task
+
+TRAINABLE = {1: ("unet",), 2: ("llm", "input_proj", "output_proj"), 3: ("llm", "input_proj", "output_proj")}
+
+
+class WeGenTask(Task):
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.stage = int(config.get("stage", 2))
+    if self.stage not in TRAINABLE:
+      raise ValueError(f"config.stage={self.stage}; choose 1 (detokenizer), 2 or 3 (MLLM)")
+    self.model_config = WeGenConfig.from_dict(config.model)
+
+  def build_model(self, rngs):
+    return WeGen(self.model_config, rngs=rngs)
+
+  def trainable(self):
+    return nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(name) for name in TRAINABLE[self.stage])))
+
+  def loss_fn(self, model, batch, rng):
+    return wegen_loss(model, batch, rng, self.stage)
+
+  def dataset(self, split, *, seed, global_batch):
+    from wegen_jax.data.wegen_pipeline import make_dataset   # the lead's Grain pipeline; imported lazily
+    return make_dataset(self.config, split, seed=seed, global_batch=global_batch)
+
+  def batch_counts(self, batch):
+    return {"tokens": float(np.sum(np.asarray(batch["segment_ids"]) > 0)),
+            "images": float(np.sum(np.asarray(batch["image_valid"])))}
