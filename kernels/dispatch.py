@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from wegen_jax.kernels.common import BlockSizes, flash_attention
 from wegen_jax.layers.attention import dot_product_attention
-from wegen_jax.parallel.sharding import _ACTIVE, logical_to_spec
+from wegen_jax.parallel.sharding import active_sharding, logical_to_spec
 
 AUTO_MIN_SEQ = 1024   # below this XLA's fused attention is as fast (kernel launch/padding cost)
 KERNEL_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
@@ -53,7 +53,7 @@ def head_dim_supported(kernel: str, d: int) -> bool:
 
 
 def current_platform() -> str:
-  active = _ACTIVE.get()
+  active = active_sharding()
   if active is not None:
     return active[0].devices.flat[0].platform
   return jax.default_backend()
@@ -85,7 +85,7 @@ def choose(q_shape, kv_shape, dtype, *, mode: str = "auto", platform: str | None
 
 def _shard_specs(b: int, h: int, kh: int):
   """(batch axes, head axes) over the active mesh, or None when nothing is sharded."""
-  active = _ACTIVE.get()
+  active = active_sharding()
   if active is None:
     return None
   mesh, rules = active

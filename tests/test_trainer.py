@@ -140,10 +140,15 @@ def test_gradient_accumulation_matches_full_batch(uninterrupted, tmp_path):
     assert abs(result.losses[step] - uninterrupted.losses[step]) <= 1e-5
 
 
+@pytest.fixture(scope="module")
+def single_device(tmp_path_factory):
+  return train(config(total_steps=3, ckpt_every=3, num_devices=1, mesh={"fsdp": 1}),
+               tmp_path_factory.mktemp("one"))
+
+
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 2, 4)], ids=lambda s: "x".join(map(str, s)))
-def test_same_losses_on_any_mesh(shape, tmp_path):
-  single = train(config(total_steps=3, ckpt_every=3, num_devices=1, mesh={"fsdp": 1}), tmp_path / "one")
+def test_same_losses_on_any_mesh(shape, single_device, tmp_path):
   sharded = train(config(total_steps=3, ckpt_every=3, mesh=dict(zip(("data", "fsdp", "tensor"), shape))),
-                  tmp_path / "many")
+                  tmp_path)
   for step in (1, 2, 3):
-    assert abs(sharded.losses[step] - single.losses[step]) <= 1e-5 * abs(single.losses[step])
+    assert abs(sharded.losses[step] - single_device.losses[step]) <= 1e-5 * abs(single_device.losses[step])

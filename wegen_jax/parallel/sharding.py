@@ -116,6 +116,11 @@ def activation_sharding(mesh, rules=None):
     _ACTIVE.reset(token)
 
 
+def active_sharding():
+  """(mesh, rules dict) of the enclosing `activation_sharding`, or None."""
+  return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """with_sharding_constraint by logical names; a no-op outside `activation_sharding`."""
   active = _ACTIVE.get()
