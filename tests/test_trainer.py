@@ -152,3 +152,16 @@ def test_same_losses_on_any_mesh(shape, single_device, tmp_path):
                   tmp_path)
   for step in (1, 2, 3):
     assert abs(sharded.losses[step] - single_device.losses[step]) <= 1e-5 * abs(single_device.losses[step])
+
+
+def test_init_from_copies_components_of_another_run(uninterrupted, tmp_path):
+  """Stage chaining: start a run from another run's parameters of chosen components."""
+  from wegen_jax.training.checkpointing import latest_parameters
+  c = config(total_steps=1, ckpt_every=1, init_from=str(uninterrupted.workdir), init_components=("embed",))
+  c.optimizer.lr = 0.0
+  result = train(c, tmp_path)
+  _, before = latest_parameters(uninterrupted.workdir / "checkpoints")
+  _, after = latest_parameters(tmp_path / "checkpoints")
+  np.testing.assert_array_equal(np.asarray(after["embed.embedding"]), np.asarray(before["embed.embedding"]))
+  assert not np.array_equal(np.asarray(after["final_norm.scale"]) + 0, np.asarray(before["final_norm.scale"]))
+  assert result.step == 1

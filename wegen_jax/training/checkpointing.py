@@ -80,3 +80,21 @@ def abstract_like(tree: Any, mesh: jax.sharding.Mesh) -> Any:
       sharding = replicated
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
   return jax.tree.map(spec, tree)
+
+
+def latest_parameters(directory: str | os.PathLike) -> tuple[int, dict[str, Any]]:
+  """(step, {'layers.0.attn.q.kernel': array, ...}) of the newest step of a training run,
+  trainable and frozen parameters alike; used to start one stage from another."""
+  directory = Path(directory).absolute()
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data", "config"))
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {directory}: run the previous stage first")
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  manager.close()
+  flat = {}
+  for part in ("params", "frozen"):
+    for path, value in jax.tree_util.tree_flatten_with_path(state.get(part, {}))[0]:
+      keys = [str(getattr(k, "key", k)) for k in path]
+      flat[".".join(keys[:-1] if keys and keys[-1] == "value" else keys)] = value
+  return step, flat

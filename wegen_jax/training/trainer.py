@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding
 
 from wegen_jax.data.loader import DeviceLoader
 from wegen_jax.parallel import activation_sharding, create_sharded, logical_to_spec, make_mesh
-from wegen_jax.training.checkpointing import Checkpointer, abstract_like
+from wegen_jax.training.checkpointing import Checkpointer, abstract_like, latest_parameters
 from wegen_jax.training.metrics import MetricsWriter, device_peak_flops, step_flops
 from wegen_jax.training.optim import make_optimizer, make_schedule
 from wegen_jax.training.task import get_task
@@ -51,6 +51,26 @@ def _micro_batches(batch, accum: int):
       raise ValueError(f"batch of {x.shape[0]} does not split into grad_accum={accum} micro-batches")
     return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
   return jax.tree.map(split, batch)
+
+
+def init_components(model, run_dir: str | Path, prefixes: tuple[str, ...]) -> None:
+  """Copies the parameters under `prefixes` (e.g. 'unet') from another run's newest checkpoint,
+  as stage 2 starts from stage 1's detokenizer. Nothing is copied on resume (the run's own
+  checkpoint wins, since it is restored afterwards)."""
+  step, saved = latest_parameters(Path(run_dir) / "checkpoints")
+  from wegen_jax.convert.mapping import param_paths
+  copied = 0
+  for path, var in param_paths(model).items():
+    if path.split(".")[0] in prefixes:
+      if path not in saved:
+        raise KeyError(f"{run_dir} (step {step}) has no parameter {path!r} to initialise from")
+      if saved[path].shape != var.get_value().shape:
+        raise ValueError(f"{path}: shape {saved[path].shape} in {run_dir} vs {var.get_value().shape} here")
+      var.set_value(jax.device_put(saved[path], var.get_value().sharding))
+      copied += 1
+  if not copied:
+    raise ValueError(f"init_components {prefixes} matched no parameter")
+  print(f"initialised {copied} parameters of {', '.join(prefixes)} from {run_dir} step {step}", flush=True)
 
 
 def build_train_step(task, graphdef, tx, accum: int, schedule):
@@ -93,7 +113,8 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
   rules = config.get("sharding_rules")
 
   model = create_sharded(lambda: task.build_model(nnx.Rngs(config.seed)), mesh, rules)
-  task.after_init(model) if hasattr(task, "after_init") else None
+  if config.get("init_from"):
+    init_components(model, config.init_from, tuple(config.get("init_components", ())))
   graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
   labels = jax.tree_util.tree_map_with_path(lambda p, _: task.param_group(_keystr(p)), params)
   tx = make_optimizer(config.optimizer, labels)
