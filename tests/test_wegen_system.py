@@ -113,7 +113,7 @@ def test_generate_text_and_images_multi_turn_and_var_cfg(setup, trained):
     assert out.tokens[b, 0] == tokens.boi and out.tokens[b, 65] == tokens.eoi
     assert list(out.tokens[b, 1:65]) == list(tokens.image)
     assert out.text_tokens[b] == [tok.eos_id]
-    assert out.images[b].shape == (1, 32, 32, 3) and out.images[b].dtype == np.uint8
+    assert out.images[b].shape == (1, 16, 16, 3) and out.images[b].dtype == np.uint8
     assert out.features[b].shape == (1, 64, cfg.vision.width)
   assert np.ptp(out.images[0]) > 0
 
@@ -129,7 +129,7 @@ def test_generate_text_and_images_multi_turn_and_var_cfg(setup, trained):
   out2 = generate(model, ids2, tokens=tokens, attention_mask=mask2, pixel_values=pixels2, sampling=sampling,
                   image_sampling=steps, rng=jax.random.key(1))
   assert out2.tokens.shape == (2, 70)
-  assert all(im.dtype == np.uint8 and im.shape[1:] == (32, 32, 3) for im in out2.images)
+  assert all(im.dtype == np.uint8 and im.shape[1:] == (16, 16, 3) for im in out2.images)
 
   # VAR CFG changes the fed-back embeddings, hence the later image features; s = 1 is off.
   out3 = generate(model, ids, tokens=tokens, attention_mask=mask, pixel_values=pixels, sampling=sampling,

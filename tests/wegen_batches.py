@@ -1,4 +1,7 @@
-"""Hand-built WeGen batches in the pipeline's batch contract (until wegen_pipeline lands)."""
+"""Hand-built WeGen batches in the pipeline's batch contract (until wegen_pipeline lands), and
+fast random tiny models."""
+import functools
+
 import numpy as np
 
 from wegen_jax.data.tokenizer import load_tokenizer
@@ -47,19 +50,25 @@ def make_batch(config, batch=2, seed=0):
   return out
 
 
+@functools.lru_cache(maxsize=4)
+def _abstract(cfg):
+  from flax import nnx
+
+  from wegen_jax.systems.wegen import WeGen
+  return nnx.split(nnx.eval_shape(lambda: WeGen(cfg, rngs=nnx.Rngs(0))))
+
+
 def random_model(cfg, seed=0):
   """A WeGen with random weights drawn in numpy: eager init of the UNet/VAE op by op takes a
   minute on a busy CPU, this takes a second. Kernels ~ N(0, 1/fan_in), norms 1, biases small."""
   import jax.numpy as jnp
   from flax import nnx
-
-  from wegen_jax.convert.mapping import param_paths
-  from wegen_jax.systems.wegen import WeGen
-  model = nnx.eval_shape(lambda: WeGen(cfg, rngs=nnx.Rngs(0)))
+  graphdef, abstract = _abstract(cfg)
   rng = np.random.default_rng(seed)
-  for path, var in param_paths(model).items():
+
+  def draw(path, var):
     shape, dtype = var.get_value().shape, var.get_value().dtype
-    leaf = path.rsplit(".", 1)[-1]
+    leaf = str(path[-1])
     if leaf == "scale":
       value = np.ones(shape)
     elif leaf == "bias":
@@ -68,16 +77,21 @@ def random_model(cfg, seed=0):
       value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
     else:   # embeddings, position tables, class token
       value = 0.02 * rng.standard_normal(shape)
-    var.set_value(jnp.asarray(value, dtype))
-  leftover = [p for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.Param)))]
-  assert not leftover, f"non-parameter state left abstract: {leftover[:3]}"
-  return model
+    return var.replace(jnp.asarray(value, dtype))
+
+  state = nnx.from_flat_state([(p, draw(p, v)) for p, v in nnx.to_flat_state(abstract)])
+  return nnx.merge(graphdef, state)
 
 
 def tiny_config(stage=2, **data):
-  """configs/wegen.py tiny with test-sized data (32-px VAE images -> 8x8 latents)."""
+  """configs/wegen.py tiny, shrunk for test speed on a shared CPU: one-level UNet, 1-block EVA,
+  16-px VAE images -> 8x8 latents (same structure: SDXL text_time conditioning, 64 tokens)."""
   from configs.wegen import get_config
   c = get_config(f"size=tiny,stage={stage}")
-  c.data.update(dict(max_len=176, vae_image_size=32), **data)
-  c.model.vae.sample_size = c.data.vae_image_size
+  c.data.update(dict(max_len=176, vae_image_size=16), **data)
+  m = c.model
+  m.vision.depth = 1
+  m.unet.update(block_out_channels=[32], down_block_types=["CrossAttnDownBlock2D"],
+                up_block_types=["CrossAttnUpBlock2D"], attention_head_dim=[2], sample_size=8)
+  m.vae.update(block_out_channels=[16, 16], sample_size=16)
   return c

@@ -172,7 +172,7 @@ def _features(model, hidden):
   return model.output_proj(hidden).astype(jnp.float32)
 
 
-def _detokenize(model, features, key, sampling: ImageSampling) -> np.ndarray:
+def _detokenize(model, features, key, sampling: ImageSampling, height: int, width: int) -> np.ndarray:
   cond, added = model.condition(jnp.asarray(features))
   guidance = NoGuidance()
   if sampling.guidance_scale != 1.0:   # branches [uncond, cond]; negative = zero features
@@ -181,11 +181,9 @@ def _detokenize(model, features, key, sampling: ImageSampling) -> np.ndarray:
     added = None if added is None else jax.tree.map(lambda x: jnp.concatenate([jnp.zeros_like(x), x]), added)
   c = Conditioning(cond, None if added is None else added["text_embeds"],
                    None if added is None else added["time_ids"])
-  size = model.cfg.vae.sample_size
-  size = size if isinstance(size, int) else size[0]
   return np.asarray(diffusion_generate(model.unet, model.vae, model.cfg.sampler(), c, key,
-                                       num_steps=sampling.num_steps, height=sampling.height or size,
-                                       width=sampling.width or size, guidance=guidance))
+                                       num_steps=sampling.num_steps, height=height, width=width,
+                                       guidance=guidance))
 
 
 def generate(model, input_ids, *, tokens: ImageTokens, attention_mask=None, pixel_values=None,
@@ -228,12 +226,15 @@ def generate(model, input_ids, *, tokens: ImageTokens, attention_mask=None, pixe
   spans = [[i + 1 for i in np.flatnonzero(row == tokens.boi) if np.array_equal(row[i + 1:i + 2 + q], forced)]
            for row in ids]
   flat = [(r, s0) for r, row in enumerate(spans) for s0 in row]
-  images = [np.zeros((0, 0, 0, 3), np.uint8) for _ in range(b)]
+  size = model.cfg.vae.sample_size
+  size = size if isinstance(size, int) else size[0]
+  height, width = image_sampling.height or size, image_sampling.width or size
+  images = [np.zeros((0, height, width, 3), np.uint8) for _ in range(b)]
   feats = [np.zeros((0, q, model.cfg.vision.width), np.float32) for _ in range(b)]
   if flat:
     h = jnp.stack([hidden[r, s0:s0 + q] for r, s0 in flat])
     f = _features(model, h)
-    pics = _detokenize(model, f, k_image, image_sampling)
+    pics = _detokenize(model, f, k_image, image_sampling, height, width)
     for r in range(b):
       mine = [i for i, (rr, _) in enumerate(flat) if rr == r]
       if mine:
