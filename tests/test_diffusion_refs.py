@@ -30,6 +30,9 @@ UNET_CONFIGS = {
                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=2,
                  cross_attention_dim=8, norm_num_groups=4),
+    "micro": dict(sample_size=8, block_out_channels=(16,), layers_per_block=1,
+                  down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+                  attention_head_dim=2, cross_attention_dim=8, norm_num_groups=4),
 }
 PARITY_CONFIGS = ("sd15", "sdxl", "wegen")
 

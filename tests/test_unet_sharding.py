@@ -40,7 +40,7 @@ def rel_err(a, b):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   path = tmp_path_factory.mktemp("tiny_unet")
-  diffusers_unet("tiny").save_pretrained(path)
+  diffusers_unet("micro").save_pretrained(path)
   rng = np.random.RandomState(0)
   inputs = (jnp.asarray(rng.randn(8, 4, 8, 8).astype(np.float32)), jnp.asarray(rng.randint(0, 1000, (8,))),
             jnp.asarray(rng.randn(8, 5, 8).astype(np.float32)))
@@ -52,7 +52,8 @@ def test_sharded_output_and_grads_match_single_device(shape, setup):
   assert jax.device_count() >= 8, "tests/conftest.py should force 8 host devices"
   path, inputs, (ref_out, ref_grads) = setup
   mesh = make_mesh(dict(zip(("data", "fsdp", "tensor"), shape)))
-  model = shard_module(convert.load_diffusers_unet(path), mesh)
+  # remat on one mesh: rematerialisation must not change the numbers either
+  model = shard_module(convert.load_diffusers_unet(path, remat=shape == (2, 2, 2)), mesh)
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
   inputs = [jax.device_put(a, batch_sharding) for a in inputs]
   out, grads = out_and_grads(model, *inputs, mesh=mesh)
@@ -62,5 +63,13 @@ def test_sharded_output_and_grads_match_single_device(shape, setup):
   for path_, g in flat.items():
     assert rel_err(g.get_value(), flat_ref[path_].get_value()) <= 1e-5, path_
   if shape != (8, 1, 1):   # parameters really are distributed
-    kernel = model.up_blocks[1].resnets[0].conv1.kernel.get_value()
+    kernel = model.up_blocks[0].resnets[0].conv1.kernel.get_value()
     assert not kernel.sharding.is_fully_replicated
+
+
+def test_every_parameter_has_logical_axes(setup):
+  path = setup[0]
+  from wegen_jax.convert.mapping import param_paths
+  for name, var in param_paths(convert.load_diffusers_unet(path)).items():
+    axes = var.get_metadata().get("logical_axes")
+    assert axes is not None and len(axes) == var.get_value().ndim, name

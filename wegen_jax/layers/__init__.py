@@ -7,3 +7,4 @@ from wegen_jax.layers.norms import LayerNorm, RMSNorm
 from wegen_jax.layers.rotary import RopeConfig, apply_rotary, cos_sin, inverse_frequencies
 from wegen_jax.layers.conv import Conv2d, GroupNorm
 from wegen_jax.layers.timestep import TimestepEmbedding, timestep_features
+from wegen_jax.layers.blocked_attention import blocked_attention
