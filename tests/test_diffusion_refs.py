@@ -1,7 +1,8 @@
 """Random tiny diffusers references shared by the UNet / VAE / sampling tests (no tests here).
 
 Configs cover what the systems need (SD1.5-like; SDXL-like text_time with per-layer transformer
-depths and per-block heads; WeGen-like 56-wide cross-attention on an odd latent size)."""
+depths and per-block heads; WeGen-like 56-wide cross-attention on an odd latent size, with head
+counts that do not divide the block width)."""
 import numpy as np
 import pytest
 
@@ -23,7 +24,8 @@ UNET_CONFIGS = {
     "wegen": dict(sample_size=(10, 14), block_out_channels=(32, 64, 64), layers_per_block=1,
                   down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                   up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                  attention_head_dim=4, use_linear_projection=True, cross_attention_dim=56, norm_num_groups=16,
+                  attention_head_dim=(4, 5, 3), use_linear_projection=True, cross_attention_dim=56,
+                  norm_num_groups=16,
                   addition_embed_type="text_time", addition_time_embed_dim=8,
                   projection_class_embeddings_input_dim=56 + 6 * 8),
     "tiny": dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,

@@ -167,30 +167,33 @@ class BasicTransformerBlock(nnx.Module):
 
 
 class Transformer2DModel(nnx.Module):
-  """GroupNorm, proj_in (1x1 conv or linear), transformer blocks over H*W tokens, proj_out, residual."""
+  """GroupNorm, proj_in (1x1 conv or linear), transformer blocks over H*W tokens, proj_out, residual.
+  Width inside is heads * (channels // heads), as in diffusers (equal to channels when divisible)."""
 
   def __init__(self, channels: int, heads: int, cross_dim: int, depth: int, *, groups: int,
                linear_projection: bool, attention_impl: str = "xla", dtype=None,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    inner = heads * (channels // heads)
     self.norm = GroupNorm(groups, channels, eps=1e-6, **kw)
     if linear_projection:
-      self.proj_in = Dense(channels, channels, axes=("conv_in", "embed"), use_bias=True, **kw)
-      self.proj_out = Dense(channels, channels, axes=("embed", "conv_out"), use_bias=True, **kw)
+      self.proj_in = Dense(channels, inner, axes=("conv_in", "embed"), use_bias=True, **kw)
+      self.proj_out = Dense(inner, channels, axes=("embed", "conv_out"), use_bias=True, **kw)
     else:
-      self.proj_in = Conv2d(channels, channels, 1, **kw)
-      self.proj_out = Conv2d(channels, channels, 1, **kw)
+      self.proj_in = Conv2d(channels, inner, 1, **kw)
+      self.proj_out = Conv2d(inner, channels, 1, **kw)
     self.transformer_blocks = nnx.List([
-        BasicTransformerBlock(channels, heads, cross_dim, attention_impl=attention_impl, **kw)
+        BasicTransformerBlock(inner, heads, cross_dim, attention_impl=attention_impl, **kw)
         for _ in range(depth)])
 
   def __call__(self, x, context):
-    b, h, w, c = x.shape
+    b, h, w, _ = x.shape
     # 1x1 conv and linear projections are the same matmul on NHWC; only the weight layout differs.
-    t = self.proj_in(self.norm(x)).reshape(b, h * w, c)
+    t = self.proj_in(self.norm(x))
+    t = t.reshape(b, h * w, t.shape[-1])
     for block in self.transformer_blocks:
       t = block(t, context)
-    return self.proj_out(t.reshape(b, h, w, c)) + x
+    return self.proj_out(t.reshape(b, h, w, t.shape[-1])) + x
 
 
 class Downsample2D(nnx.Module):
