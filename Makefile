@@ -23,7 +23,7 @@ $(VENV)/.installed: setup.py Makefile | $(BIN)/python
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/python -m wegen_jax.generate --config configs/llm.py:model=tiny_llama --workdir $(WORKDIR)
+	$(BIN)/python -m wegen_jax.demo --workdir $(WORKDIR)
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
