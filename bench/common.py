@@ -20,6 +20,21 @@ def timeit(fn, *, warmup: int = 2, repeats: int = 5) -> float:
   return float(np.median(times))
 
 
+def compare(fn_a, fn_b, *, warmup: int = 2, repeats: int = 5) -> tuple[float, float]:
+  """Median seconds of fn_a() and fn_b(), calls alternated so that load from other processes
+  on a shared machine hits both alike (each fn must block until its result is ready)."""
+  for _ in range(warmup):
+    fn_a()
+    fn_b()
+  a, b = [], []
+  for _ in range(repeats):
+    for fn, out in ((fn_a, a), (fn_b, b)):
+      start = time.perf_counter()
+      fn()
+      out.append(time.perf_counter() - start)
+  return float(np.median(a)), float(np.median(b))
+
+
 def matmul_peak_flops(n: int = 2048) -> float:
   """Measured float32 FLOP/s of a large square matmul under XLA on this machine."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)

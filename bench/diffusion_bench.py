@@ -29,7 +29,6 @@ from diffusers import EulerDiscreteScheduler as TorchEuler  # noqa: E402
 from diffusers import UNet2DConditionModel as TorchUNet  # noqa: E402
 from flax import nnx  # noqa: E402
 
-import wegen_jax.layers.blocked_attention  # noqa: E402,F401  (registers "blocked")
 from wegen_jax import convert  # noqa: E402
 from wegen_jax.diffusion import ClassifierFree, Conditioning, EulerDiscreteScheduler, sample_latents  # noqa: E402
 

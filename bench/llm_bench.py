@@ -22,7 +22,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench.common import matmul_peak_flops, row, timeit, torch_matmul_peak_flops  # noqa: E402
+from bench.common import compare, matmul_peak_flops, row, torch_matmul_peak_flops  # noqa: E402
 from wegen_jax import convert  # noqa: E402
 from wegen_jax.generation import SamplingConfig, generate  # noqa: E402
 from wegen_jax.training import cross_entropy, next_token_labels  # noqa: E402
@@ -96,23 +96,22 @@ def main():
 
   peak, torch_peak = matmul_peak_flops(), torch_matmul_peak_flops()
   jax_step = jax_train_step(model, optax.adamw(1e-4, weight_decay=0.0))
-  jax_s = timeit(lambda: jax_step(jnp.asarray(ids)), warmup=2, repeats=5)
   hf.train()
   torch_step = torch_train_step(hf)
-  torch_s = timeit(lambda: torch_step(torch.tensor(ids)), warmup=1, repeats=5)
+  ids_jax, ids_torch = jnp.asarray(ids), torch.tensor(ids)
+  jax_s, torch_s = compare(lambda: jax_step(ids_jax), lambda: torch_step(ids_torch), warmup=2, repeats=5)
   flops = train_flops_per_token(cfg, args.seq) * tokens
 
   hf.eval()
   prompt = np.random.RandomState(1).randint(1, args.vocab, (args.decode_batch, args.prompt))
   sampling = SamplingConfig(max_new_tokens=args.new_tokens)
-  jax_dec = timeit(lambda: generate(model, prompt, sampling=sampling).tokens.block_until_ready(),
-                   warmup=1, repeats=3)
 
   def hf_generate():
     with torch.no_grad():
       hf.generate(torch.tensor(prompt), attention_mask=torch.ones(prompt.shape, dtype=torch.long),
                   max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
-  torch_dec = timeit(hf_generate, warmup=1, repeats=3)
+  jax_dec, torch_dec = compare(lambda: generate(model, prompt, sampling=sampling).tokens.block_until_ready(),
+                               hf_generate, warmup=1, repeats=5)
   new = args.decode_batch * args.new_tokens
 
   print(f"Llama {args.layers} layers, d {args.hidden}, vocab {args.vocab}, train batch {args.batch} x seq "
