@@ -1,13 +1,16 @@
 """WeGen: detokenizer (stage 1) and MLLM (stages 2, 3) training, SYSTEMS.md §1 recipe.
 
-  python -m wegen_jax.train --config configs/wegen.py:size=tiny,stage=2 --workdir /tmp/wegen2
+  python -m wegen_jax.train --config configs/wegen.py:size=tiny,stage=2 --workdir /tmp/wegen2 \
+      --config.data.dir=DATA_DIR [--config.init_from=/tmp/wegen1]
 
 size=tiny trains on a laptop CPU in minutes (64-px images, 8x8 EVA grid pooled 1:1 to 64
 tokens, 2-layer LLM, 16x16 latents); stage 1 shows loss_diffusion falling, stage 2 all four
 terms (loss_ce, loss_mse, loss_cos, loss_diffusion). size=7b holds the real dimensions:
 Llama-2-7B-chat (vocab 32330), EVA-CLIP-E-14-plus at 448 px, the SDXL-base UNet with
 cross_attention_dim 1792 and a 1792 + 6*256 = 3328 add-embedding input, the SDXL VAE.
-Data: wegen_jax.data.wegen_pipeline over the TFDS dir `data.dir` (dataset wegen_dynamics).
+Data: wegen_jax.data.wegen_pipeline over the TFDS dir `data.dir` (dataset wegen_dynamics), e.g.
+  python -m wegen_jax.data.synthetic --out /tmp/syn --num 16 --config configs/synthetic.py
+  python -m wegen_jax.data.curate --videos /tmp/syn --out /tmp/dyn --config configs/curate.py:synthetic --label
 arg: size=tiny|7b, stage=1|2|3.
 """
 import ml_collections
@@ -46,7 +49,7 @@ SIZES = {
                    vae=dict(block_out_channels=[16, 32, 32], layers_per_block=1, latent_channels=4,
                             norm_num_groups=8, scaling_factor=0.13025, sample_size=64),
                    dtype="float32"),
-        data=dict(max_len=192, max_images=2, image_size=64, vae_image_size=64),
+        data=dict(max_len=256, max_images=3, image_size=64, vae_image_size=64),
         batch_size=4),
 }
 
@@ -90,6 +93,10 @@ def get_config(arg=None):
                  sample_scheduler=SDXL_SCHEDULER,
                  loss_weights=dict(ce=1.0, mse=1.0, cos=1.0, diffusion=1.0))
   c.data = dict(preset["data"], dir="", tokenizer="", num_image_tokens=64)
+  # Stage 2 starts from stage 1's UNet, stage 3 from all of stage 2 (a run directory each):
+  #   --config.init_from=/tmp/wegen1   (nothing is copied when the run resumes its own checkpoint)
+  c.init_from = ""
+  c.init_components = {1: (), 2: ("unet",), 3: ("llm", "input_proj", "output_proj", "unet")}[stage]
   c.sample = dict(num_steps=50, guidance_scale=7.0, var_cfg_scale=1.0)   # generate() defaults
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.sharding_rules = [list(r) for r in DEFAULT_RULES]

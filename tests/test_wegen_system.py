@@ -137,3 +137,28 @@ def test_generate_text_and_images_multi_turn_and_var_cfg(setup, trained):
   assert list(out3.tokens[0, :66]) == list(out.tokens[0, :66])
   np.testing.assert_allclose(out3.features[0][0, 0], out.features[0][0, 0], rtol=1e-4, atol=1e-5)  # <img> state
   assert np.abs(out3.features[0][0, 1:] - out.features[0][0, 1:]).max() > 1e-3
+
+
+def test_stage1_trains_the_unet_with_a_delayed_start_and_configs_hold_the_real_sizes():
+  from configs.wegen import get_config
+  config = tiny_config(stage=1)
+  task = WeGenTask(config)
+  model = random_model(WeGenConfig.from_dict(config.model))
+  _, params, _ = nnx.split(model, task.trainable(), ...)
+  assert {str(p[0]) for p, _ in nnx.to_flat_state(params)} == {"unet"}
+  labels = jax.tree_util.tree_map_with_path(lambda p, _: task.param_group(str(p[0].key)), params)
+  tx = make_optimizer(config.optimizer, labels)   # freeze_until={'unet': 10}
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, state, params)
+  assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates))   # step 0 < 10: frozen
+
+  real = WeGenConfig.from_dict(get_config("size=7b,stage=2").model)
+  assert (real.llm.vocab_size, real.llm.hidden_size, real.llm.num_layers) == (32330, 4096, 32)
+  assert (real.vision.width, real.vision.depth, real.vision.num_heads, real.vision.mlp_dim) == (1792, 64, 16, 15360)
+  assert real.vision.grid == (32, 32) and real.pool == 4
+  assert real.unet.cross_attention_dim == (1792,) * 3 and real.unet.projection_class_embeddings_input_dim == 3328
+  assert real.vae.block_out_channels == (128, 256, 512, 512) and real.llm.dtype == "bfloat16"
+  s1, s2 = get_config("size=7b,stage=1"), get_config("size=7b,stage=2")
+  assert (s1.optimizer.lr, s1.optimizer.total_steps, dict(s1.optimizer.freeze_until)) == (1e-4, 160_000, {"unet": 12_000})
+  assert (s2.optimizer.lr, s2.optimizer.b2, s2.optimizer.grad_clip, s2.grad_accum) == (5e-4, 0.95, 1.0, 2)
