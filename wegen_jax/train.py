@@ -9,14 +9,24 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from wegen_jax.parallel import distributed
 from wegen_jax.training.trainer import NonFiniteLossError, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard files go here")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "multi-process: host:port of process 0 "
+                                   "(SLURM and TPU pods are detected from the environment)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this process's index")
 
 
 def main(_):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except (RuntimeError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   try:
     result = train(_CONFIG.value, _WORKDIR.value)
   except NonFiniteLossError as e:
