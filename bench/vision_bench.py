@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -27,7 +26,7 @@ import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from _timm import import_timm  # noqa: E402  (timm with the torchvision stand-in, see tests/)
-from bench.common import matmul_peak_flops, row  # noqa: E402
+from bench.common import compare, matmul_peak_flops, row  # noqa: E402
 from wegen_jax import convert  # noqa: E402
 
 
@@ -35,19 +34,6 @@ def forward_flops(width: int, depth: int, mlp: int, tokens: int) -> float:
   """Per image: 2 x (qkvo + mlp matmul params) x tokens, plus QK^T and PV (4 x N^2 x D) per layer."""
   per_layer = 2 * tokens * (4 * width * width + 2 * width * mlp) + 4 * tokens * tokens * width
   return depth * per_layer
-
-
-def paired_timeit(fn_a, fn_b, repeats: int) -> tuple[float, float]:
-  """Median seconds of each, timed alternately so that load from other processes on a
-  shared machine hits both sides alike."""
-  fn_a(), fn_b(), fn_a(), fn_b()  # compile / warm up
-  ta, tb = [], []
-  for _ in range(repeats):
-    for fn, out in ((fn_a, ta), (fn_b, tb)):
-      start = time.perf_counter()
-      fn()
-      out.append(time.perf_counter() - start)
-  return float(np.median(ta)), float(np.median(tb))
 
 
 def jax_runner(model, pixels, fn):
@@ -82,8 +68,8 @@ def main():
                     global_pool="", use_post_transformer_norm=False)
   eva_ref = timm.models.eva.Eva(**eva_kwargs).eval()
   eva = convert.load_timm_eva(eva_ref.state_dict(), eva_kwargs)
-  t_jax, t_torch = paired_timeit(jax_runner(eva, pixels, lambda m, x: m(x)),
-                                 lambda: eva_ref.forward_features(pixels), args.repeats)
+  t_jax, t_torch = compare(jax_runner(eva, pixels, lambda m, x: m(x)),
+                           lambda: eva_ref.forward_features(pixels), repeats=args.repeats)
   results.append(("EVA tower (timm Eva)", t_jax, t_torch))
 
   cfg = transformers.CLIPConfig(
@@ -95,8 +81,8 @@ def main():
   with tempfile.TemporaryDirectory() as d:
     clip_ref.save_pretrained(d)
     clip = convert.load_hf_clip(d)
-  t_jax_c, t_torch_c = paired_timeit(jax_runner(clip, pixels, lambda m, x: m.get_image_features(x)),
-                                     lambda: clip_ref.get_image_features(pixel_values=pixels), args.repeats)
+  t_jax_c, t_torch_c = compare(jax_runner(clip, pixels, lambda m, x: m.get_image_features(x)),
+                               lambda: clip_ref.get_image_features(pixel_values=pixels), repeats=args.repeats)
   results.append(("CLIP image features (transformers)", t_jax_c, t_torch_c))
 
   peak = matmul_peak_flops()
