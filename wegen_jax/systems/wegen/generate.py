@@ -13,7 +13,8 @@
    chose `<img_00000>`..`<img_00063>`), as in training. The authors' decode slices
    `hidden[eoi-64:eoi]` (the states at `<img_00000>`..`<img_00063>`), one position later than
    their training targets; we follow training.
-5. UNet sampling (Euler discrete by default; CFG against zero negative embeddings) and VAE decode.
+5. UNet sampling (Euler discrete by default; CFG against zero negative embeddings, SDXL size
+   time_ids as the authors' pipeline passes them) and VAE decode.
 """
 from __future__ import annotations
 
@@ -54,6 +55,9 @@ class ImageSampling:
   guidance_scale: float = 7.0          # CFG against zero features; 1 = off
   height: int | None = None            # default: the VAE's configured sample_size
   width: int | None = None
+  # SDXL time_ids: "sizes" = (H, W, 0, 0, H, W) as the authors' SDXL pipeline passes at inference;
+  # "zeros" = what their detokenizer saw in training.
+  time_ids: str = "sizes"
 
 
 class WeGenOutput(NamedTuple):
@@ -174,11 +178,18 @@ def _features(model, hidden):
 
 def _detokenize(model, features, key, sampling: ImageSampling, height: int, width: int) -> np.ndarray:
   cond, added = model.condition(jnp.asarray(features))
+  if added is not None and sampling.time_ids == "sizes":
+    sizes = jnp.asarray([height, width, 0, 0, height, width], jnp.float32)
+    added = dict(added, time_ids=jnp.broadcast_to(sizes, added["time_ids"].shape))
+  elif added is not None and sampling.time_ids != "zeros":
+    raise ValueError(f"ImageSampling.time_ids={sampling.time_ids!r}; choose 'sizes' or 'zeros'")
   guidance = NoGuidance()
-  if sampling.guidance_scale != 1.0:   # branches [uncond, cond]; negative = zero features
-    guidance = ClassifierFree(sampling.guidance_scale)
+  if sampling.guidance_scale != 1.0:   # branches [uncond, cond]: zero features and pooled features
+    guidance = ClassifierFree(sampling.guidance_scale)   # (SDXL's force_zeros_for_empty_prompt), same time_ids
     cond = jnp.concatenate([jnp.zeros_like(cond), cond])
-    added = None if added is None else jax.tree.map(lambda x: jnp.concatenate([jnp.zeros_like(x), x]), added)
+    if added is not None:
+      added = {"text_embeds": jnp.concatenate([jnp.zeros_like(added["text_embeds"]), added["text_embeds"]]),
+               "time_ids": jnp.concatenate([added["time_ids"]] * 2)}
   c = Conditioning(cond, None if added is None else added["text_embeds"],
                    None if added is None else added["time_ids"])
   return np.asarray(diffusion_generate(model.unet, model.vae, model.cfg.sampler(), c, key,
