@@ -6,6 +6,7 @@ loss     stage 1 (detokenizer) and stage 2/3 (CE + MSE + cosine + diffusion) los
 generate text and images, multi-turn, VAR CFG, UNet sampling and VAE decode
 convert  the authors' released checkpoint layout (SEED-X / WeGen) in and out
 task     WeGenTask for the shared trainer
+sample   CLI: continue validation rows with a trained run, write PNGs
 """
 from wegen_jax.systems.wegen.config import WeGenConfig
 from wegen_jax.systems.wegen.model import WeGen
