@@ -6,7 +6,8 @@
 Both sides run float32 with the same random weights (diffusers init, converted). Train step:
 forward + backward + AdamW on the epsilon MSE. Sampling: Euler, 20 steps, classifier-free
 guidance (one batched UNet call per step). Times are medians after warm-up (JAX compile excluded
-and reported separately). Prints one line per task and the speed-up ratios.
+and reported separately; JAX and PyTorch runs alternate so both see the same machine load).
+Prints one line per task and the speed-up ratios.
 """
 from __future__ import annotations
 
@@ -40,13 +41,15 @@ CONFIG = dict(sample_size=32, block_out_channels=(64, 128, 192, 192), layers_per
 BATCH, SEQ, LATENT, STEPS = 2, 77, 32, 20
 
 
-def timed(fn, repeats):
-  times = []
+def timed_pair(fa, fb, repeats):
+  """Medians of fa and fb, run alternately so both see the same machine load."""
+  ta, tb = [], []
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+    for fn, out in ((fa, ta), (fb, tb)):
+      t0 = time.perf_counter()
+      fn()
+      out.append(time.perf_counter() - t0)
+  return statistics.median(ta), statistics.median(tb)
 
 
 def jax_train_step(unet, lr=1e-4):
@@ -113,7 +116,7 @@ def main():
   ref.train()
   torch_train()
   jax_train()
-  results["train step"] = (timed(jax_train, reps), timed(torch_train, reps))
+  results["train step"] = timed_pair(jax_train, torch_train, reps)
   ref.eval()
 
   # --- 20-step sampling with CFG ----------------------------------------------------------
@@ -144,7 +147,7 @@ def main():
     return lat
 
   # No warm-up run for torch here: eager PyTorch has nothing to compile, and a run costs minutes.
-  results[f"sampling {STEPS} steps (CFG)"] = (timed(jax_sample, 2), timed(torch_sample, 2))
+  results[f"sampling {STEPS} steps (CFG)"] = timed_pair(jax_sample, torch_sample, 2)
   print(f"jax compile: train step {compile_train:.1f}s, sampling loop {compile_sample:.1f}s (excluded)")
   for name, (tj, tt_) in results.items():
     print(f"{name:28s} jax {tj * 1e3:9.1f} ms   diffusers {tt_ * 1e3:9.1f} ms   speed-up {tt_ / tj:5.2f}x")

@@ -225,8 +225,9 @@ class Upsample2D(nnx.Module):
     return self.conv(upsample_nearest(x, size))
 
 
-def _maybe_remat(cfg, fn):
-  return nnx.remat(fn) if cfg.remat else fn
+def _call(cfg: UNetConfig, module, *args):
+  """module(*args), rematerialised in the backward pass when cfg.remat (saves activation memory)."""
+  return nnx.remat(lambda m, *a: m(*a))(module, *args) if cfg.remat else module(*args)
 
 
 class DownBlock(nnx.Module):
@@ -254,9 +255,9 @@ class DownBlock(nnx.Module):
   def __call__(self, x, temb, context):
     skips = []
     for j, resnet in enumerate(self.resnets):
-      x = _maybe_remat(self.cfg, lambda m, *a: m(*a))(resnet, x, temb)
+      x = _call(self.cfg, resnet, x, temb)
       if self.attentions is not None:
-        x = _maybe_remat(self.cfg, lambda m, *a: m(*a))(self.attentions[j], x, context)
+        x = _call(self.cfg, self.attentions[j], x, context)
       x = constrain(x, _BHWC)
       skips.append(x)
     if self.downsamplers is not None:
@@ -291,9 +292,9 @@ class UpBlock(nnx.Module):
   def __call__(self, x, skips, temb, context, upsample_size=None):
     for j, resnet in enumerate(self.resnets):
       x = jnp.concatenate([x, skips[-1 - j]], axis=-1)
-      x = _maybe_remat(self.cfg, lambda m, *a: m(*a))(resnet, x, temb)
+      x = _call(self.cfg, resnet, x, temb)
       if self.attentions is not None:
-        x = _maybe_remat(self.cfg, lambda m, *a: m(*a))(self.attentions[j], x, context)
+        x = _call(self.cfg, self.attentions[j], x, context)
       x = constrain(x, _BHWC)
     if self.upsamplers is not None:
       x = self.upsamplers[0](x, upsample_size)
@@ -317,7 +318,7 @@ class MidBlock(nnx.Module):
 
   def __call__(self, x, temb, context):
     x = self.resnets[0](x, temb)
-    x = _maybe_remat(self.cfg, lambda m, *a: m(*a))(self.attentions[0], x, context)
+    x = _call(self.cfg, self.attentions[0], x, context)
     return self.resnets[1](x, temb)
 
 
