@@ -2,7 +2,8 @@
 
 1. writes procedural video-dynamics clips as real video files (DIR/videos),
 2. curates them into the TFDS dynamics dataset with ground-truth labels (DIR/data),
-3. trains WeGen tiny stage 1 (detokenizer) and stage 2 (MLLM, from stage 1's UNet),
+3. trains WeGen tiny: stage 0 (the tiny VAE; the real model uses SDXL's), stage 1
+   (detokenizer, with stage 0's VAE) and stage 2 (MLLM, from stage 1's UNet and VAE),
 4. generates the target frame for held-out validation instructions, writes PNG grids
    (source | target | generated) to DIR/samples/, and prints validation metrics next to the
    copy-the-source baseline (DIR/validation.json).
@@ -47,7 +48,7 @@ def stage_config(stage: int, data: Path, steps: int | None, init_from: Path | No
   if steps:
     c.total_steps = c.optimizer.total_steps = steps
   if init_from is not None:
-    c.init_from, c.init_components = str(init_from), ("unet",)
+    c.init_from = str(init_from)        # the components come from configs/wegen.py
   return c
 
 
@@ -96,6 +97,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True)
   p.add_argument("--clips", type=int, default=24)
+  p.add_argument("--stage0-steps", type=int, default=None, help="default: configs/wegen.py tiny")
   p.add_argument("--stage1-steps", type=int, default=None, help="default: configs/wegen.py tiny")
   p.add_argument("--stage2-steps", type=int, default=None, help="default: configs/wegen.py tiny")
   p.add_argument("--samples", type=int, default=8)
@@ -111,11 +113,12 @@ def main(argv=None):
   times["videos"] = time.perf_counter() - start
   curate(workdir / "videos", workdir / "data")
   times["curation"] = time.perf_counter() - start - sum(times.values())
-  stage1 = stage_config(1, workdir / "data", args.stage1_steps, None)
-  train(stage1, workdir / "stage1")
+  train(stage_config(0, workdir / "data", args.stage0_steps, None), workdir / "stage0")
+  times["stage 0 (VAE)"] = time.perf_counter() - start - sum(times.values())
+  train(stage_config(1, workdir / "data", args.stage1_steps, workdir / "stage0"), workdir / "stage1")
   times["stage 1"] = time.perf_counter() - start - sum(times.values())
   stage2 = stage_config(2, workdir / "data", args.stage2_steps, workdir / "stage1")
-  result = train(stage2, workdir / "stage2")
+  train(stage2, workdir / "stage2")
   times["stage 2"] = time.perf_counter() - start - sum(times.values())
 
   from wegen_jax.systems.wegen.task import WeGenTask
