@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from diffusers import EulerDiscreteScheduler as TorchEuler  # noqa: E402
 from diffusers import UNet2DConditionModel as TorchUNet  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from bench.common import compare  # noqa: E402
 from wegen_jax import convert  # noqa: E402
 from wegen_jax.diffusion import ClassifierFree, Conditioning, EulerDiscreteScheduler, sample_latents  # noqa: E402
 
@@ -39,17 +39,6 @@ CONFIG = dict(sample_size=32, block_out_channels=(64, 128, 192, 192), layers_per
               up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
               attention_head_dim=8, cross_attention_dim=256, norm_num_groups=32)
 BATCH, SEQ, LATENT, STEPS = 2, 77, 32, 20
-
-
-def timed_pair(fa, fb, repeats):
-  """Medians of fa and fb, run alternately so both see the same machine load."""
-  ta, tb = [], []
-  for _ in range(repeats):
-    for fn, out in ((fa, ta), (fb, tb)):
-      t0 = time.perf_counter()
-      fn()
-      out.append(time.perf_counter() - t0)
-  return statistics.median(ta), statistics.median(tb)
 
 
 def jax_train_step(unet, lr=1e-4):
@@ -116,7 +105,7 @@ def main():
   ref.train()
   torch_train()
   jax_train()
-  results["train step"] = timed_pair(jax_train, torch_train, reps)
+  results["train step"] = compare(jax_train, torch_train, warmup=0, repeats=reps)
   ref.eval()
 
   # --- 20-step sampling with CFG ----------------------------------------------------------
@@ -147,7 +136,7 @@ def main():
     return lat
 
   # No warm-up run for torch here: eager PyTorch has nothing to compile, and a run costs minutes.
-  results[f"sampling {STEPS} steps (CFG)"] = timed_pair(jax_sample, torch_sample, 2)
+  results[f"sampling {STEPS} steps (CFG)"] = compare(jax_sample, torch_sample, warmup=0, repeats=2)
   print(f"jax compile: train step {compile_train:.1f}s, sampling loop {compile_sample:.1f}s (excluded)")
   for name, (tj, tt_) in results.items():
     print(f"{name:28s} jax {tj * 1e3:9.1f} ms   diffusers {tt_ * 1e3:9.1f} ms   speed-up {tt_ / tj:5.2f}x")
