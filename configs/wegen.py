@@ -84,7 +84,7 @@ def get_config(arg=None):
   opt = dict(_STAGE_OPT[stage])
   tiny = size == "tiny"
   if tiny and stage > 0:  # minutes on a CPU: short schedule, larger lr, UNet unfrozen after 10 steps in stage 1
-    opt.update(total_steps=60, warmup_steps=5, lr=1e-3 if stage == 1 else 2e-3,
+    opt.update(total_steps=150 if stage == 1 else 60, warmup_steps=5, lr=1e-3 if stage == 1 else 2e-3,
                freeze_until={"unet": 10} if stage == 1 else {})
   c.total_steps = opt["total_steps"]
   c.log_every = 10 if tiny else 50
