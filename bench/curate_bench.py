@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from wegen_jax.data import synthetic  # noqa: E402
-from wegen_jax.data.config_utils import load_config  # noqa: E402
+from wegen_jax.config_utils import load_config  # noqa: E402
 from wegen_jax.data.curate import pipeline, runner  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from wegen_jax.data import labellers, schema, source, synthetic as S, video_io
-from wegen_jax.data.config_utils import load_config
+from wegen_jax.config_utils import load_config
 from wegen_jax.data.curate import __main__ as cli, encoders, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +33,7 @@ BAD = {  # file -> expected words of its reason
     "dangling.mp4": "broken link",
 }
 CONFIG = f'''
-from wegen_jax.data.config_utils import load_config
+from wegen_jax.config_utils import load_config
 def get_config(arg=None):
     c = load_config("{REPO}/configs/curate.py:synthetic")
     c.max_pixels = 1920 * 1080

@@ -1,7 +1,9 @@
-"""Helpers for `get_config(arg)` files: parsing `key=value,key=value` config args."""
+"""Helpers for `get_config(arg)` files: loading one by path, and parsing `key=value` args."""
 from __future__ import annotations
 
 import ast
+import importlib.util
+import os
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -19,3 +21,14 @@ def parse_arg(arg: str | None, **defaults):
     except (ValueError, SyntaxError):
       out[key] = value
   return out
+
+
+def load_config(spec: str):
+  """The config of `path/to/config.py` or `path/to/config.py:arg` (for CLIs without absl flags)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file not found: {path}")
+  mod_spec = importlib.util.spec_from_file_location(f"_cfg_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

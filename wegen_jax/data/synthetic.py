@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--config", default=None, help="configs/synthetic.py (optional)")
     args = p.parse_args(argv)
     if args.config:
-        from wegen_jax.data.config_utils import load_config
+        from wegen_jax.config_utils import load_config
         cfg = load_config(args.config)
     else:
         cfg = default_corpus_config()

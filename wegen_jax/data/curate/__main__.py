@@ -31,7 +31,7 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from wegen_jax.data.config_utils import load_config
+    from wegen_jax.config_utils import load_config
     from wegen_jax.data.curate import runner
 
     if args.config:
