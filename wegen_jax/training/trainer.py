@@ -55,8 +55,7 @@ def _micro_batches(batch, accum: int):
 
 def init_components(model, run_dir: str | Path, prefixes: tuple[str, ...]) -> None:
   """Copies the parameters under `prefixes` (e.g. 'unet') from another run's newest checkpoint,
-  as stage 2 starts from stage 1's detokenizer. Nothing is copied on resume (the run's own
-  checkpoint wins, since it is restored afterwards)."""
+  as stage 2 starts from stage 1's detokenizer. The trainer skips this when resuming."""
   step, saved = latest_parameters(Path(run_dir) / "checkpoints")
   from wegen_jax.convert.mapping import param_paths
   copied = 0
@@ -112,8 +111,10 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
   mesh = make_mesh(dict(config.mesh), devices=devices)
   rules = config.get("sharding_rules")
 
+  ckpt = Checkpointer(workdir / "checkpoints", keep=config.get("keep_checkpoints", 3),
+                      async_save=config.get("async_checkpoints", True))
   model = create_sharded(lambda: task.build_model(nnx.Rngs(config.seed)), mesh, rules)
-  if config.get("init_from"):
+  if config.get("init_from") and not ckpt.all_steps():   # a resumed run has its own parameters
     init_components(model, config.init_from, tuple(config.get("init_components", ())))
   graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
   labels = jax.tree_util.tree_map_with_path(lambda p, _: task.param_group(_keystr(p)), params)
@@ -127,8 +128,6 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
       task.batch_axes(name), None, mesh, rules))
   loader = DeviceLoader(data, batch_sharding)
 
-  ckpt = Checkpointer(workdir / "checkpoints", keep=config.get("keep_checkpoints", 3),
-                      async_save=config.get("async_checkpoints", True))
   state = {"params": params, "frozen": frozen, "opt": opt_state}
   step = 0
   restored = ckpt.restore_latest(abstract_like(state, mesh))
