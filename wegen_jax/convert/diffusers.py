@@ -257,16 +257,20 @@ def read_config(path: str | os.PathLike) -> dict:
     raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
 
 
-def _load(path, make, rules, cfg, transform_keys=lambda sd: sd):
-  state_dict = transform_keys(read_state_dict(path))
-  model = nnx.eval_shape(make)
-  return load_state_dict(model, state_dict, rules, dtype=np.dtype(cfg.param_dtype), source=str(path))
-
-
 def load_diffusers_unet(path: str | os.PathLike, **config_overrides) -> UNet2DConditionModel:
   """NNX UNet from a diffusers UNet2DConditionModel folder; overrides: UNetConfig fields."""
   cfg = unet_config_from_diffusers(read_config(path), **config_overrides)
-  return _load(path, lambda: UNet2DConditionModel(cfg, rngs=nnx.Rngs(0)), unet_rules(cfg), cfg)
+  model = nnx.eval_shape(lambda: UNet2DConditionModel(cfg, rngs=nnx.Rngs(0)))
+  return fill_diffusers_unet(model, path, dtype=np.dtype(cfg.param_dtype))
+
+
+def fill_diffusers_unet(unet: UNet2DConditionModel, path: str | os.PathLike, *, dtype=None, shardings=None,
+                        on_mismatch: str = "error") -> UNet2DConditionModel:
+  """Fills an existing UNet in place from a diffusers folder (or weights file), whatever that
+  folder's config says; on_mismatch='keep_init' leaves re-shaped tensors (e.g. cross-attention
+  keys for another condition width) at their current values, as ignore_mismatched_sizes=True."""
+  return load_state_dict(unet, read_state_dict(path), unet_rules(unet.cfg), dtype=dtype, shardings=shardings,
+                         source=str(path), on_mismatch=on_mismatch)
 
 
 _OLD_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
@@ -287,8 +291,14 @@ def _renamed_vae_keys(state_dict):
 def load_diffusers_vae(path: str | os.PathLike, **config_overrides) -> AutoencoderKL:
   """NNX AutoencoderKL from a diffusers AutoencoderKL folder; overrides: VAEConfig fields."""
   cfg = vae_config_from_diffusers(read_config(path), **config_overrides)
-  return _load(path, lambda: AutoencoderKL(cfg, rngs=nnx.Rngs(0)), vae_rules(cfg), cfg,
-               transform_keys=_renamed_vae_keys)
+  model = nnx.eval_shape(lambda: AutoencoderKL(cfg, rngs=nnx.Rngs(0)))
+  return fill_diffusers_vae(model, path, dtype=np.dtype(cfg.param_dtype))
+
+
+def fill_diffusers_vae(vae: AutoencoderKL, path: str | os.PathLike, *, dtype=None, shardings=None) -> AutoencoderKL:
+  """Fills an existing AutoencoderKL in place from a diffusers folder (or weights file)."""
+  return load_state_dict(vae, _renamed_vae_keys(read_state_dict(path)), vae_rules(vae.cfg), dtype=dtype,
+                         shardings=shardings, source=str(path))
 
 
 def _save(path, state_dict, config):

@@ -187,12 +187,28 @@ def load_hf_llm(path: str | os.PathLike, *, mesh=None, sharding_rules=None, **co
     shardings = {p: jax.sharding.NamedSharding(mesh, logical_to_spec(
         v.get_metadata()["logical_axes"], v.get_value().shape, mesh, sharding_rules))
                  for p, v in param_paths(model).items()}
+  return fill_hf_llm(model, state_dict, shardings=shardings, dtype=np.dtype(cfg.param_dtype), source=str(path))
+
+
+# Our embedding [V, E] and head [E, V]: the vocabulary axis along which a checkpoint may be smaller.
+VOCAB_AXES = {r"^embed\.embedding$": 0, r"^lm_head\.kernel$": -1}
+
+
+def fill_hf_llm(model: LLM, state_dict_or_path, *, shardings=None, dtype=None, grow_vocab: bool = False,
+                source: str | None = None) -> LLM:
+  """Fills an existing LLM in place from an HF state dict or directory. grow_vocab: a checkpoint
+  with fewer token rows (Llama-2's 32000 for WeGen's 32330) fills the first rows; the added
+  tokens keep their current values, as HF resize_token_embeddings leaves them."""
+  cfg = model.cfg
+  is_path = isinstance(state_dict_or_path, (str, os.PathLike))
+  state_dict = read_state_dict(state_dict_or_path) if is_path else state_dict_or_path
+  source = source or (str(state_dict_or_path) if is_path else "state dict")
   # Buffers some checkpoints carry, and the vision tower of a Qwen2.5-VL checkpoint.
   ignore = [r"rotary_emb\.inv_freq$", r"(^|\.)visual\."]
   if cfg.tie_word_embeddings:
     ignore.append(r"^lm_head\.weight$")
-  load_state_dict(model, state_dict, rules(cfg, _decoder_prefix(state_dict, cfg)), ignore=ignore,
-                  dtype=np.dtype(cfg.param_dtype), shardings=shardings, source=str(path))
+  load_state_dict(model, state_dict, rules(cfg, _decoder_prefix(state_dict, cfg)), ignore=ignore, dtype=dtype,
+                  shardings=shardings, source=source, grow=VOCAB_AXES if grow_vocab else None)
   return model
 
 

@@ -73,13 +73,24 @@ def match_rules(paths: Iterable[str], rules: Sequence[Rule]) -> dict[str, tuple[
 def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], rules: Sequence[Rule], *,
                     ignore: Sequence[str] = (), strict: bool = True, dtype=None,
                     shardings: Mapping[str, jax.sharding.Sharding] | None = None,
-                    source: str = "checkpoint") -> nnx.Module:
+                    source: str = "checkpoint", on_mismatch: str = "error",
+                    grow: Mapping[str, int] | None = None) -> nnx.Module:
   """Fills `model`'s parameters from a PyTorch-layout state dict, in place.
 
   ignore: regexes of their keys that are expected and unused (e.g. rotary buffers).
   strict: unused keys not matched by `ignore` are an error (they usually mean a config
-  mismatch). shardings: our path -> sharding, to place each tensor directly on devices.
+  mismatch). shardings: our path -> sharding, to place each tensor directly on devices
+  (default: where the parameter already lives, for a concrete model).
+  on_mismatch: "error", or "keep_init" to leave a parameter whose tensor has another shape at
+  its current (fresh) value, as diffusers' ignore_mismatched_sizes=True does (e.g. SDXL's
+  cross-attention keys when the condition width changes); each one is printed.
+  grow: regex of our path -> axis along which the checkpoint may be smaller: its tensor fills
+  the leading entries and the rest keep their current values (a vocabulary extended with new
+  tokens, as HF resize_token_embeddings).
   """
+  if on_mismatch not in ("error", "keep_init"):
+    raise ValueError(f"on_mismatch={on_mismatch!r}; choose 'error' or 'keep_init'")
+  grow = [(re.compile(k), axis) for k, axis in (grow or {}).items()]
   variables = param_paths(model)
   table = match_rules(variables, rules)
   missing = sorted({k for k, _ in table.values() if k not in state_dict})
@@ -90,12 +101,28 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], rul
     key, transform = table[path]
     value = transform.to_jax(np.asarray(state_dict[key]))
     want = var.get_value().shape
-    if tuple(value.shape) != tuple(want):
-      raise CheckpointError(f"{source}: tensor {key!r} has shape {tuple(np.shape(state_dict[key]))}, "
-                            f"which maps to {tuple(value.shape)} but parameter {path!r} is {tuple(want)}")
     target_dtype = dtype or var.get_value().dtype
+    if tuple(value.shape) != tuple(want):
+      axis = next((a for regex, a in grow if regex.search(path)), None)
+      if axis is not None and _grows_along(value.shape, want, axis):
+        print(f"{source}: {key!r} fills the first {value.shape[axis]} of {want[axis]} entries of {path!r} "
+              f"(axis {axis}); the rest keep their initial values", flush=True)
+        value = _fill_leading(np.asarray(var.get_value()).astype(target_dtype), np.asarray(value), axis)
+      elif on_mismatch == "keep_init":
+        print(f"{source}: {key!r} {tuple(value.shape)} does not fit {path!r} {tuple(want)}: "
+              "kept at its initial value", flush=True)
+        continue
+      else:
+        raise CheckpointError(f"{source}: tensor {key!r} has shape {tuple(np.shape(state_dict[key]))}, "
+                              f"which maps to {tuple(value.shape)} but parameter {path!r} is {tuple(want)}")
     value = np.asarray(value).astype(target_dtype)
-    array = jax.device_put(value, shardings[path]) if shardings and path in shardings else jnp.asarray(value)
+    current = var.get_value()
+    if shardings and path in shardings:
+      array = jax.device_put(value, shardings[path])
+    elif isinstance(current, jax.Array):   # a concrete model keeps each parameter's placement
+      array = jax.device_put(value, current.sharding)
+    else:
+      array = jnp.asarray(value)
     var.set_value(array)
   used = {k for k, _ in table.values()}
   patterns = [re.compile(p) for p in ignore]
@@ -104,6 +131,19 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], rul
     raise CheckpointError(f"{source} has {len(extra)} tensor(s) the model does not use, e.g. "
                           f"{extra[:5]}; check the config (or pass strict=False)")
   return model
+
+
+def _grows_along(have, want, axis: int) -> bool:
+  axis %= len(want)
+  return (len(have) == len(want) and have[axis] < want[axis]
+          and all(h == w for i, (h, w) in enumerate(zip(have, want)) if i != axis))
+
+
+def _fill_leading(current: np.ndarray, value: np.ndarray, axis: int) -> np.ndarray:
+  index = [slice(None)] * current.ndim
+  index[axis] = slice(0, value.shape[axis])
+  current[tuple(index)] = value
+  return current
 
 
 def export_state_dict(model: nnx.Module, rules: Sequence[Rule], dtype=None) -> dict[str, np.ndarray]:

@@ -190,12 +190,18 @@ def load_timm_eva(state_dict_or_path, config: EVAConfig | Mapping[str, Any] = EV
   when timm has no final norm).
   """
   cfg = config if isinstance(config, EVAConfig) else config_from_timm(config)
-  source = str(state_dict_or_path) if isinstance(state_dict_or_path, (str, os.PathLike)) else "state dict"
-  sd = (read_state_dict(state_dict_or_path) if isinstance(state_dict_or_path, (str, os.PathLike))
-        else state_dict_or_path)
   model = nnx.eval_shape(lambda: EVAVisionTower(cfg, rngs=nnx.Rngs(0)))
-  return load_state_dict(model, _CanonicalView(sd, cfg, source), rules(), ignore=_IGNORE, strict=strict,
-                         dtype=np.dtype(cfg.param_dtype), source=source)
+  return fill_timm_eva(model, state_dict_or_path, strict=strict, dtype=np.dtype(cfg.param_dtype))
+
+
+def fill_timm_eva(tower: EVAVisionTower, state_dict_or_path, *, strict: bool = True, dtype=None,
+                  shardings=None) -> EVAVisionTower:
+  """Fills an existing EVAVisionTower in place (any layout load_timm_eva reads)."""
+  is_path = isinstance(state_dict_or_path, (str, os.PathLike))
+  source = str(state_dict_or_path) if is_path else "state dict"
+  sd = read_state_dict(state_dict_or_path) if is_path else state_dict_or_path
+  return load_state_dict(tower, _CanonicalView(sd, tower.cfg, source), rules(), ignore=_IGNORE, strict=strict,
+                         dtype=dtype, shardings=shardings, source=source)
 
 
 def export_timm_eva(model: EVAVisionTower, *, layout: str = "timm", dtype=None) -> dict[str, np.ndarray]:
