@@ -13,12 +13,13 @@ import math
 import signal
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 
 from wegen_jax.data.loader import DeviceLoader
 from wegen_jax.parallel import activation_sharding, create_sharded, logical_to_spec, make_mesh
@@ -98,6 +99,55 @@ def build_train_step(task, graphdef, tx, accum: int, schedule):
   return train_step
 
 
+def optimizer_shardings(opt_state, params, mesh):
+  """Shardings for the optimizer state: each moment leaf takes the sharding of the parameter
+  whose tree path ends its own (optax nests the params tree inside its states), the rest
+  (step counts) is replicated. Without this, jit(tx.init) puts the whole state on one device:
+  its outputs depend on no sharded input."""
+  by_path = {tuple(map(str, path)): p for path, p in jax.tree_util.tree_flatten_with_path(params)[0]}
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def sharding(path, leaf):
+    keys = tuple(map(str, path))
+    for start in range(len(keys)):
+      p = by_path.get(keys[start:])
+      if p is not None and p.shape == leaf.shape:
+        return p.sharding
+    return replicated
+  return jax.tree_util.tree_map_with_path(sharding, opt_state)
+
+
+@dataclasses.dataclass
+class TrainStep:
+  """The jitted train step and the layouts it expects: one builder for the trainer and for
+  wegen_jax.tools.aot, so the ahead-of-time fit check compiles exactly what trains."""
+  step_fn: Callable      # (params, frozen, opt_state, batch, rng, step) -> (params, opt_state, metrics)
+  tx: optax.GradientTransformation
+  schedule: Callable
+  param_shardings: Any
+  opt_shardings: Any
+  batch_sharding: Callable[[str], NamedSharding]   # per batch field name
+
+
+def make_train_step(task, config, mesh, graphdef, params) -> TrainStep:
+  """params: the trainable nnx State, concrete or abstract (ShapeDtypeStructs with shardings)."""
+  rules = config.get("sharding_rules")
+  labels = jax.tree_util.tree_map_with_path(lambda p, _: task.param_group(_keystr(p)), params)
+  tx = make_optimizer(config.optimizer, labels)
+  schedule = make_schedule(config.optimizer)
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  opt_shardings = optimizer_shardings(jax.eval_shape(tx.init, params), params, mesh)
+  step = build_train_step(task, graphdef, tx, int(config.get("grad_accum", 1)), schedule)
+
+  def step_in_mesh(*args):   # activations are annotated for this mesh while the step traces
+    with activation_sharding(mesh, rules):
+      return step(*args)
+
+  step_fn = jax.jit(step_in_mesh, donate_argnums=(0, 2), out_shardings=(param_shardings, opt_shardings, None))
+  batch_sharding = lambda name: NamedSharding(mesh, logical_to_spec(task.batch_axes(name), None, mesh, rules))
+  return TrainStep(step_fn, tx, schedule, param_shardings, opt_shardings, batch_sharding)
+
+
 def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainResult:
   """Trains `config.task` to `config.total_steps`, resuming from WORKDIR/checkpoints.
 
@@ -117,16 +167,11 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
   if config.get("init_from") and not ckpt.all_steps():   # a resumed run has its own parameters
     init_components(model, config.init_from, tuple(config.get("init_components", ())))
   graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
-  labels = jax.tree_util.tree_map_with_path(lambda p, _: task.param_group(_keystr(p)), params)
-  tx = make_optimizer(config.optimizer, labels)
-  schedule = make_schedule(config.optimizer)
-  param_shardings = jax.tree.map(lambda x: x.sharding, params)
-  opt_state = jax.jit(tx.init)(params)
+  train_step = make_train_step(task, config, mesh, graphdef, params)
+  opt_state = jax.jit(train_step.tx.init, out_shardings=train_step.opt_shardings)(params)
 
   data = task.dataset("train", seed=config.seed, global_batch=config.batch_size)
-  batch_sharding = lambda name, local: NamedSharding(mesh, logical_to_spec(
-      task.batch_axes(name), None, mesh, rules))
-  loader = DeviceLoader(data, batch_sharding)
+  loader = DeviceLoader(data, lambda name, local: train_step.batch_sharding(name))
 
   state = {"params": params, "frozen": frozen, "opt": opt_state}
   step = 0
@@ -137,9 +182,7 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
     print(f"resumed from step {step} in {ckpt.directory}", flush=True)
   params, frozen, opt_state = state["params"], state["frozen"], state["opt"]
 
-  accum = int(config.get("grad_accum", 1))
-  step_fn = jax.jit(build_train_step(task, graphdef, tx, accum, schedule), donate_argnums=(0, 2),
-                    out_shardings=(param_shardings, None, None))
+  step_fn = train_step.step_fn
   base_rng = jax.random.key(config.seed)
   writer = MetricsWriter(workdir, total_steps=config.total_steps)
   (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
