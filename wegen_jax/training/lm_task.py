@@ -7,6 +7,7 @@ records.
 from __future__ import annotations
 
 import grain
+import jax
 import numpy as np
 from flax import nnx
 
@@ -48,3 +49,7 @@ class LMTask(Task):
 
   def batch_counts(self, batch):
     return {"tokens": float(np.prod(batch["tokens"].shape))}
+
+  def batch_spec(self, global_batch):
+    return {"tokens": jax.ShapeDtypeStruct((global_batch, self.config.data.seq_len), np.int32),
+            "record_id": jax.ShapeDtypeStruct((global_batch,), np.int32)}

@@ -49,6 +49,10 @@ class Task:
     """Work in one global batch, for throughput: e.g. {'tokens': ..., 'images': ...}."""
     return {}
 
+  def batch_spec(self, global_batch: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shape and dtype of each field of one global batch (ahead-of-time compilation needs no data)."""
+    raise NotImplementedError(f"{type(self).__name__} does not describe its batch shapes (batch_spec)")
+
   def batch_axes(self, name: str) -> tuple:
     """Logical axes of a batch field (default: batch-sharded first dim)."""
     return ("batch",)

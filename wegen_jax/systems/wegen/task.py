@@ -6,6 +6,7 @@ frozen (the diffusion loss still back-propagates through the UNet into the LLM).
 """
 from __future__ import annotations
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -44,3 +45,8 @@ class WeGenTask(Task):
     # when a process does not hold the whole global batch.
     return {"tokens": float(np.prod(batch["input_ids"].shape)),
             "images": float(np.prod(batch["image_valid"].shape))}
+
+  def batch_spec(self, global_batch):
+    from wegen_jax.data.wegen_pipeline import empty_example   # the pipeline's own fixed shapes
+    return {k: jax.ShapeDtypeStruct((global_batch,) + v.shape, v.dtype)
+            for k, v in empty_example(self.config.data, pad_id=0).items()}
