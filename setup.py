@@ -2,7 +2,8 @@
 
 The top-level kernels/ folder installs as `wegen_jax.kernels`.
 Extras: `torch` (PyTorch references and conversion: install torch==2.13.0 CPU first, see
-the Makefile), `dev` (tests).
+the Makefile), `dev` (tests), `tpu` (libtpu: the TPU runtime on TPU VMs, and ahead-of-time
+TPU compilation on any host for `python -m wegen_jax.tools.aot`), `gpu` (CUDA 12 plugin).
 """
 from setuptools import find_packages, setup
 
@@ -46,5 +47,8 @@ setup(
     extras_require={
         "torch": TORCH,
         "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+        # jax's own extras, so libtpu / the CUDA plugin match the pinned jaxlib (libtpu 0.0.42.1)
+        "tpu": ["jax[tpu]==0.10.2"],
+        "gpu": ["jax[cuda12]==0.10.2"],
     },
 )

@@ -1,0 +1,84 @@
+"""wegen_jax.tools.aot: the trainer's own step compiled for a TPU slice on this CPU host."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from configs import lm as lm_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--config", "configs/lm.py", "--config.model.num_layers=1", "--config.data.seq_len=32"]
+
+
+def aot(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "wegen_jax.tools.aot", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_optimizer_state_is_sharded_like_the_parameters():
+  """jit(tx.init) alone would leave the moments on one device (its outputs depend on no
+  sharded input); the trainer's step places them like their parameters."""
+  from wegen_jax.tools.aot import abstract_inputs
+  c = lm_config.get_config()
+  c.model.num_layers = 1
+  _, mesh, _, (params, _, opt_state, batch, _, _) = abstract_inputs(c, jax.devices())
+  keystr = jax.tree_util.keystr
+  param_specs = {keystr(p): x.sharding.spec for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  moments = {keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(opt_state)[0] if x.ndim}
+  assert len(moments) == 2 * len(param_specs)   # Adam's mu and nu
+  for path, x in moments.items():
+    owner = next(k for k in param_specs if path.endswith(k))
+    assert x.sharding.mesh.size == 8 and x.sharding.spec == param_specs[owner], path
+  assert "fsdp" in str(batch["tokens"].sharding.spec)
+
+
+def test_wegen_stage1_inputs_follow_the_pipeline_and_freeze_groups():
+  """WeGen stage 1: frozen LLM/vision/VAE, the UNet's moments behind optax.multi_transform
+  (freeze_until) still get the UNet's shardings; the batch has the pipeline's fields."""
+  from configs import wegen as wegen_config
+  from wegen_jax.tools.aot import abstract_inputs
+  c = wegen_config.get_config("size=tiny,stage=1")
+  _, _, _, (params, frozen, opt_state, batch, _, _) = abstract_inputs(c, jax.devices())
+  assert {str(p[0].key) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]} == {"unet"}
+  moments = [x for x in jax.tree.leaves(opt_state) if x.ndim > 1]
+  assert moments and all(x.sharding.mesh.size == 8 for x in moments)
+  assert any("fsdp" in str(x.sharding.spec) for x in moments)
+  d = c.data
+  assert batch["vae_pixels"].shape == (c.batch_size, d.max_images, 3, d.vae_image_size, d.vae_image_size)
+  assert batch["input_ids"].shape == (c.batch_size, d.max_len) and "example_valid" in batch
+
+
+@pytest.fixture(scope="module")
+def libtpu():
+  pytest.importorskip("libtpu", reason="ahead-of-time TPU compilation needs libtpu (pip install -e '.[tpu]')")
+
+
+def test_tiny_lm_fits_a_v5p_8(libtpu, tmp_path):
+  out = aot(*TINY, "--topology", "v5p-8", "--json", str(tmp_path / "r.json"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  for field in ("4 chips (TPU v5)", "memory/chip", "arguments", "temporaries", "total", "FLOPs/step",
+                "6*N*tokens", "step time", "40% MFU", "fits"):
+    assert field in out.stdout, (field, out.stdout)
+  r = json.loads((tmp_path / "r.json").read_text())
+  assert r["fits"] and r["mesh"]["fsdp"] == 4 and r["flops_per_chip"] > 0
+  # XLA's count is within a factor of 2 of 6*N*tokens (attention and the loss come on top)
+  assert 0.8 < r["flops_per_chip"] * r["chips"] / r["analytic_flops"] < 2
+
+
+def test_config_that_does_not_fit_exits_nonzero_with_levers(libtpu):
+  out = aot(*TINY, "--topology", "v5p-8", "--hbm_gib=0.001")
+  assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+  assert "error: does not fit: needs" in out.stderr and "over the 1.0 MiB of HBM" in out.stderr
+  for lever in ("remat", "grad_accum", "batch_size", "fsdp"):
+    assert lever in out.stderr
+
+
+def test_bad_topology_is_a_clear_error(libtpu):
+  out = aot(*TINY, "--topology", "v5p-7")
+  assert out.returncode == 2 and "unknown TPU slice 'v5p-7'" in out.stderr and "v5p-64" in out.stderr
+  assert "Traceback" not in out.stderr

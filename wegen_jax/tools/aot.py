@@ -1,0 +1,257 @@
+"""Ahead-of-time fit check: compiles the real train step for a TPU slice on this host.
+
+  python -m wegen_jax.tools.aot --config configs/wegen.py:size=7b,stage=2 --topology v5p-64
+
+The step is the trainer's own (wegen_jax.training.trainer.make_train_step: the config's
+mesh, sharding rules, remat, dtype and grad accumulation), lowered with abstract parameters,
+optimizer state and batch (jax.eval_shape: nothing is materialised) onto compile-only TPU
+devices from libtpu. Prints per-chip memory, FLOPs per step and a step-time estimate at
+--mfu; exits 1 when the step does not fit in HBM, naming the levers that would help.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")   # the host compiles; it needs no accelerator
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=True)
+_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p-64, v6e-64 (or libtpu's v5p:2x4x4)")
+_MFU = flags.DEFINE_float("mfu", 0.4, "model-FLOPs utilisation assumed for the step-time estimate")
+_HBM_GIB = flags.DEFINE_float("hbm_gib", None, "override the per-chip HBM (GiB) the step must fit in")
+_JSON = flags.DEFINE_string("json", None, "also write the report as JSON to this path")
+
+GiB = 1 << 30
+EXIT_DOES_NOT_FIT = 1
+EXIT_BAD_INPUT = 2
+
+
+@contextlib.contextmanager
+def terse_tracer_errors():
+  """Flax probes `getattr(value, 'sharding', None)` on every variable write; on a tracer jax
+  answers with an AttributeError whose message scans the whole jaxpr, so tracing a model with
+  thousands of parameters (WeGen-7B) is quadratic: minutes -> hours. Inside this context the
+  message skips that scan (only the text of an error that is caught anyway changes)."""
+  from jax._src.interpreters import partial_eval
+  original = partial_eval.DynamicJaxprTracer._origin_msg
+  partial_eval.DynamicJaxprTracer._origin_msg = lambda self: ""
+  try:
+    yield
+  finally:
+    partial_eval.DynamicJaxprTracer._origin_msg = original
+
+
+def abstract_inputs(config, devices):
+  """(train_step, args) with every argument a ShapeDtypeStruct carrying its sharding, exactly
+  as the trainer would pass them on `devices`."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  from wegen_jax.parallel import make_mesh, state_shardings
+  from wegen_jax.training.task import get_task
+  from wegen_jax.training.trainer import make_train_step
+
+  task = get_task(config)
+  mesh = make_mesh(dict(config.mesh), devices=devices)
+  with terse_tracer_errors():
+    model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(config.seed)))
+  graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
+
+  def placed(state):
+    shardings = state_shardings(state, mesh, config.get("sharding_rules"))
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+  params, frozen = placed(params), placed(frozen)
+  train_step = make_train_step(task, config, mesh, graphdef, params)
+  opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                           jax.eval_shape(train_step.tx.init, params), train_step.opt_shardings)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=train_step.batch_sharding(k))
+           for k, v in task.batch_spec(config.batch_size).items()}
+  replicated = NamedSharding(mesh, PartitionSpec())
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
+  step = jax.ShapeDtypeStruct((), jnp.int32, weak_type=True, sharding=replicated)
+  return task, mesh, train_step, (params, frozen, opt_state, batch, rng, step)
+
+
+def count_params(tree, prefix: str | None = None) -> int:
+  import jax
+  import numpy as np
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return int(sum(np.prod(x.shape) for path, x in leaves
+                 if prefix is None or str(getattr(path[0], "key", "")) == prefix))
+
+
+def describe(config, task, mesh, args) -> dict:
+  """Static facts of the run: sizes, batch, mesh, remat, and the 6*N*tokens analytic FLOPs."""
+  params, frozen, _, batch, _, _ = args
+  tokens = task.batch_counts(batch).get("tokens", 0.0)
+  # 6*N*tokens counts the token-wise matmuls of the trainable LLM: the whole model for the LM,
+  # the LLM part of WeGen stage 2/3; WeGen stage 1 trains a conv UNet, where it does not apply.
+  llm_prefix = "llm" if config.task == "wegen" else None
+  n_token = count_params(params, llm_prefix)
+  model = config.model
+  if config.task == "wegen":
+    remat = dict(llm=model.llm.get("remat"), unet=model.get("unet_remat"))
+  else:
+    remat = dict(model=model.get("remat"))
+  return dict(trainable_params=count_params(params), frozen_params=count_params(frozen),
+              global_batch=int(config.batch_size), grad_accum=int(config.get("grad_accum", 1)),
+              tokens_per_step=tokens, mesh=dict(mesh.shape), remat=remat,
+              dtype=model.get("dtype"), analytic_flops=6.0 * n_token * tokens if n_token and tokens else None)
+
+
+def memory(compiled) -> dict:
+  m = compiled.memory_analysis()
+  out = dict(arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes,
+             aliased=m.alias_size_in_bytes, temporaries=m.temp_size_in_bytes,
+             generated_code=m.generated_code_size_in_bytes)
+  # donated params/optimizer state alias their outputs: count those bytes once
+  out["total"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"] + out["generated_code"]
+  return out
+
+
+def per_chip_bytes(tree) -> int:
+  """Bytes of one chip's shards of a tree of sharded ShapeDtypeStructs."""
+  import jax
+  import numpy as np
+  return int(sum(np.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def levers(mem: dict, report: dict) -> list[str]:
+  """What would shrink the dominant part of per-chip memory."""
+  state = report["per_chip_state_bytes"]
+  tips = []
+  if state >= mem["temporaries"]:
+    tips.append("parameters + optimizer state dominate: shard them over more chips (a larger slice with "
+                "--config.mesh.fsdp=-1, or --config.mesh.tensor=N for tensor parallelism)")
+  tips += ["activations: turn on rematerialisation (--config.model.llm.remat=full / "
+           "--config.model.unet_remat=True for WeGen, --config.model.remat=full for the LM)",
+           f"a smaller per-chip batch: --config.batch_size=<less than {report['global_batch']}>",
+           f"gradient accumulation at the same global batch: --config.grad_accum={2 * report['grad_accum']} "
+           "(activations of one micro-batch only)"]
+  if state < mem["temporaries"]:
+    tips.append("more chips also split the batch further (--config.mesh.fsdp=-1 on a larger slice)")
+  return tips
+
+
+def run(config, topology: str, mfu: float, hbm_gib: float | None = None) -> dict:
+  """Compiles the train step of `config` for `topology`; the report as a dict."""
+  from wegen_jax.tools.topology import get_slice
+  sl = get_slice(topology)
+  task, mesh, train_step, args = abstract_inputs(config, sl.devices)
+  report = dict(topology=topology, chips=sl.chips, device_kind=sl.devices[0].device_kind,
+                hbm_bytes=int(hbm_gib * GiB) if hbm_gib else sl.hbm_bytes, mfu=mfu,
+                **describe(config, task, mesh, args))
+  report["per_chip_batch_bytes"] = per_chip_bytes(args[3])
+  report["per_chip_state_bytes"] = per_chip_bytes(args[:3])   # params, frozen, optimizer state
+  start = time.perf_counter()
+  with terse_tracer_errors():
+    lowered = train_step.step_fn.lower(*args)
+  report["lower_s"] = time.perf_counter() - start
+  try:
+    compiled = lowered.compile()
+  except Exception as e:   # libtpu refuses programs that exceed HBM: RESOURCE_EXHAUSTED
+    text = str(e)
+    if "RESOURCE_EXHAUSTED" not in text:
+      raise
+    report.update(compile_s=time.perf_counter() - start - report["lower_s"], fits=False,
+                  compiler_error=text.splitlines()[0][:500])
+    needed = re.search(r"HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)", text)
+    if needed:   # the compiler stops at the temporaries: arguments come on top
+      temps, report["hbm_bytes"] = (int(float(g) * GiB) for g in needed.groups())
+      report["memory"] = dict(arguments=report["per_chip_state_bytes"] + report["per_chip_batch_bytes"],
+                              temporaries=temps, at_least=True)
+      report["memory"]["total"] = report["memory"]["arguments"] + temps
+    return report
+  report["compile_s"] = time.perf_counter() - start - report["lower_s"]
+  from wegen_jax.training.metrics import step_flops
+  report["memory"] = memory(compiled)
+  # XLA counts a while loop's body once: the grad-accumulation scan runs it grad_accum times
+  # (this also multiplies the small optimizer update, a few FLOPs per parameter).
+  report["flops_per_chip"] = step_flops(compiled) * report["grad_accum"]
+  report["step_s"] = report["flops_per_chip"] / (sl.peak_flops * mfu) if report["flops_per_chip"] else None
+  report["peak_flops"] = sl.peak_flops
+  report["fits"] = report["memory"]["total"] <= report["hbm_bytes"]
+  return report
+
+
+def gib(b: float) -> str:
+  return f"{b / GiB:.2f} GiB" if b >= GiB / 10 else f"{b / (1 << 20):.1f} MiB"
+
+
+def format_report(r: dict) -> str:
+  count = lambda n: f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
+  lines = [f"topology      {r['topology']}: {r['chips']} chips ({r['device_kind']}), HBM {gib(r['hbm_bytes'])} per chip",
+           f"mesh          {r['mesh']}   remat {r['remat']}   dtype {r['dtype']}",
+           f"batch         global {r['global_batch']}, grad_accum {r['grad_accum']}, "
+           f"{r['tokens_per_step']:.0f} tokens/step",
+           f"parameters    trainable {count(r['trainable_params'])}, frozen {count(r['frozen_params'])}",
+           f"compile       lower {r['lower_s']:.0f} s, compile {r['compile_s']:.0f} s"]
+  lines.append(f"state/chip    parameters + optimizer state {gib(r['per_chip_state_bytes'])}, "
+               f"batch {gib(r['per_chip_batch_bytes'])}")
+  m = r.get("memory")
+  if m and m.get("at_least"):
+    lines.append(f"compiler      {r['compiler_error']}")
+    lines.append(f"memory/chip   at least {gib(m['total'])} (arguments {gib(m['arguments'])} + temporaries "
+                 f"{gib(m['temporaries'])}) of {gib(r['hbm_bytes'])}")
+  elif m:
+    lines.append(f"memory/chip   arguments {gib(m['arguments'])}, outputs {gib(m['outputs'])} "
+                 f"(aliased {gib(m['aliased'])}), temporaries {gib(m['temporaries'])}, "
+                 f"code {gib(m['generated_code'])}")
+    lines.append(f"              total {gib(m['total'])} of {gib(r['hbm_bytes'])} "
+                 f"({100 * m['total'] / r['hbm_bytes']:.0f}%)")
+  if "flops_per_chip" in r:
+    f = r["flops_per_chip"]
+    lines.append(f"FLOPs/step    {f * r['chips']:.3e} (XLA cost analysis, {f:.3e} per chip)"
+                 + (f"; 6*N*tokens {r['analytic_flops']:.3e}" if r["analytic_flops"] else ""))
+    if r["step_s"]:
+      lines.append(f"step time     {r['step_s']:.2f} s at {100 * r['mfu']:.0f}% MFU "
+                   f"({r['peak_flops'] / 1e12:.0f} TFLOP/s bf16 peak per chip)")
+  elif not m:
+    lines.append(f"compiler      {r['compiler_error']}")
+  return "\n".join(lines)
+
+
+def main(_):
+  if not _TOPOLOGY.value:
+    print("error: --topology is required, e.g. --topology v5p-64", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+  if not 0 < _MFU.value <= 1:
+    print(f"error: --mfu={_MFU.value}: give a fraction in (0, 1], e.g. 0.4", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+  try:
+    report = run(_CONFIG.value, _TOPOLOGY.value, _MFU.value, _HBM_GIB.value)
+  except (RuntimeError, ValueError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+  print(format_report(report), flush=True)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(report, f, indent=2, default=str)
+  if not report["fits"]:
+    if "memory" in report:
+      over = report["memory"]["total"] - report["hbm_bytes"]
+      least = "at least " if report["memory"].get("at_least") else ""
+      head = (f"does not fit: needs {least}{gib(report['memory']['total'])} per chip, "
+              f"{least}{gib(over)} over the {gib(report['hbm_bytes'])} of HBM")
+      tips = levers(report["memory"], report)
+    else:
+      head = "does not fit: the TPU compiler ran out of HBM (see `compiler` above)"
+      tips = levers(dict(arguments=0, temporaries=1), report)
+    print("\nerror: " + head + ". Levers:\n" + "\n".join(f"  - {t}" for t in tips), file=sys.stderr)
+    sys.exit(EXIT_DOES_NOT_FIT)
+  print("fits")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
