@@ -29,6 +29,10 @@ class Task:
   def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
     raise NotImplementedError
 
+  def init_pretrained(self, model: nnx.Module) -> None:
+    """Fills parts of a freshly built (sharded) model from local weight files, in place; the
+    trainer calls it when a run starts, not when it resumes (default: nothing)."""
+
   def trainable(self) -> Any:
     """nnx filter of the trainable parameters (default: all)."""
     return nnx.Param

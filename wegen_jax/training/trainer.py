@@ -164,8 +164,10 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
   ckpt = Checkpointer(workdir / "checkpoints", keep=config.get("keep_checkpoints", 3),
                       async_save=config.get("async_checkpoints", True))
   model = create_sharded(lambda: task.build_model(nnx.Rngs(config.seed)), mesh, rules)
-  if config.get("init_from") and not ckpt.all_steps():   # a resumed run has its own parameters
-    init_components(model, config.init_from, tuple(config.get("init_components", ())))
+  if not ckpt.all_steps():   # a resumed run has its own parameters
+    task.init_pretrained(model)
+    if config.get("init_from"):
+      init_components(model, config.init_from, tuple(config.get("init_components", ())))
   graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
   train_step = make_train_step(task, config, mesh, graphdef, params)
   opt_state = jax.jit(train_step.tx.init, out_shardings=train_step.opt_shardings)(params)

@@ -30,6 +30,10 @@ class WeGenTask(Task):
   def build_model(self, rngs):
     return WeGen(self.model_config, rngs=rngs)
 
+  def init_pretrained(self, model):
+    from wegen_jax.systems.wegen.pretrained import load_pretrained
+    load_pretrained(model, dict(self.config.get("pretrained", {})))
+
   def trainable(self):
     return nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(name) for name in TRAINABLE[self.stage])))
 
