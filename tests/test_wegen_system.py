@@ -182,3 +182,30 @@ def test_stage0_autoencoder_trains_only_the_vae_and_reconstruction_improves():
     params, opt_state, metrics = step_fn(params, frozen, opt_state, batch, jax.random.key(step), step)
     losses.append(float(metrics["loss_recon"]))
   assert losses[-1] < losses[0] / 3, losses
+
+
+def test_diffusion_loss_runs_only_on_the_picked_slots():
+  """diffusion_images_per_example=k: the UNet/VAE run on the first k masked slots of each row
+  (fewer FLOPs than on every slot); slots that do not fit are counted, not silently lost."""
+  from wegen_jax.systems.wegen.loss import select_slots, wegen_loss
+  mask = jnp.asarray([[False, True, False, True], [True, False, False, False], [False] * 4])
+  idx, picked = select_slots(mask, 2)
+  np.testing.assert_array_equal(np.asarray(picked), [[True, True], [True, False], [False, False]])
+  np.testing.assert_array_equal(np.asarray(idx)[np.asarray(picked)], [1, 3, 0])
+  assert select_slots(mask, 0)[1] is mask
+
+  def compiled(k, stage):
+    config = tiny_config(stage=stage)
+    config.model.diffusion_images_per_example = k
+    model = random_model(WeGenConfig.from_dict(config.model))
+    batch = jax.tree.map(jnp.asarray, make_batch(config))   # 2 rows: 2 valid images, 1 target each
+    graphdef, state = nnx.split(model)
+    fn = jax.jit(lambda s, b: wegen_loss(nnx.merge(graphdef, s), b, jax.random.key(0), stage))
+    return fn.lower(state, batch).compile(), fn(state, batch)[1]
+
+  exe_all, _ = compiled(0, 1)
+  exe_one, metrics = compiled(1, 1)
+  assert exe_one.cost_analysis()["flops"] < 0.75 * exe_all.cost_analysis()["flops"]
+  assert float(metrics["diffusion_images_skipped"]) == 2          # stage 1: the second image of each row
+  _, metrics = compiled(1, 2)
+  assert float(metrics["diffusion_images_skipped"]) == 0          # stage 2: the one target fits

@@ -45,6 +45,9 @@ class WeGenConfig:
   sample_scheduler: Mapping[str, Any] | tuple = ()  # diffusers scheduler config (sampling)
   snr_gamma: float | None = 5.0
   loss_weights: Mapping[str, float] | tuple = ()    # ce, mse, cos, diffusion
+  # Images per example that go through the UNet for the diffusion loss (0: every slot);
+  # 7B stage 2 sets 2 (a pair has 1 target, a triple 2) of its 4 slots.
+  diffusion_images_per_example: int = 0
 
   def __post_init__(self):
     for name in ("train_scheduler", "sample_scheduler", "loss_weights"):   # hashable (jit static)
@@ -96,4 +99,5 @@ class WeGenConfig:
                vae=vae_config_from_diffusers(d["vae"], **extra),
                num_image_tokens=d.get("num_image_tokens", 64),
                train_scheduler=d.get("train_scheduler", {}), sample_scheduler=d.get("sample_scheduler", {}),
-               snr_gamma=d.get("snr_gamma", 5.0), loss_weights=d.get("loss_weights", {}))
+               snr_gamma=d.get("snr_gamma", 5.0), loss_weights=d.get("loss_weights", {}),
+               diffusion_images_per_example=int(d.get("diffusion_images_per_example") or 0))

@@ -43,15 +43,43 @@ def _flat(x):
   return x.reshape((-1,) + x.shape[2:])
 
 
+def select_slots(mask: jax.Array, k: int):
+  """The first `k` True slots of each row of `mask` [B, N] (in slot order): indices [B, k] and
+  whether each picked slot is real [B, k]. k=0 keeps all N slots."""
+  if not k or k >= mask.shape[1]:
+    return jnp.broadcast_to(jnp.arange(mask.shape[1]), mask.shape), mask
+  order = jnp.argsort(~mask, axis=1, stable=True)[:, :k]
+  return order, jnp.take_along_axis(mask, order, axis=1)
+
+
+def _take_slots(x, idx):
+  """x [B, N, ...] -> x[b, idx[b, j], ...] [B, k, ...]."""
+  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def diffusion_on_slots(model, features, vae_pixels, mask, key):
+  """image_diffusion_loss over at most `cfg.diffusion_images_per_example` slots of each row: the
+  UNet and the VAE encoder run on [B, k] gathered images instead of every [B, N] slot (at 7B a
+  1024-px SDXL pass per slot), gathered within each row so the batch sharding is kept.
+  features [B, N, Q, C], vae_pixels [B, N, 3, V, V], mask [B, N]. Also returns how many masked
+  slots did not fit (to log: raise the limit if it is not 0)."""
+  idx, picked = select_slots(mask, model.cfg.diffusion_images_per_example)
+  loss = image_diffusion_loss(model, _flat(_take_slots(features, idx)), _flat(_take_slots(vae_pixels, idx)),
+                              picked.reshape(-1), key)
+  return loss, (jnp.sum(mask) - jnp.sum(picked)).astype(jnp.float32)
+
+
 def autoencoder_loss(model, batch, rng, kl_weight: float = 1e-4):
   """Stage 0, for the embedded tiny default only (real runs use the pretrained SDXL VAE):
   the VAE learns to reconstruct the frames, so that the detokenizer has a latent space that
-  decodes to images."""
-  x = _flat(batch["vae_pixels"])
-  valid = batch["image_valid"].reshape(-1)
+  decodes to images. L1 reconstruction as LDM's autoencoders (sharper than MSE), on at most
+  `diffusion_images_per_example` images per example."""
+  idx, valid = select_slots(batch["image_valid"], model.cfg.diffusion_images_per_example)
+  x = _flat(_take_slots(batch["vae_pixels"], idx))
+  valid = valid.reshape(-1)
   posterior = model.vae.encode(x)
   recon = model.vae.decode(posterior.sample(rng)).astype(jnp.float32)
-  rec = _masked_mean(jnp.mean(jnp.square(recon - x), axis=(1, 2, 3)), valid)
+  rec = _masked_mean(jnp.mean(jnp.abs(recon - x), axis=(1, 2, 3)), valid)
   kl = _masked_mean(0.5 * jnp.mean(jnp.square(posterior.mean) + jnp.exp(posterior.logvar) - 1.0
                                    - posterior.logvar, axis=(1, 2, 3)), valid)
   return rec + kl_weight * kl, {"loss_recon": rec, "loss_kl": kl}
@@ -60,9 +88,8 @@ def autoencoder_loss(model, batch, rng, kl_weight: float = 1e-4):
 def detokenizer_loss(model, batch, rng):
   """Stage 1: the UNet learns to draw each valid image from its own avg-pooled vision features."""
   features = model.image_features(batch["pixel_values"])
-  loss = image_diffusion_loss(model, _flat(features), _flat(batch["vae_pixels"]),
-                              batch["image_valid"].reshape(-1), rng)
-  return loss, {"loss_diffusion": loss}
+  loss, skipped = diffusion_on_slots(model, features, batch["vae_pixels"], batch["image_valid"], rng)
+  return loss, {"loss_diffusion": loss, "diffusion_images_skipped": skipped}
 
 
 def mllm_loss(model, batch, rng):
@@ -82,15 +109,15 @@ def mllm_loss(model, batch, rng):
   prev = jnp.maximum(batch["image_token_positions"] - 1, 0)
   hidden = out.hidden_states[jnp.arange(b)[:, None, None], prev]   # [B, N, Q, E]
   pred = model.output_proj(hidden).astype(jnp.float32)               # [B, N, Q, C]
-  target = features
-  is_target = (batch["image_valid"] & batch["image_is_target"]).reshape(-1)
-  pred, target = _flat(pred), _flat(target)
-  mse = _masked_mean(jnp.mean(jnp.square(pred - target), axis=(1, 2)), is_target)
-  cos = _masked_mean(cosine_loss(pred, target), is_target)
-  diff = image_diffusion_loss(model, pred, _flat(batch["vae_pixels"]), is_target, rng)
+  is_target = batch["image_valid"] & batch["image_is_target"]                 # [B, N]
+  flat_pred, flat_target, flat_mask = _flat(pred), _flat(features), is_target.reshape(-1)
+  mse = _masked_mean(jnp.mean(jnp.square(flat_pred - flat_target), axis=(1, 2)), flat_mask)
+  cos = _masked_mean(cosine_loss(flat_pred, flat_target), flat_mask)
+  diff, skipped = diffusion_on_slots(model, pred, batch["vae_pixels"], is_target, rng)
   loss = (cfg.weight("ce") * ce + cfg.weight("mse") * mse + cfg.weight("cos") * cos
           + cfg.weight("diffusion") * diff)
-  return loss, {"loss_ce": ce, "loss_mse": mse, "loss_cos": cos, "loss_diffusion": diff}
+  return loss, {"loss_ce": ce, "loss_mse": mse, "loss_cos": cos, "loss_diffusion": diff,
+                "diffusion_images_skipped": skipped}
 
 
 def wegen_loss(model, batch, rng, stage: int):
