@@ -47,8 +47,10 @@ SIZES = {
                              addition_embed_type="text_time", addition_time_embed_dim=8,
                              projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=8,
                              sample_size=16),
+                   # scaling_factor: 1/std of stage 0's latents (models.vae.fit_scaling_factor;
+                   # the demo measures it and passes --config.model.vae.scaling_factor on)
                    vae=dict(block_out_channels=[16, 32, 32], layers_per_block=1, latent_channels=4,
-                            norm_num_groups=8, scaling_factor=0.13025, sample_size=64),
+                            norm_num_groups=8, scaling_factor=1.0, sample_size=64),
                    dtype="float32"),
         data=dict(max_len=512, max_images=3, image_size=64, vae_image_size=64),  # 98% of synthetic pairs/triples fit (byte-level text)
         batch_size=4),
@@ -63,8 +65,8 @@ _STAGE_OPT = {
 }
 _STAGE_OPT[3] = _STAGE_OPT[2]
 # Stage 0 exists for the embedded tiny default only: real runs start from the pretrained SDXL VAE.
-_STAGE_OPT[0] = dict(lr=1e-3, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, warmup_steps=10, min_lr_ratio=0.1,
-                     total_steps=150, grad_clip=1.0, freeze_until={})
+_STAGE_OPT[0] = dict(lr=2e-3, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, warmup_steps=10, min_lr_ratio=0.1,
+                     total_steps=300, grad_clip=1.0, freeze_until={})
 
 
 def get_config(arg=None):
@@ -84,7 +86,7 @@ def get_config(arg=None):
   opt = dict(_STAGE_OPT[stage])
   tiny = size == "tiny"
   if tiny and stage > 0:  # minutes on a CPU: short schedule, larger lr, UNet unfrozen after 10 steps in stage 1
-    opt.update(total_steps=150 if stage == 1 else 60, warmup_steps=5, lr=1e-3 if stage == 1 else 2e-3,
+    opt.update(total_steps=300 if stage == 1 else 60, warmup_steps=5, lr=1e-3 if stage == 1 else 2e-3,
                freeze_until={"unet": 10} if stage == 1 else {})
   c.total_steps = opt["total_steps"]
   c.log_every = 10 if tiny else 50
@@ -97,8 +99,17 @@ def get_config(arg=None):
   c.model = dict(preset["model"], num_image_tokens=64, snr_gamma=5.0,
                  train_scheduler=dict(SDXL_SCHEDULER, _class_name="DDPMScheduler"),
                  sample_scheduler=SDXL_SCHEDULER,
-                 loss_weights=dict(ce=1.0, mse=1.0, cos=1.0, diffusion=1.0))
+                 loss_weights=dict(ce=1.0, mse=1.0, cos=1.0, diffusion=1.0),
+                 # the UNet/VAE passes run on <= 2 images per example (a pair has 1 target, a
+                 # triple 2), not on every slot (0: all; 7B stage 1 trains on all 4 images)
+                 diffusion_images_per_example=2 if (tiny or stage >= 2) else 0)
   c.data = dict(preset["data"], dir="", tokenizer="", num_image_tokens=64)
+  # Local pretrained weights for a fresh run (wegen_jax/systems/wegen/pretrained.py), e.g. 7B stage 1:
+  #   --config.pretrained.vision=/w/EVA02_CLIP_E_psz14_plus_s9B.visual.pt
+  #   --config.pretrained.unet=/w/sdxl-base/unet --config.pretrained.vae=/w/sdxl-base/vae
+  # stage 2: --config.pretrained.llm=/w/Llama-2-7b-chat-hf (+ init_from the stage-1 run), or the
+  # authors' releases: --config.pretrained.detokenizer=... / --config.pretrained.mllm=...
+  c.pretrained = dict(llm="", vision="", unet="", vae="", detokenizer="", mllm="")
   # Stage 2 starts from stage 1's UNet, stage 3 from all of stage 2 (a run directory each):
   #   --config.init_from=/tmp/wegen1   (nothing is copied when the run resumes its own checkpoint)
   c.init_from = ""

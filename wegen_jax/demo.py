@@ -42,14 +42,33 @@ def curate(videos: Path, data: Path) -> None:
     raise SystemExit(f"curation failed with exit code {code}")
 
 
-def stage_config(stage: int, data: Path, steps: int | None, init_from: Path | None):
+def stage_config(stage: int, data: Path, steps: int | None, init_from: Path | None, vae_scale: float | None = None):
   c = wegen_configs.get_config(f"size=tiny,stage={stage}")
   c.data.dir = str(data)
+  if vae_scale is not None:
+    c.model.vae.scaling_factor = vae_scale
   if steps:
     c.total_steps = c.optimizer.total_steps = steps
   if init_from is not None:
     c.init_from = str(init_from)        # the components come from configs/wegen.py
   return c
+
+
+def vae_scaling_factor(config, run: Path, seed: int, num_batches: int = 4) -> float:
+  """1/std of stage 0's latents over a few training batches (as SD chose its factor)."""
+  from flax import nnx
+  from wegen_jax.convert.mapping import param_paths
+  from wegen_jax.models.vae import fit_scaling_factor
+  from wegen_jax.systems.wegen.task import WeGenTask
+  from wegen_jax.training.checkpointing import latest_parameters
+  task = WeGenTask(config)
+  model = task.build_model(nnx.Rngs(0))
+  _, saved = latest_parameters(run / "checkpoints")
+  for path, var in param_paths(model.vae).items():
+    var.set_value(jax.numpy.asarray(saved["vae." + path]))
+  batches = iter(task.dataset("train", seed=seed, global_batch=config.batch_size))
+  images = np.concatenate([b["vae_pixels"][b["image_valid"]] for b in (next(batches) for _ in range(num_batches))])
+  return fit_scaling_factor(model.vae, images, jax.random.key(seed))
 
 
 def validation_samples(config, model, num: int, seed: int):
@@ -113,11 +132,15 @@ def main(argv=None):
   times["videos"] = time.perf_counter() - start
   curate(workdir / "videos", workdir / "data")
   times["curation"] = time.perf_counter() - start - sum(times.values())
-  train(stage_config(0, workdir / "data", args.stage0_steps, None), workdir / "stage0")
+  stage0 = stage_config(0, workdir / "data", args.stage0_steps, None)
+  train(stage0, workdir / "stage0")
+  scale = vae_scaling_factor(stage0, workdir / "stage0", args.seed)
+  print(f"tiny VAE latent scaling factor (1/std): {scale:.4f} -> --config.model.vae.scaling_factor", flush=True)
   times["stage 0 (VAE)"] = time.perf_counter() - start - sum(times.values())
-  train(stage_config(1, workdir / "data", args.stage1_steps, workdir / "stage0"), workdir / "stage1")
+  stage1 = stage_config(1, workdir / "data", args.stage1_steps, workdir / "stage0", scale)
+  train(stage1, workdir / "stage1")
   times["stage 1"] = time.perf_counter() - start - sum(times.values())
-  stage2 = stage_config(2, workdir / "data", args.stage2_steps, workdir / "stage1")
+  stage2 = stage_config(2, workdir / "data", args.stage2_steps, workdir / "stage1", scale)
   train(stage2, workdir / "stage2")
   times["stage 2"] = time.perf_counter() - start - sum(times.values())
 

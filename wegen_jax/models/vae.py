@@ -213,3 +213,11 @@ class AutoencoderKL(nnx.Module):
   def from_latents(self, latents):
     shift = self.cfg.shift_factor or 0.0
     return latents / self.cfg.scaling_factor + shift
+
+
+def fit_scaling_factor(vae: AutoencoderKL, images, key) -> float:
+  """1 / std of the sampled latents of `images` [B, 3, H, W] in [-1, 1]: how SD chose its
+  scaling_factor, so that the diffusion model sees unit-variance latents. A VAE trained from
+  scratch needs its own (the pretrained SD/SDXL values belong to those VAEs)."""
+  latents = vae.encode(jnp.asarray(images)).sample(key)
+  return float(1.0 / jnp.std(latents.astype(jnp.float32)))
