@@ -3,6 +3,9 @@
     .venv/bin/python bench/diffusion_bench.py            # SD1.5-like small config, CPU
     .venv/bin/python bench/diffusion_bench.py --quick    # fewer repeats
 
+The JAX side runs with wegen_jax.layers.blocked_attention.cpu_xla_flags() appended to XLA_FLAGS
+(512-bit SIMD in XLA's loop fusions; no change to the math); --no-cpu-flags leaves XLA_FLAGS alone.
+
 Both sides run float32 with the same random weights (diffusers init, converted). Train step:
 forward + backward + AdamW on the epsilon MSE. Sampling: Euler, 20 steps, classifier-free
 guidance (one batched UNet call per step). Times are medians after warm-up (JAX compile excluded
@@ -32,6 +35,7 @@ from flax import nnx  # noqa: E402
 from bench.common import compare  # noqa: E402
 from wegen_jax import convert  # noqa: E402
 from wegen_jax.diffusion import ClassifierFree, Conditioning, EulerDiscreteScheduler, sample_latents  # noqa: E402
+from wegen_jax.layers.blocked_attention import cpu_xla_flags  # noqa: E402
 
 # SD1.5's block layout at a CPU-sized width: 4 levels, 2 layers each, cross-attention on 3.
 CONFIG = dict(sample_size=32, block_out_channels=(64, 128, 192, 192), layers_per_block=2,
@@ -61,8 +65,11 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--attention", default="blocked", choices=("blocked", "xla"),
-                  help="JAX attention implementation (blocked: per-head slices, best on CPU)")
+                  help="JAX attention implementation (blocked: cache-sized query tiles, best on CPU)")
+  ap.add_argument("--no-cpu-flags", action="store_true", help="do not add cpu_xla_flags() to XLA_FLAGS")
   args = ap.parse_args()
+  if not args.no_cpu_flags:   # XLA reads XLA_FLAGS when the backend starts: before any JAX op
+    os.environ["XLA_FLAGS"] = " ".join(f for f in [os.environ.get("XLA_FLAGS", ""), *cpu_xla_flags()] if f)
   reps = 3 if args.quick else 5
   torch.manual_seed(0)
   ref = TorchUNet(**CONFIG)
@@ -77,7 +84,8 @@ def main():
   target = rng.randn(*x.shape).astype(np.float32)
   print(f"config: SD1.5-like, {n_params / 1e6:.1f}M params, latent {LATENT}x{LATENT}, batch {BATCH}, "
         f"context {SEQ}x{CONFIG['cross_attention_dim']}; torch threads {torch.get_num_threads()}, "
-        f"jax devices {jax.devices()}, jax attention {args.attention!r}")
+        f"jax devices {jax.devices()}, jax attention {args.attention!r}, "
+        f"XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}; load average {os.getloadavg()}")
   results = {}
 
   # --- train step -------------------------------------------------------------------------
@@ -140,6 +148,7 @@ def main():
   print(f"jax compile: train step {compile_train:.1f}s, sampling loop {compile_sample:.1f}s (excluded)")
   for name, (tj, tt_) in results.items():
     print(f"{name:28s} jax {tj * 1e3:9.1f} ms   diffusers {tt_ * 1e3:9.1f} ms   speed-up {tt_ / tj:5.2f}x")
+  print(f"load average at the end {os.getloadavg()}")
 
 
 if __name__ == "__main__":
