@@ -133,9 +133,13 @@ def levers(mem: dict, report: dict) -> list[str]:
   if state >= mem["temporaries"]:
     tips.append("parameters + optimizer state dominate: shard them over more chips (a larger slice with "
                 "--config.mesh.fsdp=-1, or --config.mesh.tensor=N for tensor parallelism)")
-  tips += ["activations: turn on rematerialisation (--config.model.llm.remat=full / "
-           "--config.model.unet_remat=True for WeGen, --config.model.remat=full for the LM)",
-           f"a smaller per-chip batch: --config.batch_size=<less than {report['global_batch']}>",
+  # remat switches that are still off, as config overrides
+  flag = {"llm": "--config.model.llm.remat=full", "unet": "--config.model.unet_remat=True",
+          "model": "--config.model.remat=full"}
+  off = [flag[k] for k, v in report["remat"].items() if v in (None, False, "none")]
+  if off:
+    tips.append(f"activations: rematerialise in the backward pass ({' '.join(off)})")
+  tips += [f"a smaller per-chip batch: --config.batch_size=<less than {report['global_batch']}>",
            f"gradient accumulation at the same global batch: --config.grad_accum={2 * report['grad_accum']} "
            "(activations of one micro-batch only)"]
   if state < mem["temporaries"]:
@@ -178,7 +182,12 @@ def run(config, topology: str, mfu: float, hbm_gib: float | None = None) -> dict
   # XLA counts a while loop's body once: the grad-accumulation scan runs it grad_accum times
   # (this also multiplies the small optimizer update, a few FLOPs per parameter).
   report["flops_per_chip"] = step_flops(compiled) * report["grad_accum"]
-  report["step_s"] = report["flops_per_chip"] / (sl.peak_flops * mfu) if report["flops_per_chip"] else None
+  # MFU counts model FLOPs: 6*N*tokens where it covers the whole model (the LM), else XLA's
+  # count (which also holds remat recomputation, so that estimate is pessimistic).
+  whole = config.task == "lm" and report["analytic_flops"]
+  report["step_flops_basis"] = "6*N*tokens" if whole else "XLA"
+  model_flops = report["analytic_flops"] if whole else report["flops_per_chip"] * sl.chips
+  report["step_s"] = model_flops / (sl.chips * sl.peak_flops * mfu) if model_flops else None
   report["peak_flops"] = sl.peak_flops
   report["fits"] = report["memory"]["total"] <= report["hbm_bytes"]
   return report
@@ -215,7 +224,7 @@ def format_report(r: dict) -> str:
                  + (f"; 6*N*tokens {r['analytic_flops']:.3e}" if r["analytic_flops"] else ""))
     if r["step_s"]:
       lines.append(f"step time     {r['step_s']:.2f} s at {100 * r['mfu']:.0f}% MFU "
-                   f"({r['peak_flops'] / 1e12:.0f} TFLOP/s bf16 peak per chip)")
+                   f"({r['step_flops_basis']} FLOPs, {r['peak_flops'] / 1e12:.0f} TFLOP/s bf16 peak per chip)")
   elif not m:
     lines.append(f"compiler      {r['compiler_error']}")
   return "\n".join(lines)
