@@ -209,3 +209,22 @@ def test_diffusion_loss_runs_only_on_the_picked_slots():
   assert float(metrics["diffusion_images_skipped"]) == 2          # stage 1: the second image of each row
   _, metrics = compiled(1, 2)
   assert float(metrics["diffusion_images_skipped"]) == 0          # stage 2: the one target fits
+
+
+def test_stage2_step_with_unet_remat_equals_without():
+  """7B configs rematerialise the UNet (unet_remat=True); in stage 2 it is frozen under the
+  LLM's gradient, which nnx.remat could not trace. Same loss and gradients as without remat."""
+  results = []
+  for remat in (False, True):
+    config = tiny_config(stage=2)
+    config.model.unet_remat = remat
+    task = WeGenTask(config)
+    model = random_model(WeGenConfig.from_dict(config.model))
+    graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
+    batch = jax.tree.map(jnp.asarray, make_batch(config))
+    loss = lambda p: task.loss_fn(nnx.merge(graphdef, p, frozen), batch, jax.random.key(0))[0]
+    results.append(jax.jit(jax.value_and_grad(loss))(params))
+  (l0, g0), (l1, g1) = results
+  np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)

@@ -226,8 +226,14 @@ class Upsample2D(nnx.Module):
 
 
 def _call(cfg: UNetConfig, module, *args):
-  """module(*args), rematerialised in the backward pass when cfg.remat (saves activation memory)."""
-  return nnx.remat(lambda m, *a: m(*a))(module, *args) if cfg.remat else module(*args)
+  """module(*args), rematerialised in the backward pass when cfg.remat (saves activation memory).
+  Functional (split -> jax.checkpoint -> merge) rather than nnx.remat: nnx.remat writes the
+  variables back and fails when the UNet is frozen under an outer grad (WeGen stage 2/3);
+  the blocks mutate no state, so nothing needs writing back."""
+  if not cfg.remat:
+    return module(*args)
+  graphdef, state = nnx.split(module)
+  return jax.checkpoint(lambda st, *a: nnx.merge(graphdef, st)(*a))(state, *args)
 
 
 class DownBlock(nnx.Module):
