@@ -10,7 +10,6 @@ devices from libtpu. Prints per-chip memory, FLOPs per step and a step-time esti
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -20,6 +19,8 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")   # the host compiles; it needs no accelerator
 
 from absl import app, flags  # noqa: E402
+
+from wegen_jax.parallel.sharding import terse_tracer_errors  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=True)
@@ -31,21 +32,6 @@ _JSON = flags.DEFINE_string("json", None, "also write the report as JSON to this
 GiB = 1 << 30
 EXIT_DOES_NOT_FIT = 1
 EXIT_BAD_INPUT = 2
-
-
-@contextlib.contextmanager
-def terse_tracer_errors():
-  """Flax probes `getattr(value, 'sharding', None)` on every variable write; on a tracer jax
-  answers with an AttributeError whose message scans the whole jaxpr, so tracing a model with
-  thousands of parameters (WeGen-7B) is quadratic: minutes -> hours. Inside this context the
-  message skips that scan (only the text of an error that is caught anyway changes)."""
-  from jax._src.interpreters import partial_eval
-  original = partial_eval.DynamicJaxprTracer._origin_msg
-  partial_eval.DynamicJaxprTracer._origin_msg = lambda self: ""
-  try:
-    yield
-  finally:
-    partial_eval.DynamicJaxprTracer._origin_msg = original
 
 
 def abstract_inputs(config, devices):
