@@ -56,19 +56,13 @@ def stage_config(stage: int, data: Path, steps: int | None, init_from: Path | No
 
 def vae_scaling_factor(config, run: Path, seed: int, num_batches: int = 4) -> float:
   """1/std of stage 0's latents over a few training batches (as SD chose its factor)."""
-  from flax import nnx
-  from wegen_jax.convert.mapping import param_paths
+  from wegen_jax.data.wegen_pipeline import make_dataset
   from wegen_jax.models.vae import fit_scaling_factor
-  from wegen_jax.systems.wegen.task import WeGenTask
-  from wegen_jax.training.checkpointing import latest_parameters
-  task = WeGenTask(config)
-  model = task.build_model(nnx.Rngs(0))
-  _, saved = latest_parameters(run / "checkpoints")
-  for path, var in param_paths(model.vae).items():
-    var.set_value(jax.numpy.asarray(saved["vae." + path]))
-  batches = iter(task.dataset("train", seed=seed, global_batch=config.batch_size))
+  from wegen_jax.systems.wegen.sample import load_run
+  vae = load_run(config, run).vae
+  batches = iter(make_dataset(config, "train", seed=seed, global_batch=config.batch_size))
   images = np.concatenate([b["vae_pixels"][b["image_valid"]] for b in (next(batches) for _ in range(num_batches))])
-  return fit_scaling_factor(model.vae, images, jax.random.key(seed))
+  return fit_scaling_factor(vae, images, jax.random.key(seed))
 
 
 def validation_samples(config, model, num: int, seed: int):
@@ -144,14 +138,8 @@ def main(argv=None):
   train(stage2, workdir / "stage2")
   times["stage 2"] = time.perf_counter() - start - sum(times.values())
 
-  from wegen_jax.systems.wegen.task import WeGenTask
-  from wegen_jax.training.checkpointing import latest_parameters
-  from wegen_jax.convert.mapping import param_paths
-  from flax import nnx
-  model = WeGenTask(stage2).build_model(nnx.Rngs(0))
-  _, saved = latest_parameters(workdir / "stage2" / "checkpoints")
-  for path, var in param_paths(model).items():
-    var.set_value(jax.numpy.asarray(saved[path]))
+  from wegen_jax.systems.wegen.sample import load_run
+  model = load_run(stage2, workdir / "stage2")
   samples = validation_samples(stage2, model, args.samples, args.seed)
   write_grids(samples, workdir / "samples")
   with_image = [dict(generated=s["generated"], source=s["source"], target=s["target"],
