@@ -23,6 +23,7 @@ def get_config(arg=None):
   c.ckpt_every = 100
   c.keep_checkpoints = 3
   c.async_checkpoints = True
+  c.compilation_cache_dir = ""   # e.g. ~/.cache/wegen_jax/xla: restarts and later stages skip compiling
   c.batch_size = 8
   c.grad_accum = 1
   c.model = dict(llm_configs.MODEL_DEFAULTS, **llm_configs.PRESETS[args["model"]])

@@ -165,3 +165,29 @@ def test_init_from_copies_components_of_another_run(uninterrupted, tmp_path):
   np.testing.assert_array_equal(np.asarray(after["embed.embedding"]), np.asarray(before["embed.embedding"]))
   assert not np.array_equal(np.asarray(after["final_norm.scale"]) + 0, np.asarray(before["final_norm.scale"]))
   assert result.step == 1
+
+
+def test_compilation_cache_serves_a_restarted_run(tmp_path):
+  """config.compilation_cache_dir: a second run of the same config (a restart, the next stage)
+  loads its compiled programs from the cache instead of compiling them again."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache
+  hits = []
+  listener = lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None
+  old_dir = jax.config.jax_compilation_cache_dir
+  old_min = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.monitoring.register_event_listener(listener)
+  try:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    cache = tmp_path / "xla_cache"
+    c = config(total_steps=2, compilation_cache_dir=str(cache))
+    train(c, tmp_path / "first")
+    assert any(cache.iterdir()), "nothing was written to the compilation cache"
+    assert not hits
+    train(c, tmp_path / "second")
+    assert hits, "the second run compiled everything again"
+  finally:
+    jax.monitoring.unregister_event_listener(listener)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min)
+    jax.config.update("jax_compilation_cache_dir", old_dir)
+    compilation_cache.reset_cache()

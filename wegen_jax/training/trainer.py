@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from wegen_jax.data.loader import DeviceLoader
 from wegen_jax.parallel import activation_sharding, create_sharded, logical_to_spec, make_mesh
 from wegen_jax.training.checkpointing import Checkpointer, abstract_like, latest_parameters
+from wegen_jax.training.compile_cache import use_compilation_cache
 from wegen_jax.training.metrics import MetricsWriter, device_peak_flops, step_flops
 from wegen_jax.training.optim import make_optimizer, make_schedule
 from wegen_jax.training.task import get_task
@@ -156,6 +157,7 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
   """
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  use_compilation_cache(config.get("compilation_cache_dir"))
   task = get_task(config)
   devices = jax.devices()[: config.get("num_devices", 0) or None]
   mesh = make_mesh(dict(config.mesh), devices=devices)
