@@ -4,15 +4,14 @@
       --config.data.dir=DATA_DIR [--config.init_from=/tmp/wegen1]
 
 size=tiny trains on a laptop CPU in minutes (64-px frames, 8x8 EVA grid pooled 1:1 to 64
-tokens, 2-layer LLM, 32-px VAE images -> 16x16 latents); stage 1 shows loss_diffusion falling, stage 2 all four
+tokens, 2-layer LLM, 32-px target frames folded into 16x16x12 latents); stage 1 shows loss_diffusion falling, stage 2 all four
 terms (loss_ce, loss_mse, loss_cos, loss_diffusion). size=7b holds the real dimensions:
 Llama-2-7B-chat (vocab 32330), EVA-CLIP-E-14-plus at 448 px, the SDXL-base UNet with
 cross_attention_dim 1792 and a 1792 + 6*256 = 3328 add-embedding input, the SDXL VAE.
 Data: wegen_jax.data.wegen_pipeline over the TFDS dir `data.dir` (dataset wegen_dynamics), e.g.
   python -m wegen_jax.data.synthetic --out /tmp/syn --num 16 --config configs/synthetic.py
   python -m wegen_jax.data.curate --videos /tmp/syn --out /tmp/dyn --config configs/curate.py:synthetic --label
-arg: size=tiny|7b, stage=1|2|3 (and stage=0 for size=tiny: trains the tiny VAE that the real
-model takes pretrained from SDXL).
+arg: size=tiny|7b, stage=1|2|3.
 """
 import ml_collections
 
@@ -46,13 +45,13 @@ SIZES = {
                              attention_head_dim=[2, 4], use_linear_projection=True, cross_attention_dim=32,
                              addition_embed_type="text_time", addition_time_embed_dim=8,
                              projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=8,
-                             sample_size=16),
-                   # scaling_factor: 1/std of stage 0's latents (models.vae.fit_scaling_factor;
-                   # the demo measures it and passes --config.model.vae.scaling_factor on)
-                   # 32-px frames -> 16x16x4 latents: one 2x level learns in minutes where the
-                   # 64-px, 4x VAE did not (validation reconstructions lost the colours)
-                   vae=dict(block_out_channels=[16, 32], layers_per_block=1, latent_channels=4,
-                            norm_num_groups=8, scaling_factor=1.0, sample_size=32),
+                             in_channels=12, out_channels=12, sample_size=16),
+                   # 32-px frames folded 2x2 into 16x16x12 latents (models/patch_autoencoder.py:
+                   # exact, no training; a VAE learned here in minutes lost held-out colours).
+                   # shift/scale: mean -0.49 and std 0.317 of the synthetic frames in [-1, 1]
+                   # (zero-mean, unit-variance latents, as SD3's shift_factor/scaling_factor)
+                   vae=dict(_class_name="PatchAutoencoder", patch_size=2, shift_factor=-0.49,
+                            scaling_factor=3.15, sample_size=32),
                    dtype="float32"),
         data=dict(max_len=512, max_images=3, image_size=64, vae_image_size=32),  # 98% of synthetic pairs/triples fit (byte-level text)
         batch_size=4),
@@ -66,9 +65,6 @@ _STAGE_OPT = {
             total_steps=30_000, grad_clip=1.0, freeze_until={}),
 }
 _STAGE_OPT[3] = _STAGE_OPT[2]
-# Stage 0 exists for the embedded tiny default only: real runs start from the pretrained SDXL VAE.
-_STAGE_OPT[0] = dict(lr=2e-3, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, warmup_steps=10, min_lr_ratio=0.1,
-                     total_steps=200, grad_clip=1.0, freeze_until={})
 
 
 def get_config(arg=None):
@@ -77,9 +73,7 @@ def get_config(arg=None):
   if size not in SIZES:
     raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
   if stage not in _STAGE_OPT:
-    raise ValueError(f"stage={stage}; choose 1 (detokenizer), 2 or 3 (MLLM) (0: tiny VAE)")
-  if stage == 0 and size != "tiny":
-    raise ValueError("stage 0 trains the tiny VAE of the embedded default; real sizes use the SDXL VAE")
+    raise ValueError(f"stage={stage}; choose 1 (detokenizer), 2 or 3 (MLLM)")
   preset = SIZES[size]
   c = ml_collections.ConfigDict()
   c.task = "wegen"
@@ -87,24 +81,27 @@ def get_config(arg=None):
   c.seed = 0
   opt = dict(_STAGE_OPT[stage])
   tiny = size == "tiny"
-  if tiny and stage > 0:  # minutes on a CPU: short schedule, larger lr, UNet unfrozen after 10 steps in stage 1
-    opt.update(total_steps=150 if stage == 1 else 60, warmup_steps=5, lr=1e-3 if stage == 1 else 2e-3,
+  if tiny:  # minutes on a CPU: short schedule, larger lr, UNet unfrozen after 10 steps in stage 1
+    opt.update(total_steps=400 if stage == 1 else 60, warmup_steps=5, lr=1e-3 if stage == 1 else 2e-3,
                freeze_until={"unet": 10} if stage == 1 else {})
   c.total_steps = opt["total_steps"]
   c.log_every = 10 if tiny else 50
-  c.ckpt_every = 30 if tiny else 1000
+  c.ckpt_every = 100 if tiny else 1000   # a tiny save costs ~1 s of a ~0.4 s step
   c.keep_checkpoints = 3
   c.async_checkpoints = True
-  c.batch_size = preset["batch_size"]
+  c.compilation_cache_dir = ""   # e.g. ~/.cache/wegen_jax/xla: restarts and later stages skip compiling
+  c.batch_size = preset["batch_size"] * (2 if tiny and stage == 1 else 1)   # tiny detokenizer: 8 rows
   c.grad_accum = 1 if stage <= 1 else 2
   c.optimizer = opt
   c.model = dict(preset["model"], num_image_tokens=64, snr_gamma=5.0,
                  train_scheduler=dict(SDXL_SCHEDULER, _class_name="DDPMScheduler"),
-                 sample_scheduler=SDXL_SCHEDULER,
+                 # the tiny detokenizer's deterministic (Euler/DDIM) trajectories diverge after
+                 # minutes of training; ancestral DDPM sampling on the same betas stays stable
+                 sample_scheduler=dict(SDXL_SCHEDULER, _class_name="DDPMScheduler") if tiny else SDXL_SCHEDULER,
                  loss_weights=dict(ce=1.0, mse=1.0, cos=1.0, diffusion=1.0),
-                 # the UNet/VAE passes run on <= 2 images per example (a pair has 1 target, a
-                 # triple 2), not on every slot (0: all; 7B stage 1 trains on all 4 images)
-                 diffusion_images_per_example=2 if (tiny or stage >= 2) else 0)
+                 # stages 2/3 run the UNet/VAE on <= 2 images per example (a pair has 1 target, a
+                 # triple 2), not on every slot; stage 1 trains the detokenizer on every image (0)
+                 diffusion_images_per_example=0 if stage == 1 else 2)
   c.data = dict(preset["data"], dir="", tokenizer="", num_image_tokens=64)
   # Local pretrained weights for a fresh run (wegen_jax/systems/wegen/pretrained.py), e.g. 7B stage 1:
   #   --config.pretrained.vision=/w/EVA02_CLIP_E_psz14_plus_s9B.visual.pt
@@ -115,9 +112,7 @@ def get_config(arg=None):
   # Stage 2 starts from stage 1's UNet, stage 3 from all of stage 2 (a run directory each):
   #   --config.init_from=/tmp/wegen1   (nothing is copied when the run resumes its own checkpoint)
   c.init_from = ""
-  # (the VAE travels along: stage 1 of the tiny default starts from stage 0's VAE)
-  c.init_components = {0: (), 1: ("vae",), 2: ("unet", "vae"),
-                       3: ("llm", "input_proj", "output_proj", "unet", "vae")}[stage]
+  c.init_components = {1: (), 2: ("unet", "vae"), 3: ("llm", "input_proj", "output_proj", "unet", "vae")}[stage]
   c.sample = dict(num_steps=50, guidance_scale=7.0, var_cfg_scale=1.0)   # generate() defaults
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.sharding_rules = [list(r) for r in DEFAULT_RULES]

@@ -54,7 +54,7 @@ def test_authors_mllm_checkpoint_loads_with_the_same_outputs(reference):
   np.testing.assert_allclose(back, feats @ sd["input_resampler.proj.weight"].numpy().T, atol=1e-4, rtol=1e-4)
 
   rs = np.random.RandomState(2)
-  sample = rs.randn(2, 4, 8, 8).astype(np.float32)
+  sample = rs.randn(2, cfg.unet.in_channels, 8, 8).astype(np.float32)
   t = np.array([10, 500])
   cond = rs.randn(2, 64, cfg.vision.width).astype(np.float32)
   added = {"text_embeds": cond.mean(1), "time_ids": np.zeros((2, 6), np.float32)}

@@ -29,7 +29,7 @@ def _plain(d):
 def sources(tmp_path_factory):
   torch.manual_seed(0)
   root = tmp_path_factory.mktemp("pretrained")
-  cfg = WeGenConfig.from_dict(tiny_config().model)
+  cfg = WeGenConfig.from_dict(tiny_config(sdxl_vae=True).model)
   llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**dict(hf_config(cfg.llm), vocab_size=HF_VOCAB)))
   llama.save_pretrained(root / "llm")
   wide = dict(_plain(unet_config_to_diffusers(cfg.unet)), cross_attention_dim=48,
@@ -93,7 +93,7 @@ def test_trainer_hook_fills_a_sharded_model_in_place(sources):
   from wegen_jax.parallel import make_mesh, shard_module
   from wegen_jax.systems.wegen.task import WeGenTask
   cfg, paths, _, _, vae, _ = sources
-  config = tiny_config(stage=1)
+  config = tiny_config(stage=1, sdxl_vae=True)
   config.pretrained.vae = paths["vae"]
   mesh = make_mesh(dict(data=1, fsdp=8, tensor=1))
   model = shard_module(random_model(cfg), mesh)

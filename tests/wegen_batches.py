@@ -83,9 +83,9 @@ def random_model(cfg, seed=0):
   return nnx.merge(graphdef, state)
 
 
-def tiny_config(stage=2, **data):
+def tiny_config(stage=2, sdxl_vae=False, **data):
   """configs/wegen.py tiny, shrunk for test speed on a shared CPU: one-level UNet, 1-block EVA,
-  16-px VAE images -> 8x8 latents (same structure: SDXL text_time conditioning, 64 tokens)."""
+  16-px target images -> 8x8x12 folded latents (same structure: SDXL text_time conditioning, 64 tokens)."""
   from configs.wegen import get_config
   c = get_config(f"size=tiny,stage={stage}")
   c.data.update(dict(max_len=176, vae_image_size=16), **data)
@@ -93,5 +93,9 @@ def tiny_config(stage=2, **data):
   m.vision.depth = 1
   m.unet.update(block_out_channels=[32], down_block_types=["CrossAttnDownBlock2D"],
                 up_block_types=["CrossAttnUpBlock2D"], attention_head_dim=[2], sample_size=8)
-  m.vae.update(block_out_channels=[16, 16], sample_size=16)
+  m.vae.update(sample_size=16)
+  if sdxl_vae:
+    m.vae = dict(block_out_channels=[16, 16], layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                 scaling_factor=0.13025, sample_size=16)
+    m.unet.update(in_channels=4, out_channels=4)
   return c

@@ -2,8 +2,8 @@
 
 1. writes procedural video-dynamics clips as real video files (DIR/videos),
 2. curates them into the TFDS dynamics dataset with ground-truth labels (DIR/data),
-3. trains WeGen tiny: stage 0 (the tiny VAE; the real model uses SDXL's), stage 1
-   (detokenizer, with stage 0's VAE) and stage 2 (MLLM, from stage 1's UNet and VAE),
+3. trains WeGen tiny: stage 1 (the detokenizer; 32-px targets folded into 16x16x12 latents
+   stand in for the SDXL VAE) and stage 2 (MLLM, from stage 1's UNet),
 4. generates the target frame for held-out validation instructions, writes PNG grids
    (source | target | generated) to DIR/samples/, and prints validation metrics next to the
    copy-the-source baseline (DIR/validation.json).
@@ -42,27 +42,15 @@ def curate(videos: Path, data: Path) -> None:
     raise SystemExit(f"curation failed with exit code {code}")
 
 
-def stage_config(stage: int, data: Path, steps: int | None, init_from: Path | None, vae_scale: float | None = None):
+def stage_config(stage: int, workdir: Path, steps: int | None, init_from: Path | None):
   c = wegen_configs.get_config(f"size=tiny,stage={stage}")
-  c.data.dir = str(data)
-  if vae_scale is not None:
-    c.model.vae.scaling_factor = vae_scale
+  c.data.dir = str(workdir / "data")
+  c.compilation_cache_dir = str(workdir / "jax_cache")   # stages 1 and 2 reuse the initialiser
   if steps:
     c.total_steps = c.optimizer.total_steps = steps
   if init_from is not None:
     c.init_from = str(init_from)        # the components come from configs/wegen.py
   return c
-
-
-def vae_scaling_factor(config, run: Path, seed: int, num_batches: int = 4) -> float:
-  """1/std of stage 0's latents over a few training batches (as SD chose its factor)."""
-  from wegen_jax.data.wegen_pipeline import make_dataset
-  from wegen_jax.models.vae import fit_scaling_factor
-  from wegen_jax.systems.wegen.sample import load_run
-  vae = load_run(config, run).vae
-  batches = iter(make_dataset(config, "train", seed=seed, global_batch=config.batch_size))
-  images = np.concatenate([b["vae_pixels"][b["image_valid"]] for b in (next(batches) for _ in range(num_batches))])
-  return fit_scaling_factor(vae, images, jax.random.key(seed))
 
 
 def validation_samples(config, model, num: int, seed: int):
@@ -109,8 +97,7 @@ def write_grids(samples, out: Path) -> None:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True)
-  p.add_argument("--clips", type=int, default=24)
-  p.add_argument("--stage0-steps", type=int, default=None, help="default: configs/wegen.py tiny")
+  p.add_argument("--clips", type=int, default=64, help="64 cover every background and texture in both splits")
   p.add_argument("--stage1-steps", type=int, default=None, help="default: configs/wegen.py tiny")
   p.add_argument("--stage2-steps", type=int, default=None, help="default: configs/wegen.py tiny")
   p.add_argument("--samples", type=int, default=8)
@@ -126,15 +113,10 @@ def main(argv=None):
   times["videos"] = time.perf_counter() - start
   curate(workdir / "videos", workdir / "data")
   times["curation"] = time.perf_counter() - start - sum(times.values())
-  stage0 = stage_config(0, workdir / "data", args.stage0_steps, None)
-  train(stage0, workdir / "stage0")
-  scale = vae_scaling_factor(stage0, workdir / "stage0", args.seed)
-  print(f"tiny VAE latent scaling factor (1/std): {scale:.4f} -> --config.model.vae.scaling_factor", flush=True)
-  times["stage 0 (VAE)"] = time.perf_counter() - start - sum(times.values())
-  stage1 = stage_config(1, workdir / "data", args.stage1_steps, workdir / "stage0", scale)
+  stage1 = stage_config(1, workdir, args.stage1_steps, None)
   train(stage1, workdir / "stage1")
   times["stage 1"] = time.perf_counter() - start - sum(times.values())
-  stage2 = stage_config(2, workdir / "data", args.stage2_steps, workdir / "stage1", scale)
+  stage2 = stage_config(2, workdir, args.stage2_steps, workdir / "stage1")
   train(stage2, workdir / "stage2")
   times["stage 2"] = time.perf_counter() - start - sum(times.values())
 

@@ -86,7 +86,7 @@ def decode_images(vae, latents) -> jax.Array:
 def generate(unet, vae, scheduler, cond: Conditioning, key, *, num_steps: int, height: int, width: int,
              guidance=NoGuidance()) -> jax.Array:
   """Images [B,H,W,3] uint8 for the conditioning; deterministic for `key`."""
-  f = 2 ** (len(vae.cfg.block_out_channels) - 1)
+  f = vae.downsample_factor
   if height % f or width % f:
     raise ValueError(f"height/width {height}x{width} must be multiples of the VAE factor {f}")
   latents = sample_latents(unet, scheduler, cond, key, num_steps=num_steps,

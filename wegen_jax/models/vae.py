@@ -175,7 +175,21 @@ def _nchw(x):
   return jnp.transpose(x, (0, 3, 1, 2))
 
 
-class AutoencoderKL(nnx.Module):
+class LatentScaling:
+  """The diffusion model's latent space of an autoencoder whose cfg has scaling_factor and
+  shift_factor (shared by every autoencoder here)."""
+
+  def to_latents(self, z):
+    """Unscaled latents -> the diffusion model's latent space."""
+    shift = self.cfg.shift_factor or 0.0
+    return (z - shift) * self.cfg.scaling_factor
+
+  def from_latents(self, latents):
+    shift = self.cfg.shift_factor or 0.0
+    return latents / self.cfg.scaling_factor + shift
+
+
+class AutoencoderKL(LatentScaling, nnx.Module):
   def __init__(self, cfg: VAEConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     kw = _kw(cfg, rngs)
@@ -185,6 +199,10 @@ class AutoencoderKL(nnx.Module):
     self.quant_conv = Conv2d(c2, c2, 1, **kw) if cfg.use_quant_conv else None
     self.post_quant_conv = (Conv2d(cfg.latent_channels, cfg.latent_channels, 1, **kw)
                             if cfg.use_post_quant_conv else None)
+
+  @property
+  def downsample_factor(self) -> int:
+    return 2 ** (len(self.cfg.block_out_channels) - 1)
 
   def encode(self, x) -> DiagonalGaussian:
     """x [B,C,H,W] -> posterior over unscaled latents."""
@@ -204,20 +222,3 @@ class AutoencoderKL(nnx.Module):
     """Reconstruction: decode(sample) with a key, decode(mode) without."""
     post = self.encode(x)
     return self.decode(post.mode() if key is None else post.sample(key))
-
-  def to_latents(self, z):
-    """Unscaled VAE latents -> the diffusion model's latent space."""
-    shift = self.cfg.shift_factor or 0.0
-    return (z - shift) * self.cfg.scaling_factor
-
-  def from_latents(self, latents):
-    shift = self.cfg.shift_factor or 0.0
-    return latents / self.cfg.scaling_factor + shift
-
-
-def fit_scaling_factor(vae: AutoencoderKL, images, key) -> float:
-  """1 / std of the sampled latents of `images` [B, 3, H, W] in [-1, 1]: how SD chose its
-  scaling_factor, so that the diffusion model sees unit-variance latents. A VAE trained from
-  scratch needs its own (the pretrained SD/SDXL values belong to those VAEs)."""
-  latents = vae.encode(jnp.asarray(images)).sample(key)
-  return float(1.0 / jnp.std(latents.astype(jnp.float32)))

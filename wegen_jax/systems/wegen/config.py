@@ -15,6 +15,7 @@ from wegen_jax.diffusion.schedulers import scheduler_from_config
 from wegen_jax.models.eva import EVAConfig
 from wegen_jax.models.llm import LLMConfig
 from wegen_jax.models.unet import UNetConfig
+from wegen_jax.models.patch_autoencoder import PatchAutoencoderConfig
 from wegen_jax.models.vae import VAEConfig
 
 # SDXL-base's scheduler_config.json (EulerDiscrete for sampling; the same betas train as DDPM).
@@ -34,12 +35,19 @@ def _plain(x):
   return x
 
 
+def _autoencoder_config(d, dtype):
+  """A diffusers AutoencoderKL config, or `_class_name: PatchAutoencoder` (folded pixels)."""
+  if d.get("_class_name") == "PatchAutoencoder":
+    return PatchAutoencoderConfig.from_dict(d, dtype=dtype)
+  return vae_config_from_diffusers(d, dtype=dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class WeGenConfig:
   llm: LLMConfig
   vision: EVAConfig
   unet: UNetConfig
-  vae: VAEConfig
+  vae: VAEConfig | PatchAutoencoderConfig   # the SDXL VAE; the tiny default folds pixels
   num_image_tokens: int = 64
   train_scheduler: Mapping[str, Any] | tuple = ()   # diffusers scheduler config (DDPM training)
   sample_scheduler: Mapping[str, Any] | tuple = ()  # diffusers scheduler config (sampling)
@@ -96,7 +104,7 @@ class WeGenConfig:
     return cls(llm=LLMConfig(**{**d["llm"], **extra}),
                vision=EVAConfig(**{**d["vision"], **extra}),
                unet=unet_config_from_diffusers(d["unet"], **extra, remat=bool(d.get("unet_remat", False))),
-               vae=vae_config_from_diffusers(d["vae"], **extra),
+               vae=_autoencoder_config(d["vae"], dtype),
                num_image_tokens=d.get("num_image_tokens", 64),
                train_scheduler=d.get("train_scheduler", {}), sample_scheduler=d.get("sample_scheduler", {}),
                snr_gamma=d.get("snr_gamma", 5.0), loss_weights=d.get("loss_weights", {}),

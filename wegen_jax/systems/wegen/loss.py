@@ -69,22 +69,6 @@ def diffusion_on_slots(model, features, vae_pixels, mask, key):
   return loss, (jnp.sum(mask) - jnp.sum(picked)).astype(jnp.float32)
 
 
-def autoencoder_loss(model, batch, rng, kl_weight: float = 1e-4):
-  """Stage 0, for the embedded tiny default only (real runs use the pretrained SDXL VAE):
-  the VAE learns to reconstruct the frames, so that the detokenizer has a latent space that
-  decodes to images. L1 reconstruction as LDM's autoencoders (sharper than MSE), on at most
-  `diffusion_images_per_example` images per example."""
-  idx, valid = select_slots(batch["image_valid"], model.cfg.diffusion_images_per_example)
-  x = _flat(_take_slots(batch["vae_pixels"], idx))
-  valid = valid.reshape(-1)
-  posterior = model.vae.encode(x)
-  recon = model.vae.decode(posterior.sample(rng)).astype(jnp.float32)
-  rec = _masked_mean(jnp.mean(jnp.abs(recon - x), axis=(1, 2, 3)), valid)
-  kl = _masked_mean(0.5 * jnp.mean(jnp.square(posterior.mean) + jnp.exp(posterior.logvar) - 1.0
-                                   - posterior.logvar, axis=(1, 2, 3)), valid)
-  return rec + kl_weight * kl, {"loss_recon": rec, "loss_kl": kl}
-
-
 def detokenizer_loss(model, batch, rng):
   """Stage 1: the UNet learns to draw each valid image from its own avg-pooled vision features."""
   features = model.image_features(batch["pixel_values"])
@@ -121,10 +105,8 @@ def mllm_loss(model, batch, rng):
 
 
 def wegen_loss(model, batch, rng, stage: int):
-  if stage == 0:
-    return autoencoder_loss(model, batch, rng)
   if stage == 1:
     return detokenizer_loss(model, batch, rng)
   if stage in (2, 3):
     return mllm_loss(model, batch, rng)
-  raise ValueError(f"WeGen stage {stage!r}: choose 0 (tiny VAE), 1 (detokenizer), 2 or 3 (MLLM)")
+  raise ValueError(f"WeGen stage {stage!r}: choose 1 (detokenizer), 2 or 3 (MLLM)")

@@ -14,6 +14,7 @@ from wegen_jax.models.eva import EVAVisionTower
 from wegen_jax.models.llm import LLM
 from wegen_jax.models.projectors import InputProjector, OutputProjector, avg_pool_tokens
 from wegen_jax.models.unet import UNet2DConditionModel
+from wegen_jax.models.patch_autoencoder import PatchAutoencoder, PatchAutoencoderConfig
 from wegen_jax.models.vae import AutoencoderKL
 from wegen_jax.systems.wegen.config import WeGenConfig
 
@@ -31,7 +32,8 @@ class WeGen(nnx.Module):
     self.output_proj = OutputProjector(hidden, width, dtype=jnp.dtype(cfg.llm.dtype), param_dtype=pdt,
                                        rngs=rngs)
     self.unet = UNet2DConditionModel(cfg.unet, rngs=rngs)
-    self.vae = AutoencoderKL(cfg.vae, rngs=rngs)
+    autoencoder = PatchAutoencoder if isinstance(cfg.vae, PatchAutoencoderConfig) else AutoencoderKL
+    self.vae = autoencoder(cfg.vae, rngs=rngs)
 
   def image_features(self, pixels: jax.Array) -> jax.Array:
     """CLIP-normalised pixels [..., 3, S, S] -> avg-pooled features [..., Q, width] (float32).

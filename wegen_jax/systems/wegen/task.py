@@ -15,7 +15,7 @@ from wegen_jax.systems.wegen.loss import wegen_loss
 from wegen_jax.systems.wegen.model import WeGen
 from wegen_jax.training.task import Task
 
-TRAINABLE = {0: ("vae",), 1: ("unet",), 2: ("llm", "input_proj", "output_proj"), 3: ("llm", "input_proj", "output_proj")}
+TRAINABLE = {1: ("unet",), 2: ("llm", "input_proj", "output_proj"), 3: ("llm", "input_proj", "output_proj")}
 
 
 class WeGenTask(Task):
@@ -24,7 +24,7 @@ class WeGenTask(Task):
     super().__init__(config)
     self.stage = int(config.get("stage", 2))
     if self.stage not in TRAINABLE:
-      raise ValueError(f"config.stage={self.stage}; choose 0 (tiny VAE), 1 (detokenizer), 2 or 3 (MLLM)")
+      raise ValueError(f"config.stage={self.stage}; choose 1 (detokenizer), 2 or 3 (MLLM)")
     self.model_config = WeGenConfig.from_dict(config.model)
 
   def build_model(self, rngs):
