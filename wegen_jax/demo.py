@@ -97,7 +97,7 @@ def write_grids(samples, out: Path) -> None:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True)
-  p.add_argument("--clips", type=int, default=64, help="64 cover every background and texture in both splits")
+  p.add_argument("--clips", type=int, default=64, help="64: the held-out clips' backgrounds also occur in training (24 left black and grey out)")
   p.add_argument("--stage1-steps", type=int, default=None, help="default: configs/wegen.py tiny")
   p.add_argument("--stage2-steps", type=int, default=None, help="default: configs/wegen.py tiny")
   p.add_argument("--samples", type=int, default=8)
