@@ -54,8 +54,7 @@ def stage_config(stage: int, workdir: Path, steps: int | None, init_from: Path |
 
 
 def validation_samples(config, model, num: int, seed: int):
-  """(grid rows, metric inputs) for `num` validation pairs; guidance 2 as in WeGen's FID runs
-  (7 over-sharpens an undertrained tiny detokenizer into noise)."""
+  """(grid rows, metric inputs) for `num` validation pairs, sampled with the config's guidance."""
   from wegen_jax.data.image_preprocess import preprocess_image
   from wegen_jax.data.sequences import Turn, build_sequence
   from wegen_jax.data.source import dynamics_dataset
@@ -75,7 +74,8 @@ def validation_samples(config, model, num: int, seed: int):
                    pixel_values=pixels, rng=jax.random.key(seed + i),
                    sampling=SamplingConfig(max_new_tokens=config.model.num_image_tokens + 4,
                                            stop_tokens=(tok.eos_id,)),
-                   image_sampling=ImageSampling(num_steps=config.sample.num_steps, guidance_scale=2.0))
+                   image_sampling=ImageSampling(num_steps=config.sample.num_steps,
+                                                 guidance_scale=config.sample.guidance_scale))
     source, target = record["frames"][0], record["frames"][1]
     generated = out.images[0][0] if len(out.images[0]) else None
     if generated is not None and generated.shape != target.shape:
