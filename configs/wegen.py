@@ -100,13 +100,12 @@ def get_config(arg=None):
   # The tiny detokenizer predicts v (SD 2's parameterisation; WeGen's SDXL predicts epsilon): after
   # 400 steps an epsilon UNet drew the same image whatever its condition (held-out MAE 29.4/255
   # with the image's own features, 29.9 with another image's); a v UNet uses it (20.9 vs 28.2).
-  tiny_prediction = dict(prediction_type="v_prediction") if tiny else {}
-  c.model = dict(preset["model"], num_image_tokens=64, snr_gamma=5.0,
-                 train_scheduler=dict(SDXL_SCHEDULER, _class_name="DDPMScheduler", **tiny_prediction),
+  train_scheduler = dict(SDXL_SCHEDULER, _class_name="DDPMScheduler",
+                         **(dict(prediction_type="v_prediction") if tiny else {}))
+  c.model = dict(preset["model"], num_image_tokens=64, snr_gamma=5.0, train_scheduler=train_scheduler,
                  # the tiny detokenizer's deterministic (Euler/DDIM) trajectories diverge after
                  # minutes of training; ancestral DDPM sampling on the same betas stays stable
-                 sample_scheduler=(dict(SDXL_SCHEDULER, _class_name="DDPMScheduler", **tiny_prediction) if tiny
-                                   else SDXL_SCHEDULER),
+                 sample_scheduler=dict(train_scheduler) if tiny else SDXL_SCHEDULER,
                  loss_weights=dict(ce=1.0, mse=1.0, cos=1.0, diffusion=1.0),
                  # stages 2/3 run the UNet/VAE on <= 2 images per example (a pair has 1 target, a
                  # triple 2), not on every slot; stage 1 trains the detokenizer on every image (0)
