@@ -49,7 +49,8 @@ PRESETS = {
 }
 
 # Defaults every preset gets, so overrides like --config.model.dtype=bfloat16 always work.
-MODEL_DEFAULTS = dict(dtype="float32", param_dtype="float32", remat="none", attention_impl="xla")
+MODEL_DEFAULTS = dict(dtype="float32", param_dtype="float32", remat="none", attention_impl="xla",
+                      scan_layers=False)
 
 
 def get_config(arg=None):

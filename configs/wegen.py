@@ -34,7 +34,10 @@ SIZES = {
     "7b": dict(
         model=dict(llm=dict(llm_configs.MODEL_DEFAULTS, **llm_configs.PRESETS["wegen_llama2_7b"], remat="full"),
                    vision=dict(),   # EVAConfig defaults = EVA-CLIP-E-14-plus at 448 px
-                   unet=_SDXL_UNET, vae=_SDXL_VAE, unet_remat=True, dtype="bfloat16"),
+                   unet=_SDXL_UNET, vae=_SDXL_VAE, unet_remat=True, dtype="bfloat16",
+                   # one scanned body per layer stack (LLM, EVA-E, SDXL's transformer stacks):
+                   # compiles in minutes instead of 25-60 (docs/SCALING.md)
+                   scan_layers=True),
         data=dict(max_len=1024, max_images=4, image_size=448, vae_image_size=1024),
         batch_size=128),
     "tiny": dict(
@@ -56,7 +59,7 @@ SIZES = {
                    # (zero-mean, unit-variance latents, as SD3's shift_factor/scaling_factor)
                    vae=dict(_class_name="PatchAutoencoder", patch_size=2, shift_factor=-0.49,
                             scaling_factor=3.15, sample_size=32),
-                   dtype="float32"),
+                   dtype="float32", scan_layers=False),
         data=dict(max_len=512, max_images=3, image_size=64, vae_image_size=32),  # 98% of synthetic pairs/triples fit (byte-level text)
         batch_size=4),
 }

@@ -44,6 +44,7 @@ class EVAConfig:
   param_dtype: str = "float32"
   remat: str = "none"
   attention_impl: str = "xla"
+  scan_layers: bool = False     # one scanned block body (layers/scan.py): fast compiles at EVA-E size
 
   def __post_init__(self):
     if self.width % self.num_heads:
@@ -105,7 +106,7 @@ class EVAVisionTower(nnx.Module):
     if cfg.embed_class:
       x = x + pos
     x = constrain(x, ("batch", "length", "act_embed"))
-    x = run_blocks(self.blocks, x, remat=cfg.remat)
+    x = run_blocks(self.blocks, x, remat=cfg.remat, scan=cfg.scan_layers)
     return x if self.norm is None else self.norm(x)
 
   def __call__(self, pixels: jax.Array) -> jax.Array:

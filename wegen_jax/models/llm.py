@@ -22,6 +22,7 @@ from flax import nnx
 
 from wegen_jax.layers import (Attention, Dense, Embed, GatedMLP, LayerNorm, MLP, RMSNorm,
                               RopeConfig, cos_sin)
+from wegen_jax.layers.scan import scan_blocks
 from wegen_jax.parallel.sharding import constrain
 
 REMAT_POLICIES = {
@@ -64,6 +65,7 @@ class LLMConfig:
   param_dtype: str = "float32"
   remat: str = "none"                # see REMAT_POLICIES
   attention_impl: str = "xla"
+  scan_layers: bool = False          # one scanned layer body (layers/scan.py): fast compiles at 7B
 
   def __post_init__(self):
     # Hashable fields: the config is static data of the jitted graph.
@@ -209,7 +211,10 @@ class LLM(nnx.Module):
       segment_ids = seg
     new_layers = []
     policy = REMAT_POLICIES[cfg.remat]
-    for i, layer in enumerate(self.layers):
+    if cache is None and cfg.scan_layers:
+      x = scan_blocks(self.layers, x, lambda l, h: l(h, rope, cache_index, segment_ids, kv_segment_ids)[0],
+                      remat=cfg.remat != "none", remat_policy=policy)
+    for i, layer in enumerate([] if cache is None and cfg.scan_layers else self.layers):
       layer_cache = None if cache is None else cache["layers"][i]
       if cache is None and cfg.remat != "none":
         call = nnx.remat(lambda l, *a: l(*a), policy=policy)

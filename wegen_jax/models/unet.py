@@ -17,6 +17,7 @@ from flax import nnx
 
 from wegen_jax.layers import (Attention, Conv2d, Dense, GroupNorm, LayerNorm, TimestepEmbedding,
                               activation, timestep_features)
+from wegen_jax.layers.scan import scan_blocks
 from wegen_jax.parallel.sharding import constrain
 
 DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
@@ -65,6 +66,7 @@ class UNetConfig:
   param_dtype: str = "float32"
   attention_impl: str = "xla"
   remat: bool = False                             # rematerialise each block in the backward pass
+  scan_layers: bool = False                       # scan each transformer stack (layers/scan.py)
 
   def __post_init__(self):
     for f in dataclasses.fields(self):   # JSON gives lists; configs must stay hashable (jit static)
@@ -171,7 +173,7 @@ class Transformer2DModel(nnx.Module):
   Width inside is heads * (channels // heads), as in diffusers (equal to channels when divisible)."""
 
   def __init__(self, channels: int, heads: int, cross_dim: int, depth: int, *, groups: int,
-               linear_projection: bool, attention_impl: str = "xla", dtype=None,
+               linear_projection: bool, attention_impl: str = "xla", scan: bool = False, dtype=None,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     inner = heads * (channels // heads)
@@ -185,14 +187,18 @@ class Transformer2DModel(nnx.Module):
     self.transformer_blocks = nnx.List([
         BasicTransformerBlock(inner, heads, cross_dim, attention_impl=attention_impl, **kw)
         for _ in range(depth)])
+    self.scan = scan
 
   def __call__(self, x, context):
     b, h, w, _ = x.shape
     # 1x1 conv and linear projections are the same matmul on NHWC; only the weight layout differs.
     t = self.proj_in(self.norm(x))
     t = t.reshape(b, h * w, t.shape[-1])
-    for block in self.transformer_blocks:
-      t = block(t, context)
+    if self.scan and len(self.transformer_blocks) > 1:   # SDXL's 10-deep stacks
+      t = scan_blocks(self.transformer_blocks, t, lambda block, h: block(h, context))
+    else:
+      for block in self.transformer_blocks:
+        t = block(t, context)
     return self.proj_out(t.reshape(b, h, w, t.shape[-1])) + x
 
 
@@ -252,7 +258,7 @@ class DownBlock(nnx.Module):
         Transformer2DModel(out_ch, cfg.num_attention_heads[i], cfg.cross_attention_dim[i],
                            cfg.down_transformer_layers[i][j], groups=cfg.norm_num_groups,
                            linear_projection=cfg.use_linear_projection, attention_impl=cfg.attention_impl,
-                           **kw)
+                           scan=cfg.scan_layers, **kw)
         for j in range(n)])
     last = i == len(cfg.block_out_channels) - 1
     self.downsamplers = None if last else nnx.List(
@@ -291,7 +297,7 @@ class UpBlock(nnx.Module):
     self.attentions = None if cfg.up_block_types[i] != "CrossAttnUpBlock2D" else nnx.List([
         Transformer2DModel(out_ch, heads, cross, cfg.up_transformer_layers[i][j],
                            groups=cfg.norm_num_groups, linear_projection=cfg.use_linear_projection,
-                           attention_impl=cfg.attention_impl, **kw)
+                           attention_impl=cfg.attention_impl, scan=cfg.scan_layers, **kw)
         for j in range(n)])
     self.upsamplers = None if i == nb - 1 else nnx.List([Upsample2D(out_ch, **kw)])
 
@@ -319,7 +325,7 @@ class MidBlock(nnx.Module):
     self.attentions = nnx.List([Transformer2DModel(
         ch, cfg.num_attention_heads[-1], cfg.cross_attention_dim[-1], cfg.mid_transformer_layers,
         groups=cfg.norm_num_groups, linear_projection=cfg.use_linear_projection,
-        attention_impl=cfg.attention_impl, **kw)])
+        attention_impl=cfg.attention_impl, scan=cfg.scan_layers, **kw)])
     self.cfg = cfg
 
   def __call__(self, x, temb, context):

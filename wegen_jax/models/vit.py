@@ -12,6 +12,7 @@ from flax import nnx
 
 from wegen_jax.layers import MLP, Attention, LayerNorm, param
 from wegen_jax.layers.linear import default_kernel_init
+from wegen_jax.layers.scan import scan_blocks
 from wegen_jax.parallel.sharding import constrain
 
 
@@ -87,11 +88,15 @@ class ViTBlock(nnx.Module):
     return constrain(x, ("batch", "length", "act_embed"))
 
 
-def run_blocks(blocks, x, *, remat: str = "none", **kwargs):
-  """Applies `blocks` in order, rematerialising each under the named policy (models.llm)."""
+def run_blocks(blocks, x, *, remat: str = "none", scan: bool = False, **kwargs):
+  """Applies `blocks` in order, rematerialising each under the named policy (models.llm);
+  scan: as one scanned body (layers/scan.py)."""
   from wegen_jax.models.llm import REMAT_POLICIES
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat={remat!r}; choose from {sorted(REMAT_POLICIES)}")
+  if scan:
+    return scan_blocks(blocks, x, lambda b, h: b(h, **kwargs), remat=remat != "none",
+                       remat_policy=REMAT_POLICIES[remat])
   for block in blocks:
     if remat == "none":
       x = block(x, **kwargs)
