@@ -66,8 +66,20 @@ def test_tiny_lm_fits_a_v5p_8(libtpu, tmp_path):
     assert field in out.stdout, (field, out.stdout)
   r = json.loads((tmp_path / "r.json").read_text())
   assert r["fits"] and r["mesh"]["fsdp"] == 4 and r["flops_per_chip"] > 0
-  # XLA's count is within a factor of 2 of 6*N*tokens (attention and the loss come on top)
+  # the program's count is within a factor of 2 of 6*N*tokens (attention and the loss come on top)
   assert 0.8 < r["flops_per_chip"] * r["chips"] / r["analytic_flops"] < 2
+
+
+def test_flops_count_loops_by_their_trip_counts(libtpu, tmp_path):
+  """Scanned layers and gradient accumulation are loops: XLA's cost analysis would count each
+  body once; the step's FLOPs must not change with either."""
+  reports = []
+  for extra in ([], ["--config.model.scan_layers=True", "--config.grad_accum=2"]):
+    out = aot(*TINY, "--config.model.num_layers=3", *extra, "--topology", "v5p-8", "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    reports.append(json.loads((tmp_path / "r.json").read_text()))
+  unrolled, scanned = (r["flops_per_chip"] for r in reports)
+  assert abs(scanned - unrolled) <= 1e-6 * unrolled, (scanned, unrolled)
 
 
 def test_config_that_does_not_fit_exits_nonzero_with_levers(libtpu):

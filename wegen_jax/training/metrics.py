@@ -37,17 +37,6 @@ def device_peak_flops() -> float:
   return 5 * 2 * n ** 3 / (time.perf_counter() - start)
 
 
-def step_flops(compiled) -> float:
-  """FLOPs of one compiled step from XLA's cost analysis (0 when unavailable)."""
-  try:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-      analysis = analysis[0]
-    return float(analysis.get("flops", 0.0))
-  except Exception:  # not every backend implements cost analysis
-    return 0.0
-
-
 class MetricsWriter:
 
   def __init__(self, workdir: str | Path, *, total_steps: int):

@@ -25,7 +25,8 @@ from wegen_jax.data.loader import DeviceLoader
 from wegen_jax.parallel import activation_sharding, create_sharded, logical_to_spec, make_mesh
 from wegen_jax.training.checkpointing import Checkpointer, abstract_like, latest_parameters
 from wegen_jax.training.compile_cache import use_compilation_cache
-from wegen_jax.training.metrics import MetricsWriter, device_peak_flops, step_flops
+from wegen_jax.training.flops import jaxpr_flops
+from wegen_jax.training.metrics import MetricsWriter, device_peak_flops
 from wegen_jax.training.optim import make_optimizer, make_schedule
 from wegen_jax.training.task import get_task
 
@@ -193,7 +194,7 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
   stop = {"signal": None}
   previous = signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))  # preemption notice
 
-  compiled_flops, peak = None, None
+  flops_per_step, peak = None, None
   losses: dict[int, float] = {}
   last_saved, window_start, window_counts, window_steps = step, time.perf_counter(), {}, 0
   try:
@@ -201,11 +202,10 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
       while step < config.total_steps:
         batch = next(loader)
         rng = jax.random.fold_in(base_rng, step)
-        if compiled_flops is None:
-          compiled = step_fn.lower(params, frozen, opt_state, batch, rng, step).compile()
+        if flops_per_step is None:   # global matmul/conv FLOPs (training/flops.py)
+          flops_per_step = jaxpr_flops(step_fn.trace(params, frozen, opt_state, batch, rng, step).jaxpr)
           # virtual CPU devices share one machine: its measured peak is the whole budget
-          scale = 1 if devices[0].platform == "cpu" else len(devices)
-          compiled_flops, peak = step_flops(compiled), device_peak_flops() * scale
+          peak = device_peak_flops() * (1 if devices[0].platform == "cpu" else len(devices))
           window_start = time.perf_counter()   # throughput excludes compilation
         params, opt_state, metrics = step_fn(params, frozen, opt_state, batch, rng, step)
         step += 1
@@ -223,8 +223,8 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
           seconds = time.perf_counter() - window_start
           logged = {k: float(v) for k, v in metrics.items()}
           logged.update({f"{k}_per_s": v / seconds for k, v in window_counts.items()})
-          if compiled_flops:
-            logged["mfu"] = compiled_flops * window_steps / seconds / peak
+          if flops_per_step:
+            logged["mfu"] = flops_per_step * window_steps / seconds / peak
           writer.write(step, logged)
           window_start, window_counts, window_steps = time.perf_counter(), {}, 0
         stopping = stop["signal"] or step == stop_at
