@@ -37,7 +37,10 @@ SIZES = {
                    unet=_SDXL_UNET, vae=_SDXL_VAE, unet_remat=True, dtype="bfloat16",
                    # one scanned body per layer stack (LLM, EVA-E, SDXL's transformer stacks):
                    # compiles in minutes instead of 25-60 (docs/SCALING.md)
-                   scan_layers=True),
+                   scan_layers=True,
+                   # the Pallas flash kernels on TPU/GPU where sequences reach 1k (the UNet's
+                   # 4096/1024 tokens, EVA's 1025, the LLM's 1024), XLA elsewhere
+                   attention_impl="auto"),
         data=dict(max_len=1024, max_images=4, image_size=448, vae_image_size=1024),
         batch_size=128),
     "tiny": dict(
@@ -59,7 +62,7 @@ SIZES = {
                    # (zero-mean, unit-variance latents, as SD3's shift_factor/scaling_factor)
                    vae=dict(_class_name="PatchAutoencoder", patch_size=2, shift_factor=-0.49,
                             scaling_factor=3.15, sample_size=32),
-                   dtype="float32", scan_layers=False),
+                   dtype="float32", scan_layers=False, attention_impl="xla"),
         data=dict(max_len=512, max_images=3, image_size=64, vae_image_size=32),  # 98% of synthetic pairs/triples fit (byte-level text)
         batch_size=4),
 }

@@ -173,8 +173,8 @@ class Transformer2DModel(nnx.Module):
   Width inside is heads * (channels // heads), as in diffusers (equal to channels when divisible)."""
 
   def __init__(self, channels: int, heads: int, cross_dim: int, depth: int, *, groups: int,
-               linear_projection: bool, attention_impl: str = "xla", scan: bool = False, dtype=None,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+               linear_projection: bool, attention_impl: str = "xla", scan: bool = False,
+               remat: bool = False, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     inner = heads * (channels // heads)
     self.norm = GroupNorm(groups, channels, eps=1e-6, **kw)
@@ -187,7 +187,7 @@ class Transformer2DModel(nnx.Module):
     self.transformer_blocks = nnx.List([
         BasicTransformerBlock(inner, heads, cross_dim, attention_impl=attention_impl, **kw)
         for _ in range(depth)])
-    self.scan = scan
+    self.scan, self.remat = scan, remat
 
   def __call__(self, x, context):
     b, h, w, _ = x.shape
@@ -195,7 +195,9 @@ class Transformer2DModel(nnx.Module):
     t = self.proj_in(self.norm(x))
     t = t.reshape(b, h * w, t.shape[-1])
     if self.scan and len(self.transformer_blocks) > 1:   # SDXL's 10-deep stacks
-      t = scan_blocks(self.transformer_blocks, t, lambda block, h: block(h, context))
+      # remat: the backward keeps only each layer's input; a scan differentiated without it
+      # stores every layer's attention probabilities at once (1.4 TB/chip for SDXL at 1024 px)
+      t = scan_blocks(self.transformer_blocks, t, lambda block, h: block(h, context), remat=self.remat)
     else:
       for block in self.transformer_blocks:
         t = block(t, context)
@@ -258,7 +260,7 @@ class DownBlock(nnx.Module):
         Transformer2DModel(out_ch, cfg.num_attention_heads[i], cfg.cross_attention_dim[i],
                            cfg.down_transformer_layers[i][j], groups=cfg.norm_num_groups,
                            linear_projection=cfg.use_linear_projection, attention_impl=cfg.attention_impl,
-                           scan=cfg.scan_layers, **kw)
+                           scan=cfg.scan_layers, remat=cfg.remat, **kw)
         for j in range(n)])
     last = i == len(cfg.block_out_channels) - 1
     self.downsamplers = None if last else nnx.List(
@@ -297,7 +299,7 @@ class UpBlock(nnx.Module):
     self.attentions = None if cfg.up_block_types[i] != "CrossAttnUpBlock2D" else nnx.List([
         Transformer2DModel(out_ch, heads, cross, cfg.up_transformer_layers[i][j],
                            groups=cfg.norm_num_groups, linear_projection=cfg.use_linear_projection,
-                           attention_impl=cfg.attention_impl, scan=cfg.scan_layers, **kw)
+                           attention_impl=cfg.attention_impl, scan=cfg.scan_layers, remat=cfg.remat, **kw)
         for j in range(n)])
     self.upsamplers = None if i == nb - 1 else nnx.List([Upsample2D(out_ch, **kw)])
 
@@ -325,7 +327,7 @@ class MidBlock(nnx.Module):
     self.attentions = nnx.List([Transformer2DModel(
         ch, cfg.num_attention_heads[-1], cfg.cross_attention_dim[-1], cfg.mid_transformer_layers,
         groups=cfg.norm_num_groups, linear_projection=cfg.use_linear_projection,
-        attention_impl=cfg.attention_impl, scan=cfg.scan_layers, **kw)])
+        attention_impl=cfg.attention_impl, scan=cfg.scan_layers, remat=cfg.remat, **kw)])
     self.cfg = cfg
 
   def __call__(self, x, temb, context):

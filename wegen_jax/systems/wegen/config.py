@@ -97,12 +97,13 @@ class WeGenConfig:
   def from_dict(cls, d) -> "WeGenConfig":
     """From `config.model`: {llm: LLMConfig fields, vision: EVAConfig fields, unet: diffusers UNet
     config, vae: diffusers VAE config, num_image_tokens, schedulers, snr_gamma, loss_weights,
-    dtype: compute dtype of every part, scan_layers: scan the LLM, tower and UNet stacks}."""
+    dtype: compute dtype of every part; optional scan_layers and attention_impl for all three parts}."""
     d = _plain(d)
     dtype = d.get("dtype", "float32")
     extra = dict(dtype=dtype)
-    if "scan_layers" in d:
-      extra["scan_layers"] = bool(d["scan_layers"])
+    for key in ("scan_layers", "attention_impl"):   # optional: one setting for all three parts
+      if key in d:
+        extra[key] = d[key]
     return cls(llm=LLMConfig(**{**d["llm"], **extra}),
                vision=EVAConfig(**{**d["vision"], **extra}),
                unet=unet_config_from_diffusers(d["unet"], **extra, remat=bool(d.get("unet_remat", False))),
