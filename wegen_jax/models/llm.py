@@ -211,17 +211,18 @@ class LLM(nnx.Module):
       segment_ids = seg
     new_layers = []
     policy = REMAT_POLICIES[cfg.remat]
-    if cache is None and cfg.scan_layers:
+    if cache is None and cfg.scan_layers:   # decoding keeps the loop: its cache is per layer
       x = scan_blocks(self.layers, x, lambda l, h: l(h, rope, cache_index, segment_ids, kv_segment_ids)[0],
                       remat=cfg.remat != "none", remat_policy=policy)
-    for i, layer in enumerate([] if cache is None and cfg.scan_layers else self.layers):
-      layer_cache = None if cache is None else cache["layers"][i]
-      if cache is None and cfg.remat != "none":
-        call = nnx.remat(lambda l, *a: l(*a), policy=policy)
-        x, _ = call(layer, x, rope, cache_index, segment_ids, kv_segment_ids)
-      else:
-        x, layer_cache = layer(x, rope, cache_index, segment_ids, kv_segment_ids, layer_cache)
-      new_layers.append(layer_cache)
+    else:
+      for i, layer in enumerate(self.layers):
+        layer_cache = None if cache is None else cache["layers"][i]
+        if cache is None and cfg.remat != "none":
+          call = nnx.remat(lambda l, *a: l(*a), policy=policy)
+          x, _ = call(layer, x, rope, cache_index, segment_ids, kv_segment_ids)
+        else:
+          x, layer_cache = layer(x, rope, cache_index, segment_ids, kv_segment_ids, layer_cache)
+        new_layers.append(layer_cache)
     if self.final_norm is not None:
       x = self.final_norm(x)
     if self.proj_out is not None:
