@@ -1,8 +1,11 @@
 """Picks an attention implementation per call and runs kernels per shard.
 
 attention_impl "auto": the Pallas kernel for the platform where it pays, else the XLA
-reference (CPU, decode with T == 1, sequences shorter than AUTO_MIN_SEQ, head_dim or
-dtype a kernel does not support). "flash": the kernel whenever one supports the call,
+reference (CPU, decode with T == 1, a [T, S] score matrix smaller than AUTO_MIN_SEQ^2, e.g.
+short sequences or the UNet's cross-attention onto 64-77 tokens, which the kernel would pad
+to a whole kv block; head_dim or dtype a kernel does not support). Where "auto" falls back to XLA with a large score matrix (the
+SDXL VAE's single 512-wide head over 16k tokens: 1 GiB of float32 scores per image) the
+reference runs over query chunks, each rematerialised, so at most one chunk's scores live. "flash": the kernel whenever one supports the call,
 on CPU the TPU kernel in Pallas interpret mode (slow; for tests). Under
 wegen_jax.parallel.activation_sharding the kernel runs inside jax.shard_map over the
 active mesh: batch over the rules' "batch" axes, heads over "act_heads" (kept whole when
@@ -21,7 +24,9 @@ from wegen_jax.kernels.common import BlockSizes, flash_attention
 from wegen_jax.layers.attention import dot_product_attention
 from wegen_jax.parallel.sharding import active_sharding, logical_to_spec
 
-AUTO_MIN_SEQ = 1024   # below this XLA's fused attention is as fast (kernel launch/padding cost)
+AUTO_MIN_SEQ = 1024   # T * S below its square: XLA's fused attention is as fast and the scores are small
+CHUNKED_MIN_SCORES = 4096 * 4096   # "auto" on XLA: query-chunk score matrices at least this big
+CHUNK_SCORES = 1 << 24             # elements per (batch, head) score chunk: 64 MiB in float32
 KERNEL_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 # Untuned starting points (no accelerator has run these yet); override per model with
 # make_attention(block_sizes=...).
@@ -73,8 +78,8 @@ def choose(q_shape, kv_shape, dtype, *, mode: str = "auto", platform: str | None
       return Choice("xla", False, f"no kernel pays on {platform}")
     if t == 1:
       return Choice("xla", False, "decode step (T == 1)")
-    if max(t, s) < AUTO_MIN_SEQ:
-      return Choice("xla", False, f"sequence {max(t, s)} < {AUTO_MIN_SEQ}")
+    if t * s < AUTO_MIN_SEQ ** 2:
+      return Choice("xla", False, f"[T, S] = [{t}, {s}] scores < {AUTO_MIN_SEQ}^2")
   if not head_dim_supported(kernel, d):
     return Choice("xla", False, f"head_dim {d} unsupported by the {kernel} kernel")
   if jnp.dtype(dtype) not in [jnp.dtype(x) for x in KERNEL_DTYPES]:
@@ -107,6 +112,9 @@ def attention(q, k, v, *, causal: bool = False, q_offset=0, q_segment_ids=None,
   """The attention seam's signature; dispatches per `choose`."""
   choice = choose(q.shape, k.shape, q.dtype, mode=mode, backend=backend)
   if choice.kernel == "xla" or not (q.dtype == k.dtype == v.dtype):
+    if mode == "auto" and q.shape[1] * k.shape[1] >= CHUNKED_MIN_SCORES:
+      return chunked_reference(q, k, v, causal=causal, q_offset=q_offset, q_segment_ids=q_segment_ids,
+                               kv_segment_ids=kv_segment_ids, scale=scale)
     return dot_product_attention(q, k, v, causal=causal, q_offset=q_offset, q_segment_ids=q_segment_ids,
                                  kv_segment_ids=kv_segment_ids, scale=scale)
   b, t, h, _ = q.shape
@@ -127,6 +135,34 @@ def attention(q, k, v, *, causal: bool = False, q_offset=0, q_segment_ids=None,
     run = jax.shard_map(run, mesh=mesh, in_specs=(x, x, x, rows, rows, P(batch)), out_specs=x,
                         check_vma=False)
   return run(q, k, v, q_seg, kv_seg, offset)
+
+
+def chunked_reference(q, k, v, *, causal: bool = False, q_offset=0, q_segment_ids=None,
+                      kv_segment_ids=None, scale: float | None = None,
+                      chunk: int | None = None) -> jax.Array:
+  """dot_product_attention over query chunks of `chunk` rows (default: CHUNK_SCORES // S), one
+  `lax.map` step each under `jax.checkpoint`: the forward keeps one chunk's [B, H, chunk, S]
+  scores alive, the backward recomputes them chunk by chunk. Exact (each row's softmax sees
+  every key)."""
+  b, t = q.shape[:2]
+  s = k.shape[1]
+  chunk = min(t, chunk or max(128, CHUNK_SCORES // s))
+  n = -(-t // chunk)
+  pad = n * chunk - t
+  offset = jnp.broadcast_to(jnp.asarray(q_offset, jnp.int32).reshape(-1), (b,))
+  q_seg = jnp.ones((b, t), jnp.int32) if q_segment_ids is None else q_segment_ids
+  # padded query rows see every key (segment 1, not 0: no all-masked rows) and are dropped
+  qc = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, n, chunk, *q.shape[2:]).swapaxes(0, 1)
+  segc = jnp.pad(q_seg, ((0, 0), (0, pad)), constant_values=1).reshape(b, n, chunk).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one(args):
+    i, q_i, seg_i = args
+    return dot_product_attention(q_i, k, v, causal=causal, q_offset=offset + i * chunk,
+                                 q_segment_ids=None if q_segment_ids is None and kv_segment_ids is None else seg_i,
+                                 kv_segment_ids=kv_segment_ids, scale=scale)
+  out = jax.lax.map(one, (jnp.arange(n), qc, segc))
+  return out.swapaxes(0, 1).reshape(b, n * chunk, *q.shape[2:])[:, :t]
 
 
 def make_attention(mode: str = "flash", *, block_sizes: BlockSizes | None = None,

@@ -1,5 +1,5 @@
-"""attention_impl "auto"/"flash": platform/shape choices, the shard_map path on 8 virtual
-CPU devices, and an LLM whose logits and gradients with "flash" equal those with "xla"."""
+"""attention_impl "auto"/"flash": platform/shape choices, the query-chunked reference for large
+scores, the shard_map path on 8 virtual CPU devices, and an LLM whose logits and gradients with "flash" equal those with "xla"."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from wegen_jax.kernels import BlockSizes, register_variant
-from wegen_jax.kernels.dispatch import choose
+from wegen_jax.kernels import dispatch
+from wegen_jax.kernels.dispatch import choose, chunked_reference
 from wegen_jax.layers.attention import dot_product_attention, get_attention
 from wegen_jax.models import LLM, LLMConfig
 from wegen_jax.parallel import activation_sharding, make_mesh
@@ -29,9 +30,13 @@ def inputs(b, t, s, h, kh, d, seed=0):
     ("auto", "gpu", 4096, 80, jnp.bfloat16, ("xla", False)),     # Triton needs power-of-two head_dim
     ("auto", "tpu", 4096, 80, jnp.bfloat16, ("tpu", False)),
     ("flash", "gpu", 64, 64, jnp.float64, ("xla", False)),       # dtype
+    ("auto", "tpu", (4096, 77), 64, jnp.bfloat16, ("xla", False)),   # cross-attention: small scores
+    ("flash", "tpu", (4096, 77), 64, jnp.bfloat16, ("tpu", False)),
+    ("auto", "gpu", (512, 8192), 128, jnp.bfloat16, ("gpu", False)),  # chunked prefill, long cache
 ])
 def test_choose(mode, platform, t, d, dtype, want):
-  choice = choose((2, t, 8, d), (2, t if t > 1 else 4096, 8, d), dtype, mode=mode, platform=platform)
+  t, s = t if isinstance(t, tuple) else (t, t if t > 1 else 4096)
+  choice = choose((2, t, 8, d), (2, s, 8, d), dtype, mode=mode, platform=platform)
   assert (choice.kernel, choice.interpret) == want, choice.reason
 
 
@@ -105,3 +110,32 @@ def test_llm_flash_matches_xla_logits_and_grads():
   for path, g in flat.items():
     a, b = np.asarray(g.get_value()), np.asarray(flat_ref[path].get_value())
     assert np.abs(a - b).max() <= 1e-5 * max(np.abs(b).max(), 1.0), path
+
+
+@pytest.mark.parametrize("causal,segments,gqa", [(False, False, 1), (True, True, 2), (True, False, 4)])
+def test_chunked_reference_equals_the_reference_values_and_grads(causal, segments, gqa):
+  q, k, v = inputs(2, 37, 37, 4, 4 // gqa, 8, seed=1)
+  seg = jnp.asarray([[1] * 20 + [2] * 15 + [0] * 2, [1] * 37], jnp.int32) if segments else None
+  kw = dict(causal=causal, q_offset=jnp.asarray([0, 3]) if not segments else 0,
+            q_segment_ids=seg, kv_segment_ids=seg)
+
+  def value_and_grads(fn):
+    o, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, **kw), q, k, v)
+    return (o,) + vjp(jnp.sin(o))
+
+  want = value_and_grads(dot_product_attention)
+  got = value_and_grads(lambda *a, **b: chunked_reference(*a, chunk=16, **b))   # 3 chunks, 11 rows padded
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_auto_chunks_large_scores_that_no_kernel_takes(monkeypatch):
+  calls = []
+  real = dispatch.chunked_reference
+  monkeypatch.setattr(dispatch, "chunked_reference", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+  monkeypatch.setattr(dispatch, "CHUNKED_MIN_SCORES", 64 * 64)
+  q, k, v = inputs(1, 64, 64, 1, 1, 16)
+  np.testing.assert_allclose(get_attention("auto")(q, k, v), dot_product_attention(q, k, v), atol=1e-5)
+  assert calls == [1]
+  get_attention("auto")(q[:, :32], k, v)   # 32 x 64 scores: below the threshold, plain reference
+  assert calls == [1]
