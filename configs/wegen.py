@@ -38,9 +38,13 @@ SIZES = {
                    # one scanned body per layer stack (LLM, EVA-E, SDXL's transformer stacks):
                    # compiles in minutes instead of 25-60 (docs/SCALING.md)
                    scan_layers=True,
-                   # the Pallas flash kernels on TPU/GPU where sequences reach 1k (the UNet's
-                   # 4096/1024 tokens, EVA's 1025, the LLM's 1024), XLA elsewhere
-                   attention_impl="auto"),
+                   # the Pallas flash kernels on TPU/GPU where the scores reach 1k x 1k (the UNet's
+                   # 4096/1024-token self-attention, EVA's 1025, the LLM's 1024), XLA elsewhere
+                   # (the UNet's cross-attention onto 64 tokens, the VAE's 512-wide single head)
+                   attention_impl="auto",
+                   # the frozen VAE encoder in 4 passes: at 1024 px its float32 activations take
+                   # ~1 GiB per image and tensor (14 GiB of temporaries for 16 images per chip)
+                   vae_encode_slices=4),
         data=dict(max_len=1024, max_images=4, image_size=448, vae_image_size=1024),
         batch_size=128),
     "tiny": dict(

@@ -1,6 +1,8 @@
 """WeGen end to end on a tiny model: the stage losses learn, gradients go where the recipe says,
 and generate() returns text and images (also multi-turn with an earlier image as input, and
 with VAR CFG)."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -208,3 +210,19 @@ def test_stage2_step_with_unet_remat_equals_without():
   np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+
+
+def test_vae_encode_slices_give_the_same_latents():
+  """vae_encode_slices=n encodes n passes of M/n images (memory of one pass) and draws the noise
+  once: the latents equal the one-pass latents; a count that does not divide M says so."""
+  config = tiny_config(stage=1, sdxl_vae=True)
+  model = random_model(WeGenConfig.from_dict(config.model))
+  pixels = jax.random.uniform(jax.random.key(1), (6, 3, 16, 16), minval=-1.0, maxval=1.0)
+  key = jax.random.key(2)
+  want = jax.jit(model.latents)(pixels, key)
+  for n in (2, 3):
+    model.cfg = dataclasses.replace(model.cfg, vae_encode_slices=n)
+    np.testing.assert_allclose(jax.jit(model.latents)(pixels, key), want, atol=1e-5)
+  model.cfg = dataclasses.replace(model.cfg, vae_encode_slices=4)
+  with pytest.raises(ValueError, match="6 images per step do not split into vae_encode_slices=4"):
+    model.latents(pixels, key)

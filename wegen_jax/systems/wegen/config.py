@@ -35,11 +35,12 @@ def _plain(x):
   return x
 
 
-def _autoencoder_config(d, dtype):
+def _autoencoder_config(d, dtype, attention_impl=None):
   """A diffusers AutoencoderKL config, or `_class_name: PatchAutoencoder` (folded pixels)."""
   if d.get("_class_name") == "PatchAutoencoder":
     return PatchAutoencoderConfig.from_dict(d, dtype=dtype)
-  return vae_config_from_diffusers(d, dtype=dtype)
+  extra = {} if attention_impl is None else dict(attention_impl=attention_impl)
+  return vae_config_from_diffusers(d, dtype=dtype, **extra)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,9 @@ class WeGenConfig:
   # Images per example that go through the UNet for the diffusion loss (0: every slot);
   # 7B stage 2 sets 2 (a pair has 1 target, a triple 2) of its 4 slots.
   diffusion_images_per_example: int = 0
+  # Sequential passes the frozen VAE encoder splits its images into (diffusers' enable_slicing):
+  # at 1024 px its float32 activations take ~1 GiB per image and 128-channel tensor.
+  vae_encode_slices: int = 1
 
   def __post_init__(self):
     for name in ("train_scheduler", "sample_scheduler", "loss_weights"):   # hashable (jit static)
@@ -97,7 +101,7 @@ class WeGenConfig:
   def from_dict(cls, d) -> "WeGenConfig":
     """From `config.model`: {llm: LLMConfig fields, vision: EVAConfig fields, unet: diffusers UNet
     config, vae: diffusers VAE config, num_image_tokens, schedulers, snr_gamma, loss_weights,
-    dtype: compute dtype of every part; optional scan_layers and attention_impl for all three parts}."""
+    dtype: compute dtype of every part; optional scan_layers for the three towers, attention_impl for them and the VAE}."""
     d = _plain(d)
     dtype = d.get("dtype", "float32")
     extra = dict(dtype=dtype)
@@ -107,8 +111,9 @@ class WeGenConfig:
     return cls(llm=LLMConfig(**{**d["llm"], **extra}),
                vision=EVAConfig(**{**d["vision"], **extra}),
                unet=unet_config_from_diffusers(d["unet"], **extra, remat=bool(d.get("unet_remat", False))),
-               vae=_autoencoder_config(d["vae"], dtype),
+               vae=_autoencoder_config(d["vae"], dtype, d.get("attention_impl")),
                num_image_tokens=d.get("num_image_tokens", 64),
                train_scheduler=d.get("train_scheduler", {}), sample_scheduler=d.get("sample_scheduler", {}),
                snr_gamma=d.get("snr_gamma", 5.0), loss_weights=d.get("loss_weights", {}),
-               diffusion_images_per_example=int(d.get("diffusion_images_per_example") or 0))
+               diffusion_images_per_example=int(d.get("diffusion_images_per_example") or 0),
+               vae_encode_slices=int(d.get("vae_encode_slices") or 1))

@@ -70,5 +70,18 @@ class WeGen(nnx.Module):
     return features, kwargs
 
   def latents(self, vae_pixels: jax.Array, key) -> jax.Array:
-    """[M, 3, V, V] in [-1, 1] -> scaled VAE latents (sampled, no gradient: the VAE is frozen)."""
-    return jax.lax.stop_gradient(self.vae.to_latents(self.vae.encode(vae_pixels).sample(key)))
+    """[M, 3, V, V] in [-1, 1] -> scaled VAE latents (sampled, no gradient: the VAE is frozen).
+    With cfg.vae_encode_slices = n the encoder runs n passes of M/n images (images j, j+n, ...:
+    each pass stays spread over the batch shards); the noise is drawn once for all M, so the
+    latents do not depend on n."""
+    n, m = self.cfg.vae_encode_slices, vae_pixels.shape[0]
+    if n <= 1:
+      posterior = self.vae.encode(vae_pixels)
+    else:
+      if m % n:
+        raise ValueError(f"{m} images per step do not split into vae_encode_slices={n} passes; "
+                         "choose a divisor of the images per step")
+      slices = jnp.swapaxes(vae_pixels.reshape((m // n, n) + vae_pixels.shape[1:]), 0, 1)
+      posterior = jax.lax.map(self.vae.encode, slices)
+      posterior = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((m,) + x.shape[2:]), posterior)
+    return jax.lax.stop_gradient(self.vae.to_latents(posterior.sample(key)))
