@@ -3,10 +3,11 @@
 attention_impl "auto": the Pallas kernel for the platform where it pays, else the XLA
 reference (CPU, decode with T == 1, a [T, S] score matrix smaller than AUTO_MIN_SEQ^2, e.g.
 short sequences or the UNet's cross-attention onto 64-77 tokens, which the kernel would pad
-to a whole kv block; head_dim or dtype a kernel does not support). Where "auto" falls back to XLA with a large score matrix (the
-SDXL VAE's single 512-wide head over 16k tokens: 1 GiB of float32 scores per image) the
-reference runs over query chunks, each rematerialised, so at most one chunk's scores live. "flash": the kernel whenever one supports the call,
-on CPU the TPU kernel in Pallas interpret mode (slow; for tests). Under
+to a whole kv block; head_dim or dtype a kernel does not support). Where "auto" falls back
+to XLA with a large score matrix (the SDXL VAE's single 512-wide head over 16k tokens: 1 GiB
+of float32 scores per image) the reference runs over query chunks, each rematerialised, so
+at most one chunk's scores live. "flash": the kernel whenever one supports the call, on CPU
+the TPU kernel in Pallas interpret mode (slow; for tests). Under
 wegen_jax.parallel.activation_sharding the kernel runs inside jax.shard_map over the
 active mesh: batch over the rules' "batch" axes, heads over "act_heads" (kept whole when
 the kv heads cannot be split the same way, so GQA groups stay on one shard).

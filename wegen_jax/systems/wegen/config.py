@@ -101,7 +101,8 @@ class WeGenConfig:
   def from_dict(cls, d) -> "WeGenConfig":
     """From `config.model`: {llm: LLMConfig fields, vision: EVAConfig fields, unet: diffusers UNet
     config, vae: diffusers VAE config, num_image_tokens, schedulers, snr_gamma, loss_weights,
-    dtype: compute dtype of every part; optional scan_layers for the three towers, attention_impl for them and the VAE}."""
+    dtype: compute dtype of every part; optional scan_layers for the three towers and
+    attention_impl for them and the VAE}."""
     d = _plain(d)
     dtype = d.get("dtype", "float32")
     extra = dict(dtype=dtype)
