@@ -59,7 +59,8 @@ def libtpu():
 
 
 def test_tiny_lm_fits_a_v5p_8(libtpu, tmp_path):
-  out = aot(*TINY, "--topology", "v5p-8", "--json", str(tmp_path / "r.json"))
+  out = aot(*TINY, "--topology", "v5p-8", "--json", str(tmp_path / "r.json"), "--buffers", "3",
+            "--dump_dir", str(tmp_path / "dump"))
   assert out.returncode == 0, out.stderr[-3000:]
   for field in ("4 chips (TPU v5)", "memory/chip", "arguments", "temporaries", "total", "FLOPs/step",
                 "6*N*tokens", "step time", "40% MFU", "fits"):
@@ -68,6 +69,11 @@ def test_tiny_lm_fits_a_v5p_8(libtpu, tmp_path):
   assert r["fits"] and r["mesh"]["fsdp"] == 4 and r["flops_per_chip"] > 0
   # the program's count is within a factor of 2 of 6*N*tokens (attention and the loss come on top)
   assert 0.8 < r["flops_per_chip"] * r["chips"] / r["analytic_flops"] < 2
+  # --buffers: the largest slots of XLA's buffer assignment, within the compiled temporaries
+  buffers = r["buffers"]["largest"]
+  assert len(buffers) == 3 and "3 largest of the" in out.stdout
+  assert buffers[0][0] >= buffers[2][0] > 0 and "[" in buffers[0][1]
+  assert buffers[0][0] <= r["buffers"]["heap_bytes"] <= r["memory"]["temporaries"] + r["memory"]["arguments"] + r["memory"]["outputs"]
 
 
 def test_flops_count_loops_by_their_trip_counts(libtpu, tmp_path):

@@ -29,6 +29,9 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p-64, v6e-6
 _MFU = flags.DEFINE_float("mfu", 0.4, "model-FLOPs utilisation assumed for the step-time estimate")
 _HBM_GIB = flags.DEFINE_float("hbm_gib", None, "override the per-chip HBM (GiB) the step must fit in")
 _JSON = flags.DEFINE_string("json", None, "also write the report as JSON to this path")
+_BUFFERS = flags.DEFINE_integer("buffers", 0, "also print the N largest per-chip buffers of the compiled "
+                                "step (from XLA's buffer assignment dump)")
+_DUMP_DIR = flags.DEFINE_string("dump_dir", None, "where --buffers dumps the compiled step (default: a temp dir)")
 
 GiB = 1 << 30
 EXIT_DOES_NOT_FIT = 1
@@ -180,6 +183,30 @@ def run(config, topology: str, mfu: float, hbm_gib: float | None = None) -> dict
   return report
 
 
+def dump_to(directory: str) -> None:
+  """Makes XLA (jaxlib's and libtpu's) dump the train step's optimised HLO and buffer
+  assignment into `directory`; call before the first compile."""
+  os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), f"--xla_dump_to={directory}",
+                                      "--xla_dump_hlo_module_re=.*step_in_mesh.*"]).strip()
+
+
+def largest_buffers(directory: str, n: int) -> dict:
+  """From the newest memory-usage report in `directory`: the heap size of the device's default
+  memory space and its `n` largest buffer slots (bytes, the values that share the slot)."""
+  import glob
+  reports = sorted(glob.glob(os.path.join(directory, "*memory-usage-report.txt")), key=os.path.getmtime)
+  if not reports:
+    raise FileNotFoundError(f"no *memory-usage-report.txt in {directory}: did the compile run with --buffers?")
+  text = open(reports[-1]).read().split("Memory Space:")[1]   # the first space: HBM
+  units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": GiB}
+  slots = []
+  for m in re.finditer(r"^\s*[\d.]+\w+\(\s*\d+%\);\s*([\d.]+)(\w+);\s*\d+;\s*\d+;\s*(.*)$", text, re.M):
+    slots.append((float(m.group(1)) * units[m.group(2)], m.group(3).strip()))
+  total = re.search(r"Total bytes: (\d+)", text)
+  return dict(report=reports[-1], heap_bytes=int(total.group(1)) if total else None,
+              largest=sorted(slots, key=lambda x: -x[0])[:n])
+
+
 def gib(b: float) -> str:
   return f"{b / GiB:.2f} GiB" if b >= GiB / 10 else f"{b / (1 << 20):.1f} MiB"
 
@@ -225,12 +252,23 @@ def main(_):
   if not 0 < _MFU.value <= 1:
     print(f"error: --mfu={_MFU.value}: give a fraction in (0, 1], e.g. 0.4", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
+  dump_dir = None
+  if _BUFFERS.value:
+    import tempfile
+    dump_dir = _DUMP_DIR.value or tempfile.mkdtemp(prefix="wegen_aot_")
+    dump_to(dump_dir)
   try:
     report = run(_CONFIG.value, _TOPOLOGY.value, _MFU.value, _HBM_GIB.value)
   except (RuntimeError, ValueError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
   print(format_report(report), flush=True)
+  if dump_dir and "memory" in report and not report["memory"].get("at_least"):
+    report["buffers"] = largest_buffers(dump_dir, _BUFFERS.value)
+    print(f"buffers       {_BUFFERS.value} largest of the {gib(report['buffers']['heap_bytes'] or 0)} heap "
+          f"(a slot holds values whose lifetimes do not overlap; {report['buffers']['report']}):")
+    for size, shapes in report["buffers"]["largest"]:
+      print(f"  {gib(size):>11}  {shapes[:160]}")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(report, f, indent=2, default=str)
