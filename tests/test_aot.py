@@ -100,3 +100,19 @@ def test_bad_topology_is_a_clear_error(libtpu):
   out = aot(*TINY, "--topology", "v5p-7")
   assert out.returncode == 2 and "unknown TPU slice 'v5p-7'" in out.stderr and "v5p-64" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+def test_unet_convolutions_stay_batch_parallel(libtpu, tmp_path):
+  """FSDP shards conv kernels on their output channels; without activation constraints XLA
+  split some UNet convolutions that way and gathered the whole batch of images onto every chip
+  (f32[24, 16, 16, 16] here, [512, 128, 128, 640] at 7B). No 4-D buffer may hold the global batch."""
+  import re
+  out = aot("--config", "configs/wegen.py:size=tiny,stage=1", "--topology", "v5p-8", "--buffers", "100000",
+            "--dump_dir", str(tmp_path / "dump"), "--json", str(tmp_path / "r.json"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads((tmp_path / "r.json").read_text())
+  images = 8 * 3   # global batch 8 rows x max_images 3; 6 per chip on 4 chips
+  shapes = " ".join(s for _, s in r["buffers"]["largest"])
+  assert re.search(r"\[6,\d+,\d+,\d+\]", shapes)   # per-chip NHWC activations are there
+  gathered = re.findall(rf"\[{images},\d+,\d+,\d+\]", shapes)
+  assert not gathered, gathered
