@@ -15,7 +15,7 @@ from wegen_jax.parallel.sharding import constrain
 # Activations stay batch-sharded through every convolution: otherwise XLA may follow the
 # FSDP-sharded kernel, split the output channels and gather the whole batch onto each chip
 # (seen in WeGen-7B's buffer assignment, docs/SCALING.md).
-_NHWC = ("batch", None, None, "act_embed")
+NHWC_AXES = ("batch", None, None, "act_embed")
 
 
 def _torch_conv_init(fan_in: int):
@@ -41,7 +41,7 @@ class Conv2d(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dtype = self.dtype or x.dtype
-    x = constrain(x.astype(dtype), _NHWC)
+    x = constrain(x.astype(dtype), NHWC_AXES)
     if self.pad_right_bottom:
       x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
     kernel = self.kernel[...].astype(dtype)
@@ -53,7 +53,7 @@ class Conv2d(nnx.Module):
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
-    return constrain(y, _NHWC)
+    return constrain(y, NHWC_AXES)
 
 
 class GroupNorm(nnx.Module):

@@ -17,13 +17,13 @@ from flax import nnx
 
 from wegen_jax.layers import (Attention, Conv2d, Dense, GroupNorm, LayerNorm, TimestepEmbedding,
                               activation, timestep_features)
+from wegen_jax.layers.conv import NHWC_AXES
 from wegen_jax.layers.scan import scan_blocks
 from wegen_jax.parallel.sharding import constrain
 
 DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
 MID_TYPES = ("UNetMidBlock2DCrossAttn", None)
-_BHWC = ("batch", None, None, "act_embed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,7 +272,7 @@ class DownBlock(nnx.Module):
       x = _call(self.cfg, resnet, x, temb)
       if self.attentions is not None:
         x = _call(self.cfg, self.attentions[j], x, context)
-      x = constrain(x, _BHWC)
+      x = constrain(x, NHWC_AXES)
       skips.append(x)
     if self.downsamplers is not None:
       x = self.downsamplers[0](x)
@@ -309,7 +309,7 @@ class UpBlock(nnx.Module):
       x = _call(self.cfg, resnet, x, temb)
       if self.attentions is not None:
         x = _call(self.cfg, self.attentions[j], x, context)
-      x = constrain(x, _BHWC)
+      x = constrain(x, NHWC_AXES)
     if self.upsamplers is not None:
       x = self.upsamplers[0](x, upsample_size)
     return x
@@ -392,7 +392,7 @@ class UNet2DConditionModel(nnx.Module):
     """The UNet on NHWC sample; returns NHWC (the layout samplers keep between steps)."""
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
-    x = constrain(x.astype(dtype), _BHWC)
+    x = constrain(x.astype(dtype), NHWC_AXES)
     if cfg.center_input_sample:
       x = 2 * x - 1.0
     context = encoder_hidden_states.astype(dtype)
