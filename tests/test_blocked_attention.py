@@ -36,8 +36,10 @@ def test_values_and_grads_match_reference(b, t, s, h, kh, d, scale):
 
 
 def test_tiles_cover_odd_sizes():
-  assert _query_tile(1024, 1024) == 32
-  assert _query_tile(300, 300) == 64 and 300 % 64   # last tile padded
+  assert _query_tile(1024, 1024) == 512              # 512K-element tiles, two per slice
+  assert _query_tile(4096, 4096) == 128
+  assert _query_tile(256, 256) == 128
+  assert _query_tile(300, 300) == 128 and 300 % 128  # last tile padded
   assert _query_tile(5, 5) == 5
 
 
