@@ -196,7 +196,31 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
 
   flops_per_step, peak = None, None
   losses: dict[int, float] = {}
-  last_saved, window_start, window_counts, window_steps = step, time.perf_counter(), {}, 0
+  window = {"start": time.perf_counter(), "counts": {}, "steps": 0}
+  last_saved = step
+
+  def record(done: int, metrics: dict, counts: dict[str, float]):
+    """Checks and logs a finished step's metrics (reading them waits for that step only)."""
+    loss = float(metrics["loss"])
+    losses[done] = loss
+    if not math.isfinite(loss):
+      raise NonFiniteLossError(
+          f"loss is {loss} at step {done}: stopping without saving this state. The last good "
+          f"checkpoint is step {last_saved} in {ckpt.directory}; lower the learning rate or check "
+          "the data, then rerun to resume from it")
+    window["steps"] += 1
+    for k, v in counts.items():
+      window["counts"][k] = window["counts"].get(k, 0.0) + v
+    if done % config.log_every == 0 or done == config.total_steps:
+      seconds = time.perf_counter() - window["start"]
+      logged = {k: float(v) for k, v in metrics.items()}
+      logged.update({f"{k}_per_s": v / seconds for k, v in window["counts"].items()})
+      if flops_per_step:
+        logged["mfu"] = flops_per_step * window["steps"] / seconds / peak
+      writer.write(done, logged)
+      window.update(start=time.perf_counter(), counts={}, steps=0)
+
+  pending = None   # the last dispatched step's (step, metrics, counts), not yet read
   try:
     with activation_sharding(mesh, rules):
       while step < config.total_steps:
@@ -206,29 +230,18 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
           flops_per_step = jaxpr_flops(step_fn.trace(params, frozen, opt_state, batch, rng, step).jaxpr)
           # virtual CPU devices share one machine: its measured peak is the whole budget
           peak = device_peak_flops() * (1 if devices[0].platform == "cpu" else len(devices))
-          window_start = time.perf_counter()   # throughput excludes compilation
+          window["start"] = time.perf_counter()   # throughput excludes compilation
         params, opt_state, metrics = step_fn(params, frozen, opt_state, batch, rng, step)
         step += 1
-        loss = float(metrics["loss"])
-        losses[step] = loss
-        if not math.isfinite(loss):
-          raise NonFiniteLossError(
-              f"loss is {loss} at step {step}: stopping without saving this state. The last good "
-              f"checkpoint is step {last_saved} in {ckpt.directory}; lower the learning rate or check "
-              "the data, then rerun to resume from it")
-        window_steps += 1
-        for k, v in task.batch_counts(batch).items():
-          window_counts[k] = window_counts.get(k, 0.0) + v
-        if step % config.log_every == 0 or step == config.total_steps:
-          seconds = time.perf_counter() - window_start
-          logged = {k: float(v) for k, v in metrics.items()}
-          logged.update({f"{k}_per_s": v / seconds for k, v in window_counts.items()})
-          if flops_per_step:
-            logged["mfu"] = flops_per_step * window_steps / seconds / peak
-          writer.write(step, logged)
-          window_start, window_counts, window_steps = time.perf_counter(), {}, 0
+        # The previous step's metrics are read only now, with this step already queued: the
+        # device never idles while the host waits for a loss (the checks lag one step).
+        if pending is not None:
+          record(*pending)
+        pending = (step, metrics, task.batch_counts(batch))
         stopping = stop["signal"] or step == stop_at
         if step % config.ckpt_every == 0 or step == config.total_steps or stopping:
+          record(*pending)   # never save a state whose loss has not been checked
+          pending = None
           ckpt.save(step, {"params": params, "frozen": frozen, "opt": opt_state}, loader.get_state(),
                     config.to_dict())
           last_saved = step
