@@ -11,8 +11,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from tests.test_diffusion_refs import (PARITY_CONFIGS, diffusers_unet, run_diffusers_unet,  # noqa: E402
-                                       unet_inputs)
+from tests.test_diffusion_refs import (PARITY_CONFIGS, UNET_CONFIGS, diffusers_unet, perturb,  # noqa: E402
+                                       run_diffusers_unet, unet_inputs)
 from wegen_jax import convert  # noqa: E402
 from wegen_jax.convert.checkpoint_io import CheckpointError  # noqa: E402
 from wegen_jax.models.unet import widen_conv_in  # noqa: E402
@@ -52,6 +52,32 @@ def test_export_round_trip(pair, tmp_path):
   np.testing.assert_allclose(run_diffusers_unet(back, *args), run_diffusers_unet(ref, *args), atol=1e-5, rtol=0)
   sd_ref, sd_back = ref.state_dict(), back.state_dict()
   assert sorted(sd_ref) == sorted(sd_back)
+
+
+# Less common options of UNet2DConditionModel, several per model to keep the test short.
+VARIANTS = {
+    "mid_resnet_only": dict(mid_block_type="UNetMidBlock2D", mid_block_scale_factor=1.3,
+                            resnet_out_scale_factor=0.7, act_fn="mish"),
+    "no_mid_block": dict(mid_block_type=None, conv_in_kernel=1, conv_out_kernel=5, flip_sin_to_cos=False,
+                         freq_shift=1, center_input_sample=True, time_embedding_act_fn="silu",
+                         time_embedding_dim=24),
+    "per_block_lists": dict(layers_per_block=[1, 2], attention_head_dim=[2, 4], upcast_attention=True,
+                            downsample_padding=0, in_channels=3, out_channels=5, sample_size=12),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_config_variants_match_and_round_trip(variant, tmp_path):
+  torch.manual_seed(0)
+  ref = perturb(diffusers.UNet2DConditionModel(**dict(UNET_CONFIGS["tiny"], **VARIANTS[variant])))
+  ref.save_pretrained(tmp_path / "in")
+  unet = convert.load_diffusers_unet(tmp_path / "in")
+  args = unet_inputs(ref)
+  want = run_diffusers_unet(ref, *args)
+  np.testing.assert_allclose(ours(unet, *args), want, atol=1e-4, rtol=0)
+  convert.save_diffusers_unet(unet, tmp_path / "out")
+  back = diffusers.UNet2DConditionModel.from_pretrained(tmp_path / "out").eval()
+  np.testing.assert_allclose(run_diffusers_unet(back, *args), want, atol=1e-5, rtol=0)
 
 
 def test_widened_conv_in(tmp_path):

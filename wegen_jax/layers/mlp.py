@@ -15,6 +15,7 @@ ACTIVATIONS = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),   # diffusers' act_fn="mish"
 }
 
 

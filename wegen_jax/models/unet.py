@@ -23,7 +23,7 @@ from wegen_jax.parallel.sharding import constrain
 
 DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
-MID_TYPES = ("UNetMidBlock2DCrossAttn", None)
+MID_TYPES = ("UNetMidBlock2DCrossAttn", "UNetMidBlock2D", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +51,8 @@ class UNetConfig:
   freq_shift: float = 0.0
   downsample_padding: int = 1
   mid_block_scale_factor: float = 1.0
+  # kept for the config round trip: diffusers applies it only to the Resnet*/SimpleCrossAttn*
+  # block types, none of which is supported here, so our blocks' resnets always use 1.0
   resnet_out_scale_factor: float = 1.0
   center_input_sample: bool = False
   conv_in_kernel: int = 3
@@ -254,7 +256,7 @@ class DownBlock(nnx.Module):
     self.cfg = cfg
     self.resnets = nnx.List([
         ResnetBlock2D(in_ch if j == 0 else out_ch, out_ch, cfg.time_embed_dim, groups=cfg.norm_num_groups,
-                      eps=cfg.norm_eps, act=cfg.act_fn, output_scale_factor=cfg.resnet_out_scale_factor, **kw)
+                      eps=cfg.norm_eps, act=cfg.act_fn, **kw)
         for j in range(n)])
     self.attentions = None if cfg.down_block_types[i] != "CrossAttnDownBlock2D" else nnx.List([
         Transformer2DModel(out_ch, cfg.num_attention_heads[i], cfg.cross_attention_dim[i],
@@ -294,7 +296,7 @@ class UpBlock(nnx.Module):
     self.resnets = nnx.List([
         ResnetBlock2D((prev_ch if j == 0 else out_ch) + (skip_in if j == n - 1 else out_ch), out_ch,
                       cfg.time_embed_dim, groups=cfg.norm_num_groups, eps=cfg.norm_eps, act=cfg.act_fn,
-                      output_scale_factor=cfg.resnet_out_scale_factor, **kw)
+                      **kw)
         for j in range(n)])
     self.attentions = None if cfg.up_block_types[i] != "CrossAttnUpBlock2D" else nnx.List([
         Transformer2DModel(out_ch, heads, cross, cfg.up_transformer_layers[i][j],
@@ -316,24 +318,27 @@ class UpBlock(nnx.Module):
 
 
 class MidBlock(nnx.Module):
-  """UNetMidBlock2DCrossAttn: resnet, then (transformer, resnet)."""
+  """UNetMidBlock2DCrossAttn: resnet, then (transformer, resnet). UNetMidBlock2D as the
+  UNet builds it (num_layers=0, no attention): one resnet."""
 
   def __init__(self, cfg: UNetConfig, *, rngs: nnx.Rngs):
     kw = _kw(cfg, rngs)
     ch = cfg.block_out_channels[-1]
     res = lambda: ResnetBlock2D(ch, ch, cfg.time_embed_dim, groups=cfg.norm_num_groups, eps=cfg.norm_eps,
                                 act=cfg.act_fn, output_scale_factor=cfg.mid_block_scale_factor, **kw)
-    self.resnets = nnx.List([res(), res()])
+    cross = cfg.mid_block_type == "UNetMidBlock2DCrossAttn"
+    self.resnets = nnx.List([res(), res()] if cross else [res()])
     self.attentions = nnx.List([Transformer2DModel(
         ch, cfg.num_attention_heads[-1], cfg.cross_attention_dim[-1], cfg.mid_transformer_layers,
         groups=cfg.norm_num_groups, linear_projection=cfg.use_linear_projection,
-        attention_impl=cfg.attention_impl, scan=cfg.scan_layers, remat=cfg.remat, **kw)])
+        attention_impl=cfg.attention_impl, scan=cfg.scan_layers, remat=cfg.remat, **kw)] if cross else [])
     self.cfg = cfg
 
   def __call__(self, x, temb, context):
     x = self.resnets[0](x, temb)
-    x = _call(self.cfg, self.attentions[0], x, context)
-    return self.resnets[1](x, temb)
+    for attention, resnet in zip(self.attentions, self.resnets[1:]):
+      x = resnet(_call(self.cfg, attention, x, context), temb)
+    return x
 
 
 class UNet2DConditionModel(nnx.Module):

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from wegen_jax.layers import Attention, Conv2d, GroupNorm, activation
+from wegen_jax.layers import Attention, Conv2d, GroupNorm
 from wegen_jax.models.unet import Downsample2D, ResnetBlock2D, Upsample2D
 
 
@@ -130,7 +130,6 @@ class Encoder(nnx.Module):
   def __init__(self, cfg: VAEConfig, *, rngs: nnx.Rngs):
     kw = _kw(cfg, rngs)
     boc = cfg.block_out_channels
-    self.act = cfg.act_fn
     self.conv_in = Conv2d(cfg.in_channels, boc[0], 3, **kw)
     self.down_blocks = nnx.List([
         _Block(cfg, boc[max(i - 1, 0)], boc[i], cfg.layers_per_block,
@@ -144,14 +143,13 @@ class Encoder(nnx.Module):
     for b in self.down_blocks:
       x = b(x)
     x = self.mid_block(x)
-    return self.conv_out(activation(self.act)(self.conv_norm_out(x)))
+    return self.conv_out(jax.nn.silu(self.conv_norm_out(x)))   # SiLU whatever act_fn, as diffusers
 
 
 class Decoder(nnx.Module):
   def __init__(self, cfg: VAEConfig, *, rngs: nnx.Rngs):
     kw = _kw(cfg, rngs)
     rev = list(reversed(cfg.block_out_channels))
-    self.act = cfg.act_fn
     self.conv_in = Conv2d(cfg.latent_channels, rev[0], 3, **kw)
     self.mid_block = VAEMidBlock(cfg, rev[0], rngs=rngs)
     self.up_blocks = nnx.List([
@@ -164,7 +162,7 @@ class Decoder(nnx.Module):
     x = self.mid_block(self.conv_in(z))
     for b in self.up_blocks:
       x = b(x)
-    return self.conv_out(activation(self.act)(self.conv_norm_out(x)))
+    return self.conv_out(jax.nn.silu(self.conv_norm_out(x)))   # SiLU whatever act_fn, as diffusers
 
 
 def _nhwc(x):
