@@ -17,7 +17,8 @@ SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", ste
 CASES = {
     "DDPMScheduler": [dict(), dict(SD, variance_type="fixed_large"), dict(variance_type="fixed_small_log")],
     "DDIMScheduler": [dict(SD, set_alpha_to_one=False), dict(), dict(SD, rescale_betas_zero_snr=True)],
-    "EulerDiscreteScheduler": [dict(), dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)],
+    "EulerDiscreteScheduler": [dict(), dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02),
+                               dict(rescale_betas_zero_snr=True)],
 }
 PARAMS = [(name, i, spacing, pred) for name, cfgs in CASES.items() for i in range(len(cfgs))
           for spacing, pred in itertools.product(("leading", "trailing", "linspace"), ("epsilon", "v_prediction"))]

@@ -251,6 +251,13 @@ class EulerDiscreteScheduler(_Base):
   steps_offset: int = 1
   interpolation_type: str = "linear"
 
+  @property
+  def alphas_cumprod(self) -> np.ndarray:
+    ac = super().alphas_cumprod
+    if self.rescale_betas_zero_snr:   # as diffusers: zero terminal SNR would give sigma = inf
+      ac[-1] = 2.0 ** -24
+    return ac
+
   def plan(self, num_steps: int) -> Plan:
     if self.interpolation_type != "linear":
       raise ValueError(f"Euler interpolation_type={self.interpolation_type!r}; supported: linear")
