@@ -1,5 +1,6 @@
 """The shared trainer on the LM task: learning, exact resume (also after SIGKILL), corrupt
 checkpoints, non-finite losses, gradient accumulation, and sharding."""
+import dataclasses
 import json
 import os
 import signal
@@ -191,3 +192,45 @@ def test_compilation_cache_serves_a_restarted_run(tmp_path):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min)
     jax.config.update("jax_compilation_cache_dir", old_dir)
     compilation_cache.reset_cache()
+
+
+def test_each_loss_is_read_after_the_next_step_is_dispatched(tmp_path, monkeypatch):
+  """The host reads step k's loss only once step k+1 is queued (the device never waits on the
+  host), except before a checkpoint: a state is saved only after its loss was checked."""
+  from wegen_jax.training import trainer
+  events = []
+  build = trainer.make_train_step
+
+  def recording(*args, **kwargs):
+    ts = build(*args, **kwargs)
+
+    class Recorded:
+      def __init__(self):
+        self.calls = 0
+
+      def trace(self, *a):
+        return ts.step_fn.trace(*a)
+
+      def __call__(self, *a):
+        self.calls += 1
+        k = self.calls
+        events.append(("dispatch", k))
+        params, opt_state, metrics = ts.step_fn(*a)
+        loss = metrics["loss"]
+
+        class Loss:
+          def __float__(self):
+            events.append(("read", k))
+            return float(loss)
+        return params, opt_state, dict(metrics, loss=Loss())
+    return dataclasses.replace(ts, step_fn=Recorded())
+
+  monkeypatch.setattr(trainer, "make_train_step", recording)
+  result = train(config(total_steps=6, ckpt_every=3), tmp_path)
+  first_read = {k: events.index(("read", k)) for k in range(1, 7)}
+  dispatched = {k: events.index(("dispatch", k)) for k in range(1, 7)}
+  for k in (1, 2, 4, 5):
+    assert first_read[k] > dispatched[k + 1], events
+  for k in (3,):   # checkpoint at step 3: checked before step 4 is dispatched
+    assert first_read[k] < dispatched[k + 1], events
+  assert saved_steps(tmp_path) == [3, 6] and sorted(result.losses) == list(range(1, 7))
