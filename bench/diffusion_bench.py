@@ -32,10 +32,11 @@ from diffusers import EulerDiscreteScheduler as TorchEuler  # noqa: E402
 from diffusers import UNet2DConditionModel as TorchUNet  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench.common import compare  # noqa: E402
+from bench.common import compare, matmul_peak_flops  # noqa: E402
 from wegen_jax import convert  # noqa: E402
 from wegen_jax.diffusion import ClassifierFree, Conditioning, EulerDiscreteScheduler, sample_latents  # noqa: E402
 from wegen_jax.layers.blocked_attention import cpu_xla_flags  # noqa: E402
+from wegen_jax.training.flops import jaxpr_flops  # noqa: E402
 
 # SD1.5's block layout at a CPU-sized width: 4 levels, 2 layers each, cross-attention on 3.
 CONFIG = dict(sample_size=32, block_out_channels=(64, 128, 192, 192), layers_per_block=2,
@@ -99,6 +100,7 @@ def main():
   loss.block_until_ready()
   compile_train = time.perf_counter() - t0
   state = [params, opt_state]
+  flops = {"train step": jaxpr_flops(step.trace(params, opt_state, jx, jt, jc, jy).jaxpr)}
 
   def jax_train():
     state[0], state[1], l = step(state[0], state[1], jx, jt, jc, jy)
@@ -130,6 +132,9 @@ def main():
     sample_latents(unet, sched, cond, jax.random.key(0), num_steps=STEPS, latents=jnp.asarray(noise),
                    guidance=guidance).block_until_ready()
 
+  # The loop is a fori_loop (its body counted once by jaxpr_flops): count one batched UNet call.
+  unet_call = jax.make_jaxpr(lambda x: unet(x, sched.plan(STEPS).timesteps[0], cond.encoder_hidden_states))
+  flops[f"sampling {STEPS} steps (CFG)"] = STEPS * jaxpr_flops(unet_call(jnp.zeros((2, 4, LATENT, LATENT))))
   t0 = time.perf_counter()
   jax_sample()
   compile_sample = time.perf_counter() - t0
@@ -151,6 +156,15 @@ def main():
   print(f"jax compile: train step {compile_train:.1f}s, sampling loop {compile_sample:.1f}s (excluded)")
   for name, (tj, tt_) in results.items():
     print(f"{name:28s} jax {tj * 1e3:9.1f} ms   diffusers {tt_ * 1e3:9.1f} ms   speed-up {tt_ / tj:5.2f}x")
+  # What 1.5x diffusers would take: the matmul/conv FLOPs at the rate that beats diffusers' time by
+  # 1.5x, against XLA's own dense float32 matmul peak measured now (the ceiling for this work).
+  peak = matmul_peak_flops()
+  print(f"XLA float32 matmul peak (2048^2) now: {peak / 1e9:.1f} GFLOP/s")
+  for name, (tj, tt_) in results.items():
+    need = flops[name] / (tt_ / 1.5)
+    print(f"{name:28s} {flops[name] / 1e9:7.1f} GFLOP: jax runs {flops[name] / tj / 1e9:5.1f} GFLOP/s "
+          f"({flops[name] / tj / peak:4.0%} of peak); 1.5x diffusers needs {need / 1e9:5.1f} GFLOP/s "
+          f"({need / peak:4.0%} of peak)")
   print(f"load average at the end {os.getloadavg()}")
 
 
