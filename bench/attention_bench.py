@@ -10,6 +10,7 @@ with milliseconds, the kernel's TFLOP/s and the ratios xla/flash and cudnn/flash
 the kernel is faster). On CPU it is only a smoke test: tiny shapes, the kernel in Pallas
 interpret mode, timings meaningless.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,11 +30,12 @@ from wegen_jax.layers.attention import dot_product_attention  # noqa: E402
 
 
 def implementations(platform: str, blocks: BlockSizes | None):
-  impls = {"xla": dot_product_attention,
-           "flash": functools.partial(attention, mode="flash", block_sizes=blocks)}
+  impls = {"xla": dot_product_attention, "flash": functools.partial(attention, mode="flash", block_sizes=blocks)}
   if platform == "gpu":
+
     def cudnn(q, k, v, *, causal, **_):
       return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+
     impls["cudnn"] = cudnn
   return impls
 
@@ -53,8 +55,8 @@ def timed(fn, q, k, v, causal: bool, backward: bool) -> float | None:
 
 
 def attention_flops(b, t, h, d, causal: bool, backward: bool) -> float:
-  flops = 4 * b * t * t * h * d * (0.5 if causal else 1.0)   # QK^T and PV
-  return flops * (3.5 if backward else 1.0)                    # bwd recomputes QK^T, adds 4 matmuls
+  flops = 4 * b * t * t * h * d * (0.5 if causal else 1.0)  # QK^T and PV
+  return flops * (3.5 if backward else 1.0)  # bwd recomputes QK^T, adds 4 matmuls
 
 
 def main():
@@ -84,13 +86,20 @@ def main():
     blocks = BlockSizes(32, 32)
   impls = implementations(platform, blocks)
 
-  print(f"# attention bench on {jax.devices()[0].device_kind} ({platform}); heads {heads}/{kv_heads}, "
-        f"head_dim {head_dim}, {jnp.dtype(dtype).name}, blocks {blocks or 'default'}")
+  print(
+    f"# attention bench on {jax.devices()[0].device_kind} ({platform}); heads {heads}/{kv_heads}, "
+    f"head_dim {head_dim}, {jnp.dtype(dtype).name}, blocks {blocks or 'default'}"
+  )
   if smoke:
     print("# CPU: smoke test only -- the kernel runs in Pallas interpret mode; timings mean nothing.")
   cols = list(impls)
-  print("| seq | batch | causal | pass | " + " | ".join(f"{c} ms" for c in cols)
-        + " | flash TFLOP/s | " + " | ".join(f"{c}/flash" for c in cols if c != "flash") + " |")
+  print(
+    "| seq | batch | causal | pass | "
+    + " | ".join(f"{c} ms" for c in cols)
+    + " | flash TFLOP/s | "
+    + " | ".join(f"{c}/flash" for c in cols if c != "flash")
+    + " |"
+  )
   print("|" + "---|" * (5 + len(cols) + len(cols) - 1))
   for seq in seqs:
     b = max(1, tokens // seq)
@@ -106,10 +115,17 @@ def main():
         ms = {c: timed(fn, q, k, v, causal, backward) for c, fn in impls.items()}
         fmt = lambda x: "n/a" if x is None else f"{x * 1e3:.2f}"
         flash = ms["flash"]
-        tflops = "n/a" if flash is None else f"{attention_flops(b, seq, heads, head_dim, causal, backward) / flash / 1e12:.1f}"
+        tflops = (
+          "n/a" if flash is None else f"{attention_flops(b, seq, heads, head_dim, causal, backward) / flash / 1e12:.1f}"
+        )
         ratios = ["n/a" if ms[c] is None or flash is None else f"{ms[c] / flash:.2f}x" for c in cols if c != "flash"]
-        print(f"| {seq} | {b} | {causal} | {'fwd+bwd' if backward else 'fwd'} | "
-              + " | ".join(fmt(ms[c]) for c in cols) + f" | {tflops} | " + " | ".join(ratios) + " |")
+        print(
+          f"| {seq} | {b} | {causal} | {'fwd+bwd' if backward else 'fwd'} | "
+          + " | ".join(fmt(ms[c]) for c in cols)
+          + f" | {tflops} | "
+          + " | ".join(ratios)
+          + " |"
+        )
 
 
 if __name__ == "__main__":

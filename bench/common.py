@@ -1,4 +1,5 @@
 """Shared benchmark helpers: timing, the machine's measured matmul peak, a report line."""
+
 from __future__ import annotations
 
 import time
@@ -40,14 +41,15 @@ def matmul_peak_flops(n: int = 2048) -> float:
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
   seconds = timeit(lambda: f(a).block_until_ready(), warmup=2, repeats=7)
-  return 2 * n ** 3 / seconds
+  return 2 * n**3 / seconds
 
 
 def torch_matmul_peak_flops(n: int = 2048) -> float:
   import torch
+
   a = torch.randn(n, n)
   seconds = timeit(lambda: a @ a, warmup=2, repeats=7)
-  return 2 * n ** 3 / seconds
+  return 2 * n**3 / seconds
 
 
 def row(name: str, jax_value: float, torch_value: float, unit: str) -> str:

@@ -12,6 +12,7 @@ guidance (one batched UNet call per step). Times are medians after warm-up (JAX 
 and reported separately; JAX and PyTorch runs alternate so both see the same machine load).
 Prints one line per task and the speed-up ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,16 @@ from wegen_jax.layers.blocked_attention import cpu_xla_flags  # noqa: E402
 from wegen_jax.training.flops import jaxpr_flops  # noqa: E402
 
 # SD1.5's block layout at a CPU-sized width: 4 levels, 2 layers each, cross-attention on 3.
-CONFIG = dict(sample_size=32, block_out_channels=(64, 128, 192, 192), layers_per_block=2,
-              down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-              up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-              attention_head_dim=8, cross_attention_dim=256, norm_num_groups=32)
+CONFIG = dict(
+  sample_size=32,
+  block_out_channels=(64, 128, 192, 192),
+  layers_per_block=2,
+  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+  attention_head_dim=8,
+  cross_attention_dim=256,
+  norm_num_groups=32,
+)
 BATCH, SEQ, LATENT, STEPS = 2, 77, 32, 20
 
 
@@ -58,6 +65,7 @@ def jax_train_step(unet, lr=1e-4):
     def loss_fn(p):
       out = nnx.merge(graphdef, p)(x, t, ctx)
       return jnp.mean(jnp.square(out - target))
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = opt.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -68,11 +76,15 @@ def jax_train_step(unet, lr=1e-4):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true")
-  ap.add_argument("--attention", default="blocked", choices=("blocked", "xla"),
-                  help="JAX attention implementation (blocked: cache-sized query tiles, best on CPU)")
+  ap.add_argument(
+    "--attention",
+    default="blocked",
+    choices=("blocked", "xla"),
+    help="JAX attention implementation (blocked: cache-sized query tiles, best on CPU)",
+  )
   ap.add_argument("--no-cpu-flags", action="store_true", help="do not add cpu_xla_flags() to XLA_FLAGS")
   args = ap.parse_args()
-  if not args.no_cpu_flags:   # XLA reads XLA_FLAGS when the backend starts: before any JAX op
+  if not args.no_cpu_flags:  # XLA reads XLA_FLAGS when the backend starts: before any JAX op
     os.environ["XLA_FLAGS"] = " ".join(f for f in [os.environ.get("XLA_FLAGS", ""), *cpu_xla_flags()] if f)
   reps = 3 if args.quick else 5
   torch.manual_seed(0)
@@ -86,10 +98,12 @@ def main():
   t = rng.randint(0, 1000, (BATCH,))
   ctx = rng.randn(BATCH, SEQ, CONFIG["cross_attention_dim"]).astype(np.float32)
   target = rng.randn(*x.shape).astype(np.float32)
-  print(f"config: SD1.5-like, {n_params / 1e6:.1f}M params, latent {LATENT}x{LATENT}, batch {BATCH}, "
-        f"context {SEQ}x{CONFIG['cross_attention_dim']}; torch threads {torch.get_num_threads()}, "
-        f"jax devices {jax.devices()}, jax attention {args.attention!r}, "
-        f"XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}; load average {os.getloadavg()}")
+  print(
+    f"config: SD1.5-like, {n_params / 1e6:.1f}M params, latent {LATENT}x{LATENT}, batch {BATCH}, "
+    f"context {SEQ}x{CONFIG['cross_attention_dim']}; torch threads {torch.get_num_threads()}, "
+    f"jax devices {jax.devices()}, jax attention {args.attention!r}, "
+    f"XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}; load average {os.getloadavg()}"
+  )
   results = {}
 
   # --- train step -------------------------------------------------------------------------
@@ -129,8 +143,9 @@ def main():
   guidance = ClassifierFree(7.5)
 
   def jax_sample():
-    sample_latents(unet, sched, cond, jax.random.key(0), num_steps=STEPS, latents=jnp.asarray(noise),
-                   guidance=guidance).block_until_ready()
+    sample_latents(
+      unet, sched, cond, jax.random.key(0), num_steps=STEPS, latents=jnp.asarray(noise), guidance=guidance
+    ).block_until_ready()
 
   # The loop is a fori_loop (its body counted once by jaxpr_flops): count one batched UNet call.
   unet_call = jax.make_jaxpr(lambda x: unet(x, sched.plan(STEPS).timesteps[0], cond.encoder_hidden_states))
@@ -163,10 +178,12 @@ def main():
   print(f"XLA float32 matmul peak (2048^2) now: {peak / 1e9:.1f} GFLOP/s")
   for name, (tj, tt_) in results.items():
     need = flops[name] / (tt_ / 1.5)
-    print(f"{name:28s} {flops[name] / 1e9:7.1f} GFLOP: jax runs {flops[name] / tj / 1e9:5.1f} GFLOP/s "
-          f"({flops[name] / tj / peak:4.0%} of peak), diffusers {flops[name] / tt_ / 1e9:5.1f}; "
-          f"1.5x diffusers needs {need / 1e9:5.1f} GFLOP/s "
-          f"({need / peak:4.0%} of peak)")
+    print(
+      f"{name:28s} {flops[name] / 1e9:7.1f} GFLOP: jax runs {flops[name] / tj / 1e9:5.1f} GFLOP/s "
+      f"({flops[name] / tj / peak:4.0%} of peak), diffusers {flops[name] / tt_ / 1e9:5.1f}; "
+      f"1.5x diffusers needs {need / 1e9:5.1f} GFLOP/s "
+      f"({need / peak:4.0%} of peak)"
+    )
   print(f"load average at the end {os.getloadavg()}")
 
 

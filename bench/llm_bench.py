@@ -5,6 +5,7 @@
 Prints a markdown table (tokens/s of each and the ratio) and the achieved FLOP/s of the
 JAX train step as a fraction of the matmul peak measured in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,6 +46,7 @@ def jax_train_step(model, tx):
   def step(params, opt_state, ids):
     def loss_fn(p):
       return cross_entropy(nnx.merge(graphdef, p)(ids), next_token_labels(ids))[0]
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -54,6 +56,7 @@ def jax_train_step(model, tx):
   def run(ids):
     state["params"], state["opt"], loss = step(state["params"], state["opt"], ids)
     loss.block_until_ready()
+
   return run
 
 
@@ -65,6 +68,7 @@ def torch_train_step(hf):
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
+
   return run
 
 
@@ -83,9 +87,17 @@ def main():
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count())
   hf_cfg = transformers.LlamaConfig(
-      vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=int(args.hidden * 8 / 3) // 64 * 64,
-      num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-      max_position_embeddings=4096, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    vocab_size=args.vocab,
+    hidden_size=args.hidden,
+    intermediate_size=int(args.hidden * 8 / 3) // 64 * 64,
+    num_hidden_layers=args.layers,
+    num_attention_heads=args.heads,
+    num_key_value_heads=args.heads,
+    max_position_embeddings=4096,
+    bos_token_id=None,
+    eos_token_id=None,
+    pad_token_id=0,
+  )
   hf = transformers.LlamaForCausalLM(hf_cfg)
   with tempfile.TemporaryDirectory() as d:
     hf.save_pretrained(d)
@@ -108,22 +120,33 @@ def main():
 
   def hf_generate():
     with torch.no_grad():
-      hf.generate(torch.tensor(prompt), attention_mask=torch.ones(prompt.shape, dtype=torch.long),
-                  max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
-  jax_dec, torch_dec = compare(lambda: generate(model, prompt, sampling=sampling).tokens.block_until_ready(),
-                               hf_generate, warmup=1, repeats=5)
+      hf.generate(
+        torch.tensor(prompt),
+        attention_mask=torch.ones(prompt.shape, dtype=torch.long),
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        do_sample=False,
+      )
+
+  jax_dec, torch_dec = compare(
+    lambda: generate(model, prompt, sampling=sampling).tokens.block_until_ready(), hf_generate, warmup=1, repeats=5
+  )
   new = args.decode_batch * args.new_tokens
 
-  print(f"Llama {args.layers} layers, d {args.hidden}, vocab {args.vocab}, train batch {args.batch} x seq "
-        f"{args.seq}; decode batch {args.decode_batch}, prompt {args.prompt}, {args.new_tokens} new tokens; "
-        f"float32, {os.cpu_count()} CPU cores; jax {jax.__version__}, torch {torch.__version__}")
+  print(
+    f"Llama {args.layers} layers, d {args.hidden}, vocab {args.vocab}, train batch {args.batch} x seq "
+    f"{args.seq}; decode batch {args.decode_batch}, prompt {args.prompt}, {args.new_tokens} new tokens; "
+    f"float32, {os.cpu_count()} CPU cores; jax {jax.__version__}, torch {torch.__version__}"
+  )
   print("| measure | wegen_jax | PyTorch | ratio |\n|---|---|---|---|")
   print(row("train step (fwd+bwd+AdamW)", tokens / jax_s, tokens / torch_s, "tokens/s"))
   print(row("greedy decoding, KV cache", new / jax_dec, new / torch_dec, "tokens/s"))
   print(row("matmul peak (2048^2 f32)", peak / 1e9, torch_peak / 1e9, "GFLOP/s"))
-  print(f"JAX train step: {flops / jax_s / 1e9:.1f} GFLOP/s = {flops / jax_s / peak:.0%} of the measured "
-        f"XLA matmul peak; PyTorch: {flops / torch_s / 1e9:.1f} GFLOP/s = {flops / torch_s / torch_peak:.0%} "
-        "of its own")
+  print(
+    f"JAX train step: {flops / jax_s / 1e9:.1f} GFLOP/s = {flops / jax_s / peak:.0%} of the measured "
+    f"XLA matmul peak; PyTorch: {flops / torch_s / 1e9:.1f} GFLOP/s = {flops / torch_s / torch_peak:.0%} "
+    "of its own"
+  )
 
 
 if __name__ == "__main__":

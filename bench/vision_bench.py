@@ -7,6 +7,7 @@ bias, patch tokens out) and the CLIP image features (pre-norm, quick_gelu, proje
 Prints a markdown table (images/s of each and the ratio) and the achieved FLOP/s of the JAX
 forward as a fraction of the matmul peak measured in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from flax import nnx  # noqa: E402
@@ -63,38 +63,62 @@ def main():
   results = []
 
   timm = import_timm()
-  eva_kwargs = dict(img_size=args.image, patch_size=args.patch, embed_dim=args.width, depth=args.depth,
-                    num_heads=args.heads, mlp_ratio=args.mlp_ratio, use_post_norm=True, num_classes=0,
-                    global_pool="", use_post_transformer_norm=False)
+  eva_kwargs = dict(
+    img_size=args.image,
+    patch_size=args.patch,
+    embed_dim=args.width,
+    depth=args.depth,
+    num_heads=args.heads,
+    mlp_ratio=args.mlp_ratio,
+    use_post_norm=True,
+    num_classes=0,
+    global_pool="",
+    use_post_transformer_norm=False,
+  )
   eva_ref = timm.models.eva.Eva(**eva_kwargs).eval()
   eva = convert.load_timm_eva(eva_ref.state_dict(), eva_kwargs)
-  t_jax, t_torch = compare(jax_runner(eva, pixels, lambda m, x: m(x)),
-                           lambda: eva_ref.forward_features(pixels), repeats=args.repeats)
+  t_jax, t_torch = compare(
+    jax_runner(eva, pixels, lambda m, x: m(x)), lambda: eva_ref.forward_features(pixels), repeats=args.repeats
+  )
   results.append(("EVA tower (timm Eva)", t_jax, t_torch))
 
   cfg = transformers.CLIPConfig(
-      text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2),
-      vision_config=dict(image_size=args.image, patch_size=args.patch, hidden_size=args.width,
-                         intermediate_size=mlp, num_hidden_layers=args.depth, num_attention_heads=args.heads),
-      projection_dim=256)
+    text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2),
+    vision_config=dict(
+      image_size=args.image,
+      patch_size=args.patch,
+      hidden_size=args.width,
+      intermediate_size=mlp,
+      num_hidden_layers=args.depth,
+      num_attention_heads=args.heads,
+    ),
+    projection_dim=256,
+  )
   clip_ref = transformers.CLIPModel(cfg).eval()
   with tempfile.TemporaryDirectory() as d:
     clip_ref.save_pretrained(d)
     clip = convert.load_hf_clip(d)
-  t_jax_c, t_torch_c = compare(jax_runner(clip, pixels, lambda m, x: m.get_image_features(x)),
-                               lambda: clip_ref.get_image_features(pixel_values=pixels), repeats=args.repeats)
+  t_jax_c, t_torch_c = compare(
+    jax_runner(clip, pixels, lambda m, x: m.get_image_features(x)),
+    lambda: clip_ref.get_image_features(pixel_values=pixels),
+    repeats=args.repeats,
+  )
   results.append(("CLIP image features (transformers)", t_jax_c, t_torch_c))
 
   peak = matmul_peak_flops()
-  print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); ViT width {args.width}, depth {args.depth}, heads {args.heads}, "
-        f"mlp {mlp}, {args.image}px / patch {args.patch} ({tokens} tokens), batch {args.batch}, float32")
+  print(
+    f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
+    f"({torch.get_num_threads()} threads); ViT width {args.width}, depth {args.depth}, heads {args.heads}, "
+    f"mlp {mlp}, {args.image}px / patch {args.patch} ({tokens} tokens), batch {args.batch}, float32"
+  )
   print("| forward | wegen_jax | PyTorch | JAX / PyTorch |")
   print("|---|---|---|---|")
   for name, tj, tt in results:
     print(row(name, args.batch / tj, args.batch / tt, "img/s"))
-  print(f"JAX EVA forward: {flops / results[0][1] / 1e9:,.1f} GFLOP/s = "
-        f"{flops / results[0][1] / peak:.0%} of the measured XLA matmul peak ({peak / 1e9:,.1f} GFLOP/s)")
+  print(
+    f"JAX EVA forward: {flops / results[0][1] / 1e9:,.1f} GFLOP/s = "
+    f"{flops / results[0][1] / peak:.0%} of the measured XLA matmul peak ({peak / 1e9:,.1f} GFLOP/s)"
+  )
 
 
 if __name__ == "__main__":

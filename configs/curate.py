@@ -9,21 +9,22 @@ DATA_DIR/curation_stats.json. Fields are documented in wegen_jax/data/curate/def
   clip       identity filter with the project's CLIP image tower; set encoder.clip_dir to a local HF CLIP dir
   vlm        --label with a local transformers VLM; set labeller.hf_vlm.path
 """
+
 from wegen_jax.data.curate.defaults import get_config as _defaults
 
 
 def get_config(arg=None):
-    c = _defaults()
-    if arg == "synthetic":
-        c.frame_size, c.analysis_size, c.sample_fps = 64, 64, 6.0
-        c.select.min_side = 32
-    elif arg == "clip":
-        c.encoder.name = "clip"
-        c.encoder.clip_dir = ""  # e.g. /data/weights/clip-vit-base-patch32 (HF layout, local)
-        c.select.identity_min = 0.85
-    elif arg == "vlm":
-        c.labeller.name = "hf_vlm"
-        c.labeller.hf_vlm.path = ""  # e.g. /data/weights/Qwen2.5-VL-3B-Instruct
-    elif arg:
-        raise ValueError(f"unknown preset {arg!r} (synthetic, clip, vlm)")
-    return c
+  c = _defaults()
+  if arg == "synthetic":
+    c.frame_size, c.analysis_size, c.sample_fps = 64, 64, 6.0
+    c.select.min_side = 32
+  elif arg == "clip":
+    c.encoder.name = "clip"
+    c.encoder.clip_dir = ""  # e.g. /data/weights/clip-vit-base-patch32 (HF layout, local)
+    c.select.identity_min = 0.85
+  elif arg == "vlm":
+    c.labeller.name = "hf_vlm"
+    c.labeller.hf_vlm.path = ""  # e.g. /data/weights/Qwen2.5-VL-3B-Instruct
+  elif arg:
+    raise ValueError(f"unknown preset {arg!r} (synthetic, clip, vlm)")
+  return c

@@ -9,48 +9,124 @@ tokenizer.json); prints tokens and tokens/s and writes WORKDIR/generations.jsonl
 arg: model=<preset> (see PRESETS), e.g. configs/llm.py:model=llama3_8b. Any field can be
 overridden, e.g. --config.model.dtype=bfloat16 --config.mesh.tensor=4.
 """
+
 import ml_collections
 
 from wegen_jax.config_utils import parse_arg
 from wegen_jax.parallel.sharding import DEFAULT_RULES
 
-_LLAMA2_7B = dict(family="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                  num_layers=32, num_heads=32, num_kv_heads=32, norm_eps=1e-5,
-                  max_position_embeddings=4096)
+_LLAMA2_7B = dict(
+  family="llama",
+  vocab_size=32000,
+  hidden_size=4096,
+  intermediate_size=11008,
+  num_layers=32,
+  num_heads=32,
+  num_kv_heads=32,
+  norm_eps=1e-5,
+  max_position_embeddings=4096,
+)
 PRESETS = {
-    "llama2_7b": _LLAMA2_7B,
-    # WeGen's LLM: Llama-2-7B-chat with the SEED-X vocabulary (32000 + image/location tokens).
-    "wegen_llama2_7b": dict(_LLAMA2_7B, vocab_size=32330),
-    "llama3_8b": dict(family="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                      num_layers=32, num_heads=32, num_kv_heads=8, norm_eps=1e-5, rope_theta=500000.0,
-                      max_position_embeddings=131072,
-                      rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                                        high_freq_factor=4.0, original_max_position_embeddings=8192)),
-    # GoT's MLLM text model (Qwen2.5-VL-3B-Instruct).
-    "qwen2_5_vl_3b": dict(family="qwen2", vocab_size=151936, hidden_size=2048, intermediate_size=11008,
-                          num_layers=36, num_heads=16, num_kv_heads=2, norm_eps=1e-6, rope_theta=1e6,
-                          qkv_bias=True, tie_word_embeddings=True, mrope_section=(16, 24, 24),
-                          max_position_embeddings=128000),
-    # GILL / MGCC's frozen LLM.
-    "opt_6_7b": dict(family="opt", vocab_size=50272, hidden_size=4096, intermediate_size=16384,
-                     num_layers=32, num_heads=32, norm="layer", norm_eps=1e-5, norm_bias=True,
-                     activation="relu", gated_mlp=False, qkv_bias=True, out_bias=True, mlp_bias=True,
-                     position_embedding="learned", max_position_embeddings=2048,
-                     tie_word_embeddings=True),
-    "tiny_llama": dict(family="llama", vocab_size=256, hidden_size=64, intermediate_size=176,
-                       num_layers=2, num_heads=4, num_kv_heads=2, max_position_embeddings=512),
-    "tiny_qwen": dict(family="qwen2", vocab_size=256, hidden_size=64, intermediate_size=176, num_layers=2,
-                      num_heads=4, num_kv_heads=2, qkv_bias=True, tie_word_embeddings=True,
-                      rope_theta=1e6, max_position_embeddings=512),
-    "tiny_opt": dict(family="opt", vocab_size=256, hidden_size=64, intermediate_size=256, num_layers=2,
-                     num_heads=4, norm="layer", norm_eps=1e-5, norm_bias=True, activation="relu",
-                     gated_mlp=False, qkv_bias=True, out_bias=True, mlp_bias=True,
-                     position_embedding="learned", max_position_embeddings=512, tie_word_embeddings=True),
+  "llama2_7b": _LLAMA2_7B,
+  # WeGen's LLM: Llama-2-7B-chat with the SEED-X vocabulary (32000 + image/location tokens).
+  "wegen_llama2_7b": dict(_LLAMA2_7B, vocab_size=32330),
+  "llama3_8b": dict(
+    family="llama",
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_layers=32,
+    num_heads=32,
+    num_kv_heads=8,
+    norm_eps=1e-5,
+    rope_theta=500000.0,
+    max_position_embeddings=131072,
+    rope_scaling=dict(
+      rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+    ),
+  ),
+  # GoT's MLLM text model (Qwen2.5-VL-3B-Instruct).
+  "qwen2_5_vl_3b": dict(
+    family="qwen2",
+    vocab_size=151936,
+    hidden_size=2048,
+    intermediate_size=11008,
+    num_layers=36,
+    num_heads=16,
+    num_kv_heads=2,
+    norm_eps=1e-6,
+    rope_theta=1e6,
+    qkv_bias=True,
+    tie_word_embeddings=True,
+    mrope_section=(16, 24, 24),
+    max_position_embeddings=128000,
+  ),
+  # GILL / MGCC's frozen LLM.
+  "opt_6_7b": dict(
+    family="opt",
+    vocab_size=50272,
+    hidden_size=4096,
+    intermediate_size=16384,
+    num_layers=32,
+    num_heads=32,
+    norm="layer",
+    norm_eps=1e-5,
+    norm_bias=True,
+    activation="relu",
+    gated_mlp=False,
+    qkv_bias=True,
+    out_bias=True,
+    mlp_bias=True,
+    position_embedding="learned",
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+  ),
+  "tiny_llama": dict(
+    family="llama",
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=176,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    max_position_embeddings=512,
+  ),
+  "tiny_qwen": dict(
+    family="qwen2",
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=176,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    qkv_bias=True,
+    tie_word_embeddings=True,
+    rope_theta=1e6,
+    max_position_embeddings=512,
+  ),
+  "tiny_opt": dict(
+    family="opt",
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=256,
+    num_layers=2,
+    num_heads=4,
+    norm="layer",
+    norm_eps=1e-5,
+    norm_bias=True,
+    activation="relu",
+    gated_mlp=False,
+    qkv_bias=True,
+    out_bias=True,
+    mlp_bias=True,
+    position_embedding="learned",
+    max_position_embeddings=512,
+    tie_word_embeddings=True,
+  ),
 }
 
 # Defaults every preset gets, so overrides like --config.model.dtype=bfloat16 always work.
-MODEL_DEFAULTS = dict(dtype="float32", param_dtype="float32", remat="none", attention_impl="xla",
-                      scan_layers=False)
+MODEL_DEFAULTS = dict(dtype="float32", param_dtype="float32", remat="none", attention_impl="xla", scan_layers=False)
 
 
 def get_config(arg=None):
@@ -60,11 +136,11 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.model_name = args["model"]
   c.model = dict(MODEL_DEFAULTS, **PRESETS[args["model"]])
-  c.checkpoint = ""                      # HF directory; empty = random init
+  c.checkpoint = ""  # HF directory; empty = random init
   c.seed = 0
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.sharding_rules = [list(r) for r in DEFAULT_RULES]
-  c.prompt = ""                          # text; needs tokenizer.json next to the checkpoint
+  c.prompt = ""  # text; needs tokenizer.json next to the checkpoint
   c.prompt_ids = [[1, 17, 42, 99, 7], [1, 5, 64]]
   c.sampling = dict(max_new_tokens=32, temperature=0.0, top_k=0, top_p=1.0, stop_tokens=(), pad_token=0)
   return c

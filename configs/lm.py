@@ -6,6 +6,7 @@ On the synthetic progression corpus the tiny model's loss falls from ~5.5 to < 1
 200 steps on a laptop CPU. Rerunning the command resumes from the last checkpoint.
 arg: model=<preset from configs/llm.py>.
 """
+
 import ml_collections
 
 from configs import llm as llm_configs  # noqa: F401  (run from the repository root)
@@ -23,7 +24,7 @@ def get_config(arg=None):
   c.ckpt_every = 100
   c.keep_checkpoints = 3
   c.async_checkpoints = True
-  c.compilation_cache_dir = ""   # e.g. ~/.cache/wegen_jax/xla: restarts and later stages skip compiling
+  c.compilation_cache_dir = ""  # e.g. ~/.cache/wegen_jax/xla: restarts and later stages skip compiling
   c.batch_size = 8
   c.grad_accum = 1
   c.model = dict(llm_configs.MODEL_DEFAULTS, **llm_configs.PRESETS[args["model"]])
@@ -31,8 +32,18 @@ def get_config(arg=None):
   # needs 31 GiB per chip, against 300 s and 98 GiB unrolled (docs/SCALING.md).
   c.model.scan_layers = not args["model"].startswith("tiny")
   c.data = dict(num_records=4096, seq_len=64, seed=0)
-  c.optimizer = dict(lr=3e-3, total_steps=c.total_steps, warmup_steps=20, min_lr_ratio=0.05,
-                     b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01, grad_clip=1.0, freeze_until={})
+  c.optimizer = dict(
+    lr=3e-3,
+    total_steps=c.total_steps,
+    warmup_steps=20,
+    min_lr_ratio=0.05,
+    b1=0.9,
+    b2=0.95,
+    eps=1e-8,
+    weight_decay=0.01,
+    grad_clip=1.0,
+    freeze_until={},
+  )
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.sharding_rules = [list(r) for r in DEFAULT_RULES]
   return c

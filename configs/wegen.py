@@ -13,6 +13,7 @@ Data: wegen_jax.data.wegen_pipeline over the TFDS dir `data.dir` (dataset wegen_
   python -m wegen_jax.data.curate --videos /tmp/syn --out /tmp/dyn --config configs/curate.py:synthetic --label
 arg: size=tiny|7b, stage=1|2|3.
 """
+
 import ml_collections
 
 from configs import llm as llm_configs
@@ -21,62 +22,118 @@ from wegen_jax.parallel.sharding import DEFAULT_RULES
 from wegen_jax.systems.wegen.config import SDXL_SCHEDULER
 
 _SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json, WeGen's condition
-    block_out_channels=[320, 640, 1280], down_block_types=["DownBlock2D", "CrossAttnDownBlock2D",
-                                                           "CrossAttnDownBlock2D"],
-    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], layers_per_block=2,
-    transformer_layers_per_block=[1, 2, 10], attention_head_dim=[5, 10, 20], use_linear_projection=True,
-    cross_attention_dim=1792, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=1792 + 6 * 256, norm_num_groups=32, sample_size=128)
-_SDXL_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
-                 norm_num_groups=32, scaling_factor=0.13025, sample_size=1024, force_upcast=True)
+  block_out_channels=[320, 640, 1280],
+  down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+  up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+  layers_per_block=2,
+  transformer_layers_per_block=[1, 2, 10],
+  attention_head_dim=[5, 10, 20],
+  use_linear_projection=True,
+  cross_attention_dim=1792,
+  addition_embed_type="text_time",
+  addition_time_embed_dim=256,
+  projection_class_embeddings_input_dim=1792 + 6 * 256,
+  norm_num_groups=32,
+  sample_size=128,
+)
+_SDXL_VAE = dict(
+  block_out_channels=[128, 256, 512, 512],
+  layers_per_block=2,
+  latent_channels=4,
+  norm_num_groups=32,
+  scaling_factor=0.13025,
+  sample_size=1024,
+  force_upcast=True,
+)
 
 SIZES = {
-    "7b": dict(
-        model=dict(llm=dict(llm_configs.MODEL_DEFAULTS, **llm_configs.PRESETS["wegen_llama2_7b"], remat="full"),
-                   vision=dict(),   # EVAConfig defaults = EVA-CLIP-E-14-plus at 448 px
-                   unet=_SDXL_UNET, vae=_SDXL_VAE, unet_remat=True, dtype="bfloat16",
-                   # one scanned body per layer stack (LLM, EVA-E, SDXL's transformer stacks):
-                   # compiles in minutes instead of 25-60 (docs/SCALING.md)
-                   scan_layers=True,
-                   # the Pallas flash kernels on TPU/GPU where the scores reach 1k x 1k (the UNet's
-                   # 4096/1024-token self-attention, EVA's 1025, the LLM's 1024), XLA elsewhere
-                   # (the UNet's cross-attention onto 64 tokens, the VAE's 512-wide single head)
-                   attention_impl="auto",
-                   # the frozen VAE encoder in 4 passes: at 1024 px its float32 activations take
-                   # ~1 GiB per image and tensor (14 GiB of temporaries for 16 images per chip)
-                   vae_encode_slices=4),
-        data=dict(max_len=1024, max_images=4, image_size=448, vae_image_size=1024),
-        batch_size=128),
-    "tiny": dict(
-        model=dict(llm=dict(llm_configs.MODEL_DEFAULTS, **dict(llm_configs.PRESETS["tiny_llama"], vocab_size=384)),
-                   # pre-norm blocks: the random frozen tower's post-norm (EVA-E) blocks add unit-variance
-                   # image-independent vectors (16% of the features' variance is across images,
-                   # 46% pre-norm); end to end that took held-out frame MAE from 31.0 to 27.0 /255
-                   vision=dict(image_size=64, patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64,
-                               post_norm=False),
-                   unet=dict(block_out_channels=[32, 64], down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-                             up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], layers_per_block=1,
-                             attention_head_dim=[2, 4], use_linear_projection=True, cross_attention_dim=32,
-                             addition_embed_type="text_time", addition_time_embed_dim=8,
-                             projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=8,
-                             in_channels=12, out_channels=12, sample_size=16),
-                   # 32-px frames folded 2x2 into 16x16x12 latents (models/patch_autoencoder.py:
-                   # exact, no training; a VAE learned here in minutes lost held-out colours).
-                   # shift/scale: mean -0.49 and std 0.317 of the synthetic frames in [-1, 1]
-                   # (zero-mean, unit-variance latents, as SD3's shift_factor/scaling_factor)
-                   vae=dict(_class_name="PatchAutoencoder", patch_size=2, shift_factor=-0.49,
-                            scaling_factor=3.15, sample_size=32),
-                   dtype="float32", scan_layers=False, attention_impl="xla"),
-        data=dict(max_len=512, max_images=3, image_size=64, vae_image_size=32),  # 98% of synthetic pairs/triples fit (byte-level text)
-        batch_size=4),
+  "7b": dict(
+    model=dict(
+      llm=dict(llm_configs.MODEL_DEFAULTS, **llm_configs.PRESETS["wegen_llama2_7b"], remat="full"),
+      vision=dict(),  # EVAConfig defaults = EVA-CLIP-E-14-plus at 448 px
+      unet=_SDXL_UNET,
+      vae=_SDXL_VAE,
+      unet_remat=True,
+      dtype="bfloat16",
+      # one scanned body per layer stack (LLM, EVA-E, SDXL's transformer stacks):
+      # compiles in minutes instead of 25-60 (docs/SCALING.md)
+      scan_layers=True,
+      # the Pallas flash kernels on TPU/GPU where the scores reach 1k x 1k (the UNet's
+      # 4096/1024-token self-attention, EVA's 1025, the LLM's 1024), XLA elsewhere
+      # (the UNet's cross-attention onto 64 tokens, the VAE's 512-wide single head)
+      attention_impl="auto",
+      # the frozen VAE encoder in 4 passes: at 1024 px its float32 activations take
+      # ~1 GiB per image and tensor (14 GiB of temporaries for 16 images per chip)
+      vae_encode_slices=4,
+    ),
+    data=dict(max_len=1024, max_images=4, image_size=448, vae_image_size=1024),
+    batch_size=128,
+  ),
+  "tiny": dict(
+    model=dict(
+      llm=dict(llm_configs.MODEL_DEFAULTS, **dict(llm_configs.PRESETS["tiny_llama"], vocab_size=384)),
+      # pre-norm blocks: the random frozen tower's post-norm (EVA-E) blocks add unit-variance
+      # image-independent vectors (16% of the features' variance is across images,
+      # 46% pre-norm); end to end that took held-out frame MAE from 31.0 to 27.0 /255
+      vision=dict(image_size=64, patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64, post_norm=False),
+      unet=dict(
+        block_out_channels=[32, 64],
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+        layers_per_block=1,
+        attention_head_dim=[2, 4],
+        use_linear_projection=True,
+        cross_attention_dim=32,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8,
+        norm_num_groups=8,
+        in_channels=12,
+        out_channels=12,
+        sample_size=16,
+      ),
+      # 32-px frames folded 2x2 into 16x16x12 latents (models/patch_autoencoder.py:
+      # exact, no training; a VAE learned here in minutes lost held-out colours).
+      # shift/scale: mean -0.49 and std 0.317 of the synthetic frames in [-1, 1]
+      # (zero-mean, unit-variance latents, as SD3's shift_factor/scaling_factor)
+      vae=dict(_class_name="PatchAutoencoder", patch_size=2, shift_factor=-0.49, scaling_factor=3.15, sample_size=32),
+      dtype="float32",
+      scan_layers=False,
+      attention_impl="xla",
+    ),
+    data=dict(
+      max_len=512, max_images=3, image_size=64, vae_image_size=32
+    ),  # 98% of synthetic pairs/triples fit (byte-level text)
+    batch_size=4,
+  ),
 }
 
 # SYSTEMS.md §1 optimizer settings. Stage 1 names no clipping; stage 3 repeats stage 2 on new data.
 _STAGE_OPT = {
-    1: dict(lr=1e-4, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, warmup_steps=2000, min_lr_ratio=0.05,
-            total_steps=160_000, grad_clip=0.0, freeze_until={"unet": 12_000}),
-    2: dict(lr=5e-4, weight_decay=0.05, b1=0.9, b2=0.95, eps=1e-6, warmup_steps=1000, min_lr_ratio=0.05,
-            total_steps=30_000, grad_clip=1.0, freeze_until={}),
+  1: dict(
+    lr=1e-4,
+    weight_decay=0.01,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-6,
+    warmup_steps=2000,
+    min_lr_ratio=0.05,
+    total_steps=160_000,
+    grad_clip=0.0,
+    freeze_until={"unet": 12_000},
+  ),
+  2: dict(
+    lr=5e-4,
+    weight_decay=0.05,
+    b1=0.9,
+    b2=0.95,
+    eps=1e-6,
+    warmup_steps=1000,
+    min_lr_ratio=0.05,
+    total_steps=30_000,
+    grad_clip=1.0,
+    freeze_until={},
+  ),
 }
 _STAGE_OPT[3] = _STAGE_OPT[2]
 
@@ -96,30 +153,40 @@ def get_config(arg=None):
   opt = dict(_STAGE_OPT[stage])
   tiny = size == "tiny"
   if tiny:  # minutes on a CPU: short schedule, larger lr, UNet unfrozen after 10 steps in stage 1
-    opt.update(total_steps=400 if stage == 1 else 200, warmup_steps=5, lr=1e-3 if stage == 1 else 2e-3,
-               freeze_until={"unet": 10} if stage == 1 else {})
+    opt.update(
+      total_steps=400 if stage == 1 else 200,
+      warmup_steps=5,
+      lr=1e-3 if stage == 1 else 2e-3,
+      freeze_until={"unet": 10} if stage == 1 else {},
+    )
   c.total_steps = opt["total_steps"]
   c.log_every = 10 if tiny else 50
-  c.ckpt_every = 100 if tiny else 1000   # a tiny save costs ~1 s of a ~0.4 s step
+  c.ckpt_every = 100 if tiny else 1000  # a tiny save costs ~1 s of a ~0.4 s step
   c.keep_checkpoints = 3
   c.async_checkpoints = True
-  c.compilation_cache_dir = ""   # e.g. ~/.cache/wegen_jax/xla: restarts and later stages skip compiling
-  c.batch_size = preset["batch_size"] * (2 if tiny and stage == 1 else 1)   # tiny detokenizer: 8 rows
+  c.compilation_cache_dir = ""  # e.g. ~/.cache/wegen_jax/xla: restarts and later stages skip compiling
+  c.batch_size = preset["batch_size"] * (2 if tiny and stage == 1 else 1)  # tiny detokenizer: 8 rows
   c.grad_accum = 1 if stage <= 1 else 2
   c.optimizer = opt
   # The tiny detokenizer predicts v (SD 2's parameterisation; WeGen's SDXL predicts epsilon): after
   # 400 steps an epsilon UNet drew the same image whatever its condition (held-out MAE 29.4/255
   # with the image's own features, 29.9 with another image's); a v UNet uses it (20.9 vs 28.2).
-  train_scheduler = dict(SDXL_SCHEDULER, _class_name="DDPMScheduler",
-                         **(dict(prediction_type="v_prediction") if tiny else {}))
-  c.model = dict(preset["model"], num_image_tokens=64, snr_gamma=5.0, train_scheduler=train_scheduler,
-                 # the tiny detokenizer's deterministic (Euler/DDIM) trajectories diverge after
-                 # minutes of training; ancestral DDPM sampling on the same betas stays stable
-                 sample_scheduler=dict(train_scheduler) if tiny else SDXL_SCHEDULER,
-                 loss_weights=dict(ce=1.0, mse=1.0, cos=1.0, diffusion=1.0),
-                 # stages 2/3 run the UNet/VAE on <= 2 images per example (a pair has 1 target, a
-                 # triple 2), not on every slot; stage 1 trains the detokenizer on every image (0)
-                 diffusion_images_per_example=0 if stage == 1 else 2)
+  train_scheduler = dict(
+    SDXL_SCHEDULER, _class_name="DDPMScheduler", **(dict(prediction_type="v_prediction") if tiny else {})
+  )
+  c.model = dict(
+    preset["model"],
+    num_image_tokens=64,
+    snr_gamma=5.0,
+    train_scheduler=train_scheduler,
+    # the tiny detokenizer's deterministic (Euler/DDIM) trajectories diverge after
+    # minutes of training; ancestral DDPM sampling on the same betas stays stable
+    sample_scheduler=dict(train_scheduler) if tiny else SDXL_SCHEDULER,
+    loss_weights=dict(ce=1.0, mse=1.0, cos=1.0, diffusion=1.0),
+    # stages 2/3 run the UNet/VAE on <= 2 images per example (a pair has 1 target, a
+    # triple 2), not on every slot; stage 1 trains the detokenizer on every image (0)
+    diffusion_images_per_example=0 if stage == 1 else 2,
+  )
   c.data = dict(preset["data"], dir="", tokenizer="", num_image_tokens=64)
   # Local pretrained weights for a fresh run (wegen_jax/systems/wegen/pretrained.py), e.g. 7B stage 1:
   #   --config.pretrained.vision=/w/EVA02_CLIP_E_psz14_plus_s9B.visual.pt

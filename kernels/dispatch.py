@@ -12,6 +12,7 @@ wegen_jax.parallel.activation_sharding the kernel runs inside jax.shard_map over
 active mesh: batch over the rules' "batch" axes, heads over "act_heads" (kept whole when
 the kv heads cannot be split the same way, so GQA groups stay on one shard).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,21 +26,21 @@ from wegen_jax.kernels.common import BlockSizes, flash_attention
 from wegen_jax.layers.attention import dot_product_attention
 from wegen_jax.parallel.sharding import active_sharding, logical_to_spec
 
-AUTO_MIN_SEQ = 1024   # T * S below its square: XLA's fused attention is as fast and the scores are small
-CHUNKED_MIN_SCORES = 4096 * 4096   # "auto" on XLA: query-chunk score matrices at least this big
-CHUNK_SCORES = 1 << 24             # elements per (batch, head) score chunk: 64 MiB in float32
+AUTO_MIN_SEQ = 1024  # T * S below its square: XLA's fused attention is as fast and the scores are small
+CHUNKED_MIN_SCORES = 4096 * 4096  # "auto" on XLA: query-chunk score matrices at least this big
+CHUNK_SCORES = 1 << 24  # elements per (batch, head) score chunk: 64 MiB in float32
 KERNEL_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 # Untuned starting points (no accelerator has run these yet); override per model with
 # make_attention(block_sizes=...).
 DEFAULT_BLOCKS = {
-    "tpu": BlockSizes(block_q=512, block_kv=512, block_q_bwd=256, block_kv_bwd=256),
-    "gpu": BlockSizes(block_q=128, block_kv=64, block_q_bwd=64, block_kv_bwd=64),
+  "tpu": BlockSizes(block_q=512, block_kv=512, block_q_bwd=256, block_kv_bwd=256),
+  "gpu": BlockSizes(block_q=128, block_kv=64, block_q_bwd=64, block_kv_bwd=64),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-  kernel: str          # "xla", "tpu" or "gpu"
+  kernel: str  # "xla", "tpu" or "gpu"
   interpret: bool
   reason: str
 
@@ -53,7 +54,7 @@ def _backend(name: str):
 
 
 def head_dim_supported(kernel: str, d: int) -> bool:
-  if kernel == "gpu":   # Triton tiles are powers of two; 16 is the tensor-core dot minimum
+  if kernel == "gpu":  # Triton tiles are powers of two; 16 is the tensor-core dot minimum
     return 16 <= d <= 256 and d & (d - 1) == 0
   return d % 8 == 0 and d <= 256
 
@@ -65,8 +66,9 @@ def current_platform() -> str:
   return jax.default_backend()
 
 
-def choose(q_shape, kv_shape, dtype, *, mode: str = "auto", platform: str | None = None,
-           backend: str | None = None) -> Choice:
+def choose(
+  q_shape, kv_shape, dtype, *, mode: str = "auto", platform: str | None = None, backend: str | None = None
+) -> Choice:
   """Which implementation runs for these shapes; `backend` forces the kernel family."""
   if mode not in ("auto", "flash"):
     raise ValueError(f"attention dispatch mode must be 'auto' or 'flash', got {mode!r}")
@@ -79,7 +81,7 @@ def choose(q_shape, kv_shape, dtype, *, mode: str = "auto", platform: str | None
       return Choice("xla", False, f"no kernel pays on {platform}")
     if t == 1:
       return Choice("xla", False, "decode step (T == 1)")
-    if t * s < AUTO_MIN_SEQ ** 2:
+    if t * s < AUTO_MIN_SEQ**2:
       return Choice("xla", False, f"[T, S] = [{t}, {s}] scores < {AUTO_MIN_SEQ}^2")
   if not head_dim_supported(kernel, d):
     return Choice("xla", False, f"head_dim {d} unsupported by the {kernel} kernel")
@@ -98,7 +100,7 @@ def _shard_specs(b: int, h: int, kh: int):
   batch = logical_to_spec(("batch",), (b,), mesh, rules)[0]
   heads = logical_to_spec(("act_heads",), (h,), mesh, rules)[0]
   if heads != logical_to_spec(("act_heads",), (kh,), mesh, rules)[0]:
-    heads = None   # q and kv heads must split alike for GQA groups to stay local
+    heads = None  # q and kv heads must split alike for GQA groups to stay local
   as_set = lambda a: set() if a is None else ({a} if isinstance(a, str) else set(a))
   if as_set(batch) & as_set(heads):
     heads = None
@@ -107,22 +109,43 @@ def _shard_specs(b: int, h: int, kh: int):
   return mesh, batch, heads
 
 
-def attention(q, k, v, *, causal: bool = False, q_offset=0, q_segment_ids=None,
-              kv_segment_ids=None, scale: float | None = None, mode: str = "auto",
-              block_sizes: BlockSizes | None = None, backend: str | None = None) -> jax.Array:
+def attention(
+  q,
+  k,
+  v,
+  *,
+  causal: bool = False,
+  q_offset=0,
+  q_segment_ids=None,
+  kv_segment_ids=None,
+  scale: float | None = None,
+  mode: str = "auto",
+  block_sizes: BlockSizes | None = None,
+  backend: str | None = None,
+) -> jax.Array:
   """The attention seam's signature; dispatches per `choose`."""
   choice = choose(q.shape, k.shape, q.dtype, mode=mode, backend=backend)
   if choice.kernel == "xla" or not (q.dtype == k.dtype == v.dtype):
     if mode == "auto" and q.shape[1] * k.shape[1] >= CHUNKED_MIN_SCORES:
-      return chunked_reference(q, k, v, causal=causal, q_offset=q_offset, q_segment_ids=q_segment_ids,
-                               kv_segment_ids=kv_segment_ids, scale=scale)
-    return dot_product_attention(q, k, v, causal=causal, q_offset=q_offset, q_segment_ids=q_segment_ids,
-                                 kv_segment_ids=kv_segment_ids, scale=scale)
+      return chunked_reference(
+        q,
+        k,
+        v,
+        causal=causal,
+        q_offset=q_offset,
+        q_segment_ids=q_segment_ids,
+        kv_segment_ids=kv_segment_ids,
+        scale=scale,
+      )
+    return dot_product_attention(
+      q, k, v, causal=causal, q_offset=q_offset, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, scale=scale
+    )
   b, t, h, _ = q.shape
   s, kh = k.shape[1], k.shape[2]
   blocks = block_sizes or DEFAULT_BLOCKS[choice.kernel]
-  kernel = functools.partial(flash_attention, _backend(choice.kernel), causal=causal, scale=scale,
-                             block_sizes=blocks, interpret=choice.interpret)
+  kernel = functools.partial(
+    flash_attention, _backend(choice.kernel), causal=causal, scale=scale, block_sizes=blocks, interpret=choice.interpret
+  )
   q_seg = jnp.ones((b, t), jnp.int32) if q_segment_ids is None else q_segment_ids
   kv_seg = jnp.ones((b, s), jnp.int32) if kv_segment_ids is None else kv_segment_ids
   offset = jnp.broadcast_to(jnp.asarray(q_offset, jnp.int32).reshape(-1), (b,))
@@ -133,14 +156,22 @@ def attention(q, k, v, *, causal: bool = False, q_offset=0, q_segment_ids=None,
     mesh, batch, heads = specs
     x, rows = P(batch, None, heads, None), P(batch, None)
     # check_vma off: pallas_call outputs carry no varying-axes annotation.
-    run = jax.shard_map(run, mesh=mesh, in_specs=(x, x, x, rows, rows, P(batch)), out_specs=x,
-                        check_vma=False)
+    run = jax.shard_map(run, mesh=mesh, in_specs=(x, x, x, rows, rows, P(batch)), out_specs=x, check_vma=False)
   return run(q, k, v, q_seg, kv_seg, offset)
 
 
-def chunked_reference(q, k, v, *, causal: bool = False, q_offset=0, q_segment_ids=None,
-                      kv_segment_ids=None, scale: float | None = None,
-                      chunk: int | None = None) -> jax.Array:
+def chunked_reference(
+  q,
+  k,
+  v,
+  *,
+  causal: bool = False,
+  q_offset=0,
+  q_segment_ids=None,
+  kv_segment_ids=None,
+  scale: float | None = None,
+  chunk: int | None = None,
+) -> jax.Array:
   """dot_product_attention over query chunks of `chunk` rows (default: CHUNK_SCORES // S), one
   `lax.map` step each under `jax.checkpoint`: the forward keeps one chunk's [B, H, chunk, S]
   scores alive, the backward recomputes them chunk by chunk. Exact (each row's softmax sees
@@ -159,14 +190,21 @@ def chunked_reference(q, k, v, *, causal: bool = False, q_offset=0, q_segment_id
   @jax.checkpoint
   def one(args):
     i, q_i, seg_i = args
-    return dot_product_attention(q_i, k, v, causal=causal, q_offset=offset + i * chunk,
-                                 q_segment_ids=None if q_segment_ids is None and kv_segment_ids is None else seg_i,
-                                 kv_segment_ids=kv_segment_ids, scale=scale)
+    return dot_product_attention(
+      q_i,
+      k,
+      v,
+      causal=causal,
+      q_offset=offset + i * chunk,
+      q_segment_ids=None if q_segment_ids is None and kv_segment_ids is None else seg_i,
+      kv_segment_ids=kv_segment_ids,
+      scale=scale,
+    )
+
   out = jax.lax.map(one, (jnp.arange(n), qc, segc))
   return out.swapaxes(0, 1).reshape(b, n * chunk, *q.shape[2:])[:, :t]
 
 
-def make_attention(mode: str = "flash", *, block_sizes: BlockSizes | None = None,
-                   backend: str | None = None):
+def make_attention(mode: str = "flash", *, block_sizes: BlockSizes | None = None, backend: str | None = None):
   """An attention function with fixed dispatch settings, for register_attention."""
   return functools.partial(attention, mode=mode, block_sizes=block_sizes, backend=backend)

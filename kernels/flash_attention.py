@@ -7,6 +7,7 @@ Per-row values (segment ids, lse, delta) are broadcast over 128 lanes / 8 sublan
 layout Mosaic tiles natively; q_offset [B] is a scalar-prefetch operand (SMEM) so causal
 block skipping and the k/v index clamp (no DMA for skipped blocks) can use it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,7 +21,7 @@ from jax.experimental.pallas import tpu as pltpu
 from wegen_jax.kernels.common import MASK_VALUE, Backend, _round_up
 
 LANES, SUBLANES = 128, 8
-_NT = (((1,), (1,)), ((), ()))   # a @ b.T
+_NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _F32 = jnp.float32
 
 
@@ -31,8 +32,8 @@ def fit_block(block: int, length: int) -> int:
 
 
 def _mask(qs_ref, ks_ref, off, q_start, k_start, shape, causal):
-  qs = qs_ref[...][:, :1]     # [bq, 1]
-  ks = ks_ref[...][:1, :]     # [1, bk]
+  qs = qs_ref[...][:, :1]  # [bq, 1]
+  ks = ks_ref[...][:1, :]  # [1, bk]
   mask = (qs == ks) & (ks != 0)
   if causal:
     rows = off + q_start + lax.broadcasted_iota(jnp.int32, shape, 0)
@@ -58,8 +59,9 @@ def _last_kv_block(off, i, j, bq, bk):
   return jnp.minimum(j, (off + i * bq + bq - 1) // bk)
 
 
-def _fwd_kernel(off_ref, q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc,
-                *, scale, causal, bq, bk):
+def _fwd_kernel(
+  off_ref, q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc, *, scale, causal, bq, bk
+):
   b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
   off = off_ref[b]
 
@@ -100,8 +102,26 @@ def _probs(q_ref, k_ref, qs_ref, ks_ref, lse_ref, off, q_start, k_start, scale, 
   return jnp.where(mask, jnp.exp(s - lse_ref[...][:, :1]), 0.0)
 
 
-def _dkv_kernel(off_ref, q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref,
-                dk_ref, dv_ref, dk_sc, dv_sc, *, scale, causal, bq, bk):
+def _dkv_kernel(
+  off_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  qs_ref,
+  ks_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  dk_ref,
+  dv_ref,
+  dk_sc,
+  dv_sc,
+  *,
+  scale,
+  causal,
+  bq,
+  bk,
+):
   b, j, g, i = pl.program_id(0), pl.program_id(2), pl.program_id(3), pl.program_id(4)
   off = off_ref[b]
 
@@ -126,8 +146,9 @@ def _dkv_kernel(off_ref, q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, d
     dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
 
 
-def _dq_kernel(off_ref, q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref,
-               dq_ref, dq_sc, *, scale, causal, bq, bk):
+def _dq_kernel(
+  off_ref, q_ref, k_ref, v_ref, qs_ref, ks_ref, do_ref, lse_ref, delta_ref, dq_ref, dq_sc, *, scale, causal, bq, bk
+):
   b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
   off = off_ref[b]
 
@@ -154,20 +175,27 @@ def _heads_first(*xs):
 
 def _seg_layout(q_seg, kv_seg):
   b, t = q_seg.shape
-  return (jnp.broadcast_to(q_seg[:, :, None], (b, t, LANES)),
-          jnp.broadcast_to(kv_seg[:, None, :], (b, SUBLANES, kv_seg.shape[1])))
+  return (
+    jnp.broadcast_to(q_seg[:, :, None], (b, t, LANES)),
+    jnp.broadcast_to(kv_seg[:, None, :], (b, SUBLANES, kv_seg.shape[1])),
+  )
 
 
-def _rows(x):   # [B,H,T] -> [B,H,T,LANES]
+def _rows(x):  # [B,H,T] -> [B,H,T,LANES]
   return jnp.broadcast_to(x[..., None].astype(_F32), x.shape + (LANES,))
 
 
 def _call(kernel, grid, in_specs, out_specs, out_shape, scratch, semantics, interpret, name):
   return pl.pallas_call(
-      kernel, out_shape=out_shape, name=name, interpret=interpret,
-      grid_spec=pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=1, grid=grid, in_specs=in_specs,
-                                             out_specs=out_specs, scratch_shapes=scratch),
-      compiler_params=pltpu.CompilerParams(dimension_semantics=semantics))
+    kernel,
+    out_shape=out_shape,
+    name=name,
+    interpret=interpret,
+    grid_spec=pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=1, grid=grid, in_specs=in_specs, out_specs=out_specs, scratch_shapes=scratch
+    ),
+    compiler_params=pltpu.CompilerParams(dimension_semantics=semantics),
+  )
 
 
 def fwd(q, k, v, q_seg, kv_seg, offset, *, scale, causal, blocks, interpret):
@@ -187,16 +215,22 @@ def fwd(q, k, v, q_seg, kv_seg, offset, *, scale, causal, blocks, interpret):
   q_block = lambda bi, hi, i, j, off: (bi, hi, i, 0)
   kernel = functools.partial(_fwd_kernel, scale=scale, causal=causal, bq=bq, bk=bk)
   out, lse = _call(
-      kernel, (b, h, t // bq, s // bk),
-      [pl.BlockSpec((None, None, bq, d), q_block), pl.BlockSpec((None, None, bk, d), kv_block),
-       pl.BlockSpec((None, None, bk, d), kv_block),
-       pl.BlockSpec((None, bq, LANES), lambda bi, hi, i, j, off: (bi, i, 0)),
-       pl.BlockSpec((None, SUBLANES, bk), ks_block)],
-      [pl.BlockSpec((None, None, bq, d), q_block), pl.BlockSpec((None, None, bq, LANES), q_block)],
-      [jax.ShapeDtypeStruct((b, h, t, d), q.dtype), jax.ShapeDtypeStruct((b, h, t, LANES), _F32)],
-      [pltpu.VMEM((bq, LANES), _F32), pltpu.VMEM((bq, LANES), _F32), pltpu.VMEM((bq, d), _F32)],
-      ("parallel", "parallel", "parallel", "arbitrary"), interpret, "flash_fwd_tpu")(
-          offset, qt, kt, vt, qs, ks)
+    kernel,
+    (b, h, t // bq, s // bk),
+    [
+      pl.BlockSpec((None, None, bq, d), q_block),
+      pl.BlockSpec((None, None, bk, d), kv_block),
+      pl.BlockSpec((None, None, bk, d), kv_block),
+      pl.BlockSpec((None, bq, LANES), lambda bi, hi, i, j, off: (bi, i, 0)),
+      pl.BlockSpec((None, SUBLANES, bk), ks_block),
+    ],
+    [pl.BlockSpec((None, None, bq, d), q_block), pl.BlockSpec((None, None, bq, LANES), q_block)],
+    [jax.ShapeDtypeStruct((b, h, t, d), q.dtype), jax.ShapeDtypeStruct((b, h, t, LANES), _F32)],
+    [pltpu.VMEM((bq, LANES), _F32), pltpu.VMEM((bq, LANES), _F32), pltpu.VMEM((bq, d), _F32)],
+    ("parallel", "parallel", "parallel", "arbitrary"),
+    interpret,
+    "flash_fwd_tpu",
+  )(offset, qt, kt, vt, qs, ks)
   return out.transpose(0, 2, 1, 3), lse[..., 0]
 
 
@@ -214,18 +248,25 @@ def bwd(q, k, v, q_seg, kv_seg, offset, do, lse, delta, *, scale, causal, blocks
   kv_of = lambda bi, hi, j, gi, i, off: (bi, hi, j, 0)
   dkv = functools.partial(_dkv_kernel, scale=scale, causal=causal, bq=bq, bk=bk)
   dk, dv = _call(
-      dkv, (b, kh, s // bk, g, t // bq),
-      [pl.BlockSpec((None, None, bq, d), q_of), pl.BlockSpec((None, None, bk, d), kv_of),
-       pl.BlockSpec((None, None, bk, d), kv_of),
-       pl.BlockSpec((None, bq, LANES), lambda bi, hi, j, gi, i, off: (bi, i, 0)),
-       pl.BlockSpec((None, SUBLANES, bk), lambda bi, hi, j, gi, i, off: (bi, 0, j)),
-       pl.BlockSpec((None, None, bq, d), q_of), pl.BlockSpec((None, None, bq, LANES), q_of),
-       pl.BlockSpec((None, None, bq, LANES), q_of)],
-      [pl.BlockSpec((None, None, bk, d), kv_of), pl.BlockSpec((None, None, bk, d), kv_of)],
-      [jax.ShapeDtypeStruct(kt.shape, k.dtype), jax.ShapeDtypeStruct(vt.shape, v.dtype)],
-      [pltpu.VMEM((bk, d), _F32), pltpu.VMEM((bk, d), _F32)],
-      ("parallel", "parallel", "parallel", "arbitrary", "arbitrary"), interpret, "flash_dkv_tpu")(
-          offset, qt, kt, vt, qs, ks, dot_, lse4, delta4)
+    dkv,
+    (b, kh, s // bk, g, t // bq),
+    [
+      pl.BlockSpec((None, None, bq, d), q_of),
+      pl.BlockSpec((None, None, bk, d), kv_of),
+      pl.BlockSpec((None, None, bk, d), kv_of),
+      pl.BlockSpec((None, bq, LANES), lambda bi, hi, j, gi, i, off: (bi, i, 0)),
+      pl.BlockSpec((None, SUBLANES, bk), lambda bi, hi, j, gi, i, off: (bi, 0, j)),
+      pl.BlockSpec((None, None, bq, d), q_of),
+      pl.BlockSpec((None, None, bq, LANES), q_of),
+      pl.BlockSpec((None, None, bq, LANES), q_of),
+    ],
+    [pl.BlockSpec((None, None, bk, d), kv_of), pl.BlockSpec((None, None, bk, d), kv_of)],
+    [jax.ShapeDtypeStruct(kt.shape, k.dtype), jax.ShapeDtypeStruct(vt.shape, v.dtype)],
+    [pltpu.VMEM((bk, d), _F32), pltpu.VMEM((bk, d), _F32)],
+    ("parallel", "parallel", "parallel", "arbitrary", "arbitrary"),
+    interpret,
+    "flash_dkv_tpu",
+  )(offset, qt, kt, vt, qs, ks, dot_, lse4, delta4)
 
   # dQ: grid (B, H, q blocks, kv blocks); the last accumulates.
   def kv_block(bi, hi, i, j, off):
@@ -235,18 +276,25 @@ def bwd(q, k, v, q_seg, kv_seg, offset, do, lse, delta, *, scale, causal, blocks
   q_block = lambda bi, hi, i, j, off: (bi, hi, i, 0)
   dqk = functools.partial(_dq_kernel, scale=scale, causal=causal, bq=bq, bk=bk)
   (dq,) = _call(
-      dqk, (b, h, t // bq, s // bk),
-      [pl.BlockSpec((None, None, bq, d), q_block), pl.BlockSpec((None, None, bk, d), kv_block),
-       pl.BlockSpec((None, None, bk, d), kv_block),
-       pl.BlockSpec((None, bq, LANES), lambda bi, hi, i, j, off: (bi, i, 0)),
-       pl.BlockSpec((None, SUBLANES, bk), lambda bi, hi, i, j, off: (bi, 0, kv_block(bi, hi, i, j, off)[2])),
-       pl.BlockSpec((None, None, bq, d), q_block), pl.BlockSpec((None, None, bq, LANES), q_block),
-       pl.BlockSpec((None, None, bq, LANES), q_block)],
-      [pl.BlockSpec((None, None, bq, d), q_block)],
-      [jax.ShapeDtypeStruct(qt.shape, q.dtype)],
-      [pltpu.VMEM((bq, d), _F32)],
-      ("parallel", "parallel", "parallel", "arbitrary"), interpret, "flash_dq_tpu")(
-          offset, qt, kt, vt, qs, ks, dot_, lse4, delta4)
+    dqk,
+    (b, h, t // bq, s // bk),
+    [
+      pl.BlockSpec((None, None, bq, d), q_block),
+      pl.BlockSpec((None, None, bk, d), kv_block),
+      pl.BlockSpec((None, None, bk, d), kv_block),
+      pl.BlockSpec((None, bq, LANES), lambda bi, hi, i, j, off: (bi, i, 0)),
+      pl.BlockSpec((None, SUBLANES, bk), lambda bi, hi, i, j, off: (bi, 0, kv_block(bi, hi, i, j, off)[2])),
+      pl.BlockSpec((None, None, bq, d), q_block),
+      pl.BlockSpec((None, None, bq, LANES), q_block),
+      pl.BlockSpec((None, None, bq, LANES), q_block),
+    ],
+    [pl.BlockSpec((None, None, bq, d), q_block)],
+    [jax.ShapeDtypeStruct(qt.shape, q.dtype)],
+    [pltpu.VMEM((bq, d), _F32)],
+    ("parallel", "parallel", "parallel", "arbitrary"),
+    interpret,
+    "flash_dq_tpu",
+  )(offset, qt, kt, vt, qs, ks, dot_, lse4, delta4)
   return _heads_first(dq, dk, dv)
 
 

@@ -8,6 +8,7 @@ query heads, so neither k/v nor dk/dv are ever repeated per query head. Query sl
 Triton needs power-of-two tiles: head_dim must be a power of two >= 16 (the dispatcher
 falls back to XLA otherwise).
 """
+
 from __future__ import annotations
 
 import functools
@@ -58,7 +59,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, qp_ref, o_ref, lse_ref, *, 
     return acc, m_new, alpha * l + p.sum(axis=1)
 
   n = k_ref.shape[0] // bk
-  if causal:   # kv blocks past the last query slot of this block are fully masked
+  if causal:  # kv blocks past the last query slot of this block are fully masked
     n = jnp.minimum(n, lax.div(jnp.max(qp), bk) + 1)
   init = (jnp.zeros((bq, d), _F32), jnp.full((bq,), MASK_VALUE, _F32), jnp.zeros((bq,), _F32))
   acc, m, l = lax.fori_loop(0, n, body, init)
@@ -73,19 +74,21 @@ def _probs(q, k, qs, ks, qp, lse, k_start, bk, scale, causal):
   return jnp.where(_mask(qs, ks, qp, k_start, bk, causal), jnp.exp(s - lse[:, None]), 0.0)
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, qp_ref, do_ref, lse_ref, delta_ref,
-                dk_ref, dv_ref, *, scale, causal, bq):
+def _dkv_kernel(
+  q_ref, k_ref, v_ref, qs_ref, ks_ref, qp_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, scale, causal, bq
+):
   bk, d = k_ref.shape
   j = pl.program_id(0)
   k, v, ks = k_ref[...], v_ref[...], ks_ref[...]
   nq = q_ref.shape[0] // bq
   lo = 0
-  if causal:   # first q block whose last slot reaches this kv block
+  if causal:  # first q block whose last slot reaches this kv block
     off = jnp.min(qp_ref[pl.ds(0, bq)])
     lo = lax.div(jnp.maximum(j * bk - off, 0), bq)
 
   acc = (jnp.zeros((bk, d), _F32), jnp.zeros((bk, d), _F32))
-  for g in range(q_ref.shape[1]):   # query heads of this kv head (static, small)
+  for g in range(q_ref.shape[1]):  # query heads of this kv head (static, small)
+
     def body(i, carry, g=g):
       dk, dv = carry
       sl = pl.ds(i * bq, bq)
@@ -101,8 +104,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, qp_ref, do_ref, lse_ref, de
   dv_ref[...] = acc[1].astype(dv_ref.dtype)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, qp_ref, do_ref, lse_ref, delta_ref, dq_ref,
-               *, scale, causal, bk):
+def _dq_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, qp_ref, do_ref, lse_ref, delta_ref, dq_ref, *, scale, causal, bk):
   bq, d = q_ref.shape
   q, do, qs, qp = q_ref[...], do_ref[...], qs_ref[...], qp_ref[...]
   lse, delta = lse_ref[...], delta_ref[...]
@@ -138,13 +140,14 @@ def fwd(q, k, v, q_seg, kv_seg, offset, *, scale, causal, blocks, interpret):
   kv_spec = pl.BlockSpec((None, s, None, d), lambda i, bi, hi: (bi, 0, hi // g, 0))
   row_spec = pl.BlockSpec((None, bq), lambda i, bi, hi: (bi, i))
   return pl.pallas_call(
-      functools.partial(_fwd_kernel, scale=scale, causal=causal, bk=bk),
-      grid=(t // bq, b, h),
-      in_specs=[q_spec, kv_spec, kv_spec, row_spec,
-                pl.BlockSpec((None, s), lambda i, bi, hi: (bi, 0)), row_spec],
-      out_specs=[q_spec, pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, i))],
-      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, t), _F32)],
-      compiler_params=_params(blocks, d), interpret=interpret, name="flash_fwd_gpu",
+    functools.partial(_fwd_kernel, scale=scale, causal=causal, bk=bk),
+    grid=(t // bq, b, h),
+    in_specs=[q_spec, kv_spec, kv_spec, row_spec, pl.BlockSpec((None, s), lambda i, bi, hi: (bi, 0)), row_spec],
+    out_specs=[q_spec, pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, i))],
+    out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, t), _F32)],
+    compiler_params=_params(blocks, d),
+    interpret=interpret,
+    name="flash_fwd_gpu",
   )(q, k, v, q_seg, kv_seg, _slots(q_seg, offset))
 
 
@@ -162,14 +165,24 @@ def bwd(q, k, v, q_seg, kv_seg, offset, do, lse, delta, *, scale, causal, blocks
   all_rows = pl.BlockSpec((None, t), lambda j, bi, hi: (bi, 0))
   kv_spec = pl.BlockSpec((None, bk, None, d), lambda j, bi, hi: (bi, j, hi, 0))
   dk, dv = pl.pallas_call(
-      functools.partial(_dkv_kernel, scale=scale, causal=causal, bq=bq),
-      grid=(s // bk, b, kh),
-      in_specs=[group_spec, kv_spec, kv_spec, all_rows,
-                pl.BlockSpec((None, bk), lambda j, bi, hi: (bi, j)), all_rows,
-                group_spec, group_rows, group_rows],
-      out_specs=[kv_spec, kv_spec],
-      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      compiler_params=params, interpret=interpret, name="flash_dkv_gpu",
+    functools.partial(_dkv_kernel, scale=scale, causal=causal, bq=bq),
+    grid=(s // bk, b, kh),
+    in_specs=[
+      group_spec,
+      kv_spec,
+      kv_spec,
+      all_rows,
+      pl.BlockSpec((None, bk), lambda j, bi, hi: (bi, j)),
+      all_rows,
+      group_spec,
+      group_rows,
+      group_rows,
+    ],
+    out_specs=[kv_spec, kv_spec],
+    out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    compiler_params=params,
+    interpret=interpret,
+    name="flash_dkv_gpu",
   )(q, k, v, q_seg, kv_seg, slots, do, lse, delta)
 
   # dQ: one program per (q block, batch, head), looping over kv blocks.
@@ -178,14 +191,24 @@ def bwd(q, k, v, q_seg, kv_seg, offset, do, lse, delta, *, scale, causal, blocks
   row_spec = pl.BlockSpec((None, bq), lambda i, bi, hi: (bi, i))
   head_rows = pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, i))
   dq = pl.pallas_call(
-      functools.partial(_dq_kernel, scale=scale, causal=causal, bk=bk),
-      grid=(t // bq, b, h),
-      in_specs=[q_spec, kv_all, kv_all, row_spec,
-                pl.BlockSpec((None, s), lambda i, bi, hi: (bi, 0)), row_spec,
-                q_spec, head_rows, head_rows],
-      out_specs=q_spec,
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      compiler_params=params, interpret=interpret, name="flash_dq_gpu",
+    functools.partial(_dq_kernel, scale=scale, causal=causal, bk=bk),
+    grid=(t // bq, b, h),
+    in_specs=[
+      q_spec,
+      kv_all,
+      kv_all,
+      row_spec,
+      pl.BlockSpec((None, s), lambda i, bi, hi: (bi, 0)),
+      row_spec,
+      q_spec,
+      head_rows,
+      head_rows,
+    ],
+    out_specs=q_spec,
+    out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+    compiler_params=params,
+    interpret=interpret,
+    name="flash_dq_gpu",
   )(q, k, v, q_seg, kv_seg, slots, do, lse, delta)
   return dq, dk, dv
 

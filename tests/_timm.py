@@ -4,6 +4,7 @@ tests/_torchvision_stub/torchvision/__init__.py for why) when real torchvision i
 The stand-in is visible only while timm imports: afterwards it leaves sys.modules and
 sys.path again, so libraries that probe for torchvision (transformers does, lazily) keep
 seeing that it is not installed. timm keeps the placeholder names it imported."""
+
 import importlib.util
 import os
 import sys
@@ -19,6 +20,7 @@ def import_timm():
     pytest.skip("timm is not installed")
   if "timm.models.eva" in sys.modules or importlib.util.find_spec("torchvision") is not None:
     import timm.models.eva  # noqa: F401
+
     return sys.modules["timm"]
   sys.path.insert(0, _STUB)
   try:

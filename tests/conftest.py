@@ -1,5 +1,6 @@
 """Test session set-up: 8 virtual CPU devices for sharding tests (must precede jax's backend
 initialisation), float32 matmuls at full precision, and shared fixtures."""
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")

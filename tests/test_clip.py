@@ -1,4 +1,5 @@
 """CLIP against transformers `CLIPModel` (random tiny configs, float32) and the HF export round trip."""
+
 import numpy as np
 import pytest
 
@@ -11,19 +12,52 @@ from wegen_jax import convert  # noqa: E402
 from wegen_jax.convert.checkpoint_io import CheckpointError  # noqa: E402
 
 CONFIGS = {
-    # current HF semantics: pool at the first eos_token_id; exact GELU in the vision tower
-    "eos_first": dict(text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                       num_attention_heads=4, max_position_embeddings=16, eos_token_id=98),
-                      vision_config=dict(image_size=30, patch_size=6, hidden_size=24, intermediate_size=40,
-                                         num_hidden_layers=2, num_attention_heads=3, hidden_act="gelu"),
-                      projection_dim=20, logit_scale_init_value=3.0),
-    # legacy OpenAI configs (eos_token_id=2: pool at argmax(input_ids)), quick_gelu, eps 1e-6
-    "legacy_argmax": dict(text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
-                                           num_attention_heads=2, max_position_embeddings=12, eos_token_id=2,
-                                           layer_norm_eps=1e-6),
-                          vision_config=dict(image_size=16, patch_size=4, hidden_size=16, intermediate_size=20,
-                                             num_hidden_layers=3, num_attention_heads=4, layer_norm_eps=1e-6),
-                          projection_dim=8),
+  # current HF semantics: pool at the first eos_token_id; exact GELU in the vision tower
+  "eos_first": dict(
+    text_config=dict(
+      vocab_size=99,
+      hidden_size=32,
+      intermediate_size=37,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      max_position_embeddings=16,
+      eos_token_id=98,
+    ),
+    vision_config=dict(
+      image_size=30,
+      patch_size=6,
+      hidden_size=24,
+      intermediate_size=40,
+      num_hidden_layers=2,
+      num_attention_heads=3,
+      hidden_act="gelu",
+    ),
+    projection_dim=20,
+    logit_scale_init_value=3.0,
+  ),
+  # legacy OpenAI configs (eos_token_id=2: pool at argmax(input_ids)), quick_gelu, eps 1e-6
+  "legacy_argmax": dict(
+    text_config=dict(
+      vocab_size=64,
+      hidden_size=16,
+      intermediate_size=24,
+      num_hidden_layers=1,
+      num_attention_heads=2,
+      max_position_embeddings=12,
+      eos_token_id=2,
+      layer_norm_eps=1e-6,
+    ),
+    vision_config=dict(
+      image_size=16,
+      patch_size=4,
+      hidden_size=16,
+      intermediate_size=20,
+      num_hidden_layers=3,
+      num_attention_heads=4,
+      layer_norm_eps=1e-6,
+    ),
+    projection_dim=8,
+  ),
 }
 
 
@@ -84,8 +118,10 @@ def test_export_round_trip(tmp_path):
   convert.save_hf_clip(convert.load_hf_clip(tmp_path / "ref"), tmp_path / "out")
   back = transformers.CLIPModel.from_pretrained(tmp_path / "out").eval()
   with torch.no_grad():
-    for a, b in ((ref.get_text_features(input_ids=ids), back.get_text_features(input_ids=ids)),
-                 (ref.get_image_features(pixel_values=px), back.get_image_features(pixel_values=px))):
+    for a, b in (
+      (ref.get_text_features(input_ids=ids), back.get_text_features(input_ids=ids)),
+      (ref.get_image_features(pixel_values=px), back.get_image_features(pixel_values=px)),
+    ):
       np.testing.assert_allclose(features(b), features(a), atol=1e-6)
     assert float(back.logit_scale) == pytest.approx(3.0)
 
@@ -96,6 +132,7 @@ def test_missing_directory_and_tensor(tmp_path):
   ref = tiny_clip("legacy_argmax", tmp_path)
   sd = {k: v.numpy() for k, v in ref.state_dict().items() if k != "visual_projection.weight"}
   from wegen_jax.convert.checkpoint_io import save_state_dict
+
   save_state_dict(sd, tmp_path / "ref")
   with pytest.raises(CheckpointError, match="visual_projection.weight"):
     convert.load_hf_clip(tmp_path / "ref")

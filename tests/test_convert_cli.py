@@ -1,4 +1,5 @@
 """The conversion CLI: HF -> wegen_jax (Orbax) -> HF, inspect, and error exit codes."""
+
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -10,8 +11,17 @@ from wegen_jax.models import LLM, LLMConfig
 
 
 def test_hf_to_native_and_back(tmp_path, capsys):
-  cfg = LLMConfig(family="qwen2", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
-                  num_heads=4, num_kv_heads=2, qkv_bias=True, tie_word_embeddings=True)
+  cfg = LLMConfig(
+    family="qwen2",
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    qkv_bias=True,
+    tie_word_embeddings=True,
+  )
   model = LLM(cfg, rngs=nnx.Rngs(1))
   convert.save_hf_llm(model, tmp_path / "hf")
   assert main(["hf-llm-to-jax", "--src", str(tmp_path / "hf"), "--out", str(tmp_path / "native")]) == 0

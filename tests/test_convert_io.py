@@ -1,4 +1,5 @@
 """Checkpoint files: sharded/bf16 safetensors, and clear errors for bad input."""
+
 import json
 
 import jax.numpy as jnp
@@ -12,8 +13,9 @@ from wegen_jax.convert import CheckpointError
 from wegen_jax.convert.checkpoint_io import SafetensorsFile, read_state_dict, save_safetensors, save_state_dict
 from wegen_jax.models import LLM, LLMConfig
 
-CFG = LLMConfig(family="llama", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
-                num_heads=4, num_kv_heads=2)
+CFG = LLMConfig(
+  family="llama", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2
+)
 
 
 @pytest.fixture
@@ -24,8 +26,11 @@ def hf_dir(tmp_path):
 
 
 def test_bf16_and_sharded_files_round_trip(tmp_path):
-  tensors = {"a": np.arange(12, dtype=np.float32).reshape(3, 4).astype(ml_dtypes.bfloat16),
-             "b": np.ones((1000,), np.float32), "c": np.arange(5, dtype=np.int64)}
+  tensors = {
+    "a": np.arange(12, dtype=np.float32).reshape(3, 4).astype(ml_dtypes.bfloat16),
+    "b": np.ones((1000,), np.float32),
+    "c": np.arange(5, dtype=np.int64),
+  }
   save_state_dict(tensors, tmp_path, max_shard_bytes=2000)
   index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
   assert len(set(index["weight_map"].values())) >= 2
@@ -48,7 +53,7 @@ def test_bf16_checkpoint_loads_into_float32_params(hf_dir, tmp_path):
 def test_bf16_compute_option(hf_dir):
   path, model = hf_dir
   fast = convert.load_hf_llm(path, dtype="bfloat16")
-  assert fast.embed.embedding.get_value().dtype == jnp.float32      # master weights stay float32
+  assert fast.embed.embedding.get_value().dtype == jnp.float32  # master weights stay float32
   ids = jnp.arange(10)[None] % 64
   np.testing.assert_allclose(np.asarray(fast(ids)), np.asarray(model(ids)), atol=0.05)
 

@@ -1,4 +1,5 @@
 """KV-cache decoding vs full recomputation, sampling filters vs HF, and decode hooks."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,12 +12,23 @@ from wegen_jax.models import LLM, LLMConfig
 
 
 def tiny(family="llama", **kw):
-  base = dict(family=family, vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
-              num_heads=4, num_kv_heads=2)
+  base = dict(
+    family=family, vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2
+  )
   if family == "opt":
-    base.update(norm="layer", norm_bias=True, activation="relu", gated_mlp=False, qkv_bias=True,
-                out_bias=True, mlp_bias=True, position_embedding="learned", max_position_embeddings=64,
-                num_kv_heads=None, tie_word_embeddings=True)
+    base.update(
+      norm="layer",
+      norm_bias=True,
+      activation="relu",
+      gated_mlp=False,
+      qkv_bias=True,
+      out_bias=True,
+      mlp_bias=True,
+      position_embedding="learned",
+      max_position_embeddings=64,
+      num_kv_heads=None,
+      tie_word_embeddings=True,
+    )
   base.update(kw)
   return LLM(LLMConfig(**base), rngs=nnx.Rngs(0))
 
@@ -27,16 +39,16 @@ def test_cached_decoding_equals_full_recompute(family):
   ids = np.random.RandomState(0).randint(1, 64, (2, 6))
   mask = np.ones_like(ids)
   mask[0, :2] = 0
-  out = generate(model, ids, attention_mask=mask, rng=jax.random.key(3),
-                 sampling=SamplingConfig(max_new_tokens=10, temperature=1.0))
+  out = generate(
+    model, ids, attention_mask=mask, rng=jax.random.key(3), sampling=SamplingConfig(max_new_tokens=10, temperature=1.0)
+  )
   tokens = np.asarray(out.tokens)
   full_ids = np.concatenate([ids, tokens], axis=1)
   full_mask = np.concatenate([mask, np.ones_like(tokens)], axis=1)
   positions = np.maximum(np.cumsum(full_mask, axis=1) - 1, 0)
-  full = model.forward(jnp.asarray(full_ids), positions=jnp.asarray(positions),
-                       segment_ids=jnp.asarray(full_mask))
+  full = model.forward(jnp.asarray(full_ids), positions=jnp.asarray(positions), segment_ids=jnp.asarray(full_mask))
   # the hidden state that chose token i is the full model's state at position P - 1 + i
-  expected = np.asarray(full.hidden_states)[:, ids.shape[1] - 1:-1]
+  expected = np.asarray(full.hidden_states)[:, ids.shape[1] - 1 : -1]
   np.testing.assert_allclose(np.asarray(out.hidden_states), expected, atol=1e-5)
   np.testing.assert_array_equal(np.asarray(out.lengths), [10, 10])
 
@@ -49,14 +61,14 @@ def test_stop_tokens_pad_the_rest():
   first = int(np.argmax(free == stop))
   out = generate(model, ids, sampling=SamplingConfig(max_new_tokens=8, stop_tokens=(stop,), pad_token=63))
   got = np.asarray(out.tokens)[0]
-  np.testing.assert_array_equal(got[:first + 1], free[:first + 1])
-  assert (got[first + 1:] == 63).all() and int(out.lengths[0]) == first + 1
+  np.testing.assert_array_equal(got[: first + 1], free[: first + 1])
+  assert (got[first + 1 :] == 63).all() and int(out.lengths[0]) == first + 1
 
 
 def test_sampling_filters_match_hf():
   torch = pytest.importorskip("torch")
-  from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
-                                                      TopPLogitsWarper)
+  from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
   logits = np.random.RandomState(0).randn(4, 50).astype(np.float32) * 3
   cfg = SamplingConfig(temperature=0.7, top_k=20, top_p=0.8)
   ref = torch.tensor(logits)
@@ -126,5 +138,6 @@ def test_packed_sequences_equal_separate_runs(family):
 def test_inputs_embeds_equal_input_ids():
   model = tiny("opt", word_embed_proj_dim=16)
   ids = jnp.asarray(np.random.RandomState(6).randint(1, 64, (2, 6)))
-  np.testing.assert_allclose(np.asarray(model(None, inputs_embeds=model.embed_tokens(ids))),
-                             np.asarray(model(ids)), atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(model(None, inputs_embeds=model.embed_tokens(ids))), np.asarray(model(ids)), atol=1e-6
+  )

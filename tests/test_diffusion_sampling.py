@@ -1,5 +1,6 @@
 """Sampling loop vs a hand-driven diffusers loop (fixed initial noise), GoT multi-branch guidance,
 the image pipeline's determinism, and the Min-SNR diffusion loss."""
+
 import numpy as np
 import pytest
 
@@ -12,9 +13,19 @@ from flax import nnx  # noqa: E402
 
 from tests.test_diffusion_refs import diffusers_unet, diffusers_vae, unet_inputs  # noqa: E402
 from wegen_jax import convert  # noqa: E402
-from wegen_jax.diffusion import (ClassifierFree, Conditioning, DDIMScheduler, DDPMScheduler,  # noqa: E402
-                                 EulerDiscreteScheduler, MultiBranch, NoGuidance, diffusion_loss, generate,
-                                 min_snr_weights, sample_latents)
+from wegen_jax.diffusion import (
+  ClassifierFree,
+  Conditioning,
+  DDIMScheduler,
+  DDPMScheduler,  # noqa: E402
+  EulerDiscreteScheduler,
+  MultiBranch,
+  NoGuidance,
+  diffusion_loss,
+  generate,
+  min_snr_weights,
+  sample_latents,
+)
 from wegen_jax.models.unet import widen_conv_in  # noqa: E402
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, clip_sample=False)
@@ -41,15 +52,20 @@ def test_ten_step_loop_matches_diffusers(name, sched, tmp_path):
   unet = convert.load_diffusers_unet(tmp_path)
   extra = {} if sched.startswith("Euler") else {"clip_sample": False}
   theirs = getattr(diffusers, sched)(**{k: v for k, v in SD.items() if k != "clip_sample"}, **extra)
-  ours = EulerDiscreteScheduler.from_config(theirs.config) if sched.startswith("Euler") else \
-      DDIMScheduler.from_config(theirs.config)
+  ours = (
+    EulerDiscreteScheduler.from_config(theirs.config)
+    if sched.startswith("Euler")
+    else DDIMScheduler.from_config(theirs.config)
+  )
   noise, _, ctx, added = unet_inputs(ref, batch=2)
   noise = noise[:1]
-  want = diffusers_cfg_loop(ref, theirs, noise, ctx, added, scale=5.0)   # ctx[0] = uncond, ctx[1] = cond
-  cond = Conditioning(jnp.asarray(ctx), *((jnp.asarray(added["text_embeds"]), jnp.asarray(added["time_ids"]))
-                                          if added else ()))
-  got = sample_latents(unet, ours, cond, jax.random.key(0), num_steps=10, latents=jnp.asarray(noise),
-                       guidance=ClassifierFree(5.0))
+  want = diffusers_cfg_loop(ref, theirs, noise, ctx, added, scale=5.0)  # ctx[0] = uncond, ctx[1] = cond
+  cond = Conditioning(
+    jnp.asarray(ctx), *((jnp.asarray(added["text_embeds"]), jnp.asarray(added["time_ids"])) if added else ())
+  )
+  got = sample_latents(
+    unet, ours, cond, jax.random.key(0), num_steps=10, latents=jnp.asarray(noise), guidance=ClassifierFree(5.0)
+  )
   assert np.abs(want).max() > 0.1
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-3, rtol=0)
 
@@ -65,9 +81,10 @@ def test_multi_branch_guidance_is_one_batched_call(tmp_path):
   rng = np.random.RandomState(3)
   noise = rng.randn(1, 4, 16, 16).astype(np.float32)
   extra = rng.randn(4, 8, 16, 16).astype(np.float32)
-  extra[3] = 0.0                                     # uncond: null latents
-  cond = Conditioning(jnp.asarray(ctx), jnp.asarray(added["text_embeds"]), jnp.asarray(added["time_ids"]),
-                      jnp.asarray(extra))
+  extra[3] = 0.0  # uncond: null latents
+  cond = Conditioning(
+    jnp.asarray(ctx), jnp.asarray(added["text_embeds"]), jnp.asarray(added["time_ids"]), jnp.asarray(extra)
+  )
   g = MultiBranch(a_t=4.0, a_s=3.0, a_r=1.5)
   sched = EulerDiscreteScheduler()
   got = sample_latents(unet, sched, cond, jax.random.key(0), num_steps=1, latents=jnp.asarray(noise), guidance=g)
@@ -75,9 +92,18 @@ def test_multi_branch_guidance_is_one_batched_call(tmp_path):
   x = noise * float(plan.init_noise_sigma)
   xin = np.asarray(sched.scale_model_input(plan, jnp.asarray(x), 0))
   fwd = nnx.jit(lambda m, *a: m(*a))
-  e = [np.asarray(fwd(unet, jnp.asarray(np.concatenate([xin, extra[k:k + 1]], 1)), plan.timesteps[0],
-                      jnp.asarray(ctx[k:k + 1]), {n: jnp.asarray(v[k:k + 1]) for n, v in added.items()}))
-       for k in range(4)]
+  e = [
+    np.asarray(
+      fwd(
+        unet,
+        jnp.asarray(np.concatenate([xin, extra[k : k + 1]], 1)),
+        plan.timesteps[0],
+        jnp.asarray(ctx[k : k + 1]),
+        {n: jnp.asarray(v[k : k + 1]) for n, v in added.items()},
+      )
+    )
+    for k in range(4)
+  ]
   eps = e[3] + 4.0 * (e[1] - e[2]) + 3.0 * (e[0] - e[1]) + 1.5 * (e[2] - e[3])
   want = np.asarray(sched.step(plan, jnp.asarray(eps), 0, jnp.asarray(x)))
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
@@ -112,6 +138,7 @@ def test_min_snr_loss_matches_reference_formula(tmp_path):
   t = jnp.array([0, 10, 300, 999])
   # diffusers.training_utils.compute_snr + the train_text_to_image weighting
   from diffusers.training_utils import compute_snr
+
   snr = compute_snr(theirs, torch.tensor(np.asarray(t))).numpy()
   np.testing.assert_allclose(np.asarray(min_snr_weights(sched, t, 5.0)), np.minimum(snr, 5.0) / snr, rtol=1e-5)
   v = sched.replace(prediction_type="v_prediction")
@@ -124,8 +151,9 @@ def test_min_snr_loss_matches_reference_formula(tmp_path):
   ctx = jax.random.normal(jax.random.key(3), (2, 5, 8))
   key = jax.random.key(4)
   # Forward only: the UNet's gradients are checked against sharded runs in test_unet_sharding.
-  loss, aux = nnx.jit(lambda m, k: diffusion_loss(m, sched, latents, ctx, k, noise_offset=0.1,
-                                                  return_aux=True))(unet, key)
+  loss, aux = nnx.jit(lambda m, k: diffusion_loss(m, sched, latents, ctx, k, noise_offset=0.1, return_aux=True))(
+    unet, key
+  )
   # Recompute by hand from the same draws, with diffusers' UNet as the model.
   kt, kn = jax.random.split(key)
   t = jax.random.randint(kt, (2,), 0, 1000)

@@ -1,4 +1,5 @@
 """Dynamics metrics on the generator's exact ground truth."""
+
 import numpy as np
 
 from wegen_jax.data import synthetic as S
@@ -33,9 +34,9 @@ def test_target_scores_perfectly_and_source_copy_pays_for_motion():
   boxes, frame_of, labels = boxes_of(gt, (0, 20))
   perfect = frame_metrics(b, a, b, boxes, frame_of, labels)
   assert perfect["frame_mae"] == 0 and perfect["unchanged_mae"] == 0
-  assert perfect["position_error"] < 0.03          # colour centroid ~ box centre
+  assert perfect["position_error"] < 0.03  # colour centroid ~ box centre
   result = evaluate([dict(generated=b, source=a, target=b, boxes=boxes, box_frame=frame_of, box_label=labels)])
   assert result["baseline_position_error"] > result["position_error"] + 0.02
-  assert result["baseline_unchanged_mae"] < 8       # unmentioned background stays (codec-free frames)
+  assert result["baseline_unchanged_mae"] < 8  # unmentioned background stays (codec-free frames)
   blank = frame_metrics(np.zeros_like(b), a, b, boxes, frame_of, labels)
   assert blank["position_error"] >= 0.5 and blank["unchanged_mae"] > 10

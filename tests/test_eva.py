@@ -1,5 +1,6 @@
 """EVA-CLIP tower and WeGen projectors against their PyTorch references (timm `Eva`, WeGen's
 AvgPoolQuery/AvgPoolProjector semantics), in float32 on random tiny configs."""
+
 import functools
 
 import numpy as np
@@ -20,20 +21,58 @@ from wegen_jax.models.projectors import InputProjector, avg_pool_tokens  # noqa:
 from wegen_jax.models.vit import resample_pos_embed  # noqa: E402
 
 # WeGen's tower in miniature (post-norm, q/v bias, no final norm), and two timm variants.
-WEGEN_TINY = dict(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=4, mlp_ratio=3.0,
-                  use_post_norm=True, num_classes=0, global_pool="", use_post_transformer_norm=False)
+WEGEN_TINY = dict(
+  img_size=28,
+  patch_size=7,
+  embed_dim=32,
+  depth=2,
+  num_heads=4,
+  mlp_ratio=3.0,
+  use_post_norm=True,
+  num_classes=0,
+  global_pool="",
+  use_post_transformer_norm=False,
+)
 CONFIGS = {
-    "wegen_postnorm": WEGEN_TINY,
-    "prenorm_layerscale_finalnorm": dict(img_size=30, patch_size=5, embed_dim=24, depth=3, num_heads=2,
-                                         mlp_ratio=2.5, init_values=0.1, num_classes=0, global_pool="token"),
-    "no_qkv_bias_unfused": dict(img_size=24, patch_size=6, embed_dim=16, depth=1, num_heads=4,
-                                qkv_bias=False, qkv_fused=False, use_post_norm=True, num_classes=0,
-                                global_pool="", use_post_transformer_norm=False),
-    "no_cls_avgpool": dict(img_size=20, patch_size=4, embed_dim=16, depth=2, num_heads=2, class_token=False,
-                           global_pool="avg", num_classes=0),
-    "no_embed_class_torch_ln": dict(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=0,
-                                    no_embed_class=True, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-5),
-                                    global_pool="token"),
+  "wegen_postnorm": WEGEN_TINY,
+  "prenorm_layerscale_finalnorm": dict(
+    img_size=30,
+    patch_size=5,
+    embed_dim=24,
+    depth=3,
+    num_heads=2,
+    mlp_ratio=2.5,
+    init_values=0.1,
+    num_classes=0,
+    global_pool="token",
+  ),
+  "no_qkv_bias_unfused": dict(
+    img_size=24,
+    patch_size=6,
+    embed_dim=16,
+    depth=1,
+    num_heads=4,
+    qkv_bias=False,
+    qkv_fused=False,
+    use_post_norm=True,
+    num_classes=0,
+    global_pool="",
+    use_post_transformer_norm=False,
+  ),
+  "no_cls_avgpool": dict(
+    img_size=20, patch_size=4, embed_dim=16, depth=2, num_heads=2, class_token=False, global_pool="avg", num_classes=0
+  ),
+  "no_embed_class_torch_ln": dict(
+    img_size=16,
+    patch_size=4,
+    embed_dim=16,
+    depth=1,
+    num_heads=2,
+    num_classes=0,
+    no_embed_class=True,
+    norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-5),
+    global_pool="token",
+  ),
 }
 
 
@@ -78,8 +117,14 @@ def test_eva_clip_visual_pt_and_wegen_layouts(tmp_path):
   x = pixels(WEGEN_TINY)
   want = reference(ref, x)[:, 1:]
   sd = {f"visual.{k}": v for k, v in ref.state_dict().items()}
-  sd.update({"visual.norm.weight": torch.ones(32), "visual.norm.bias": torch.zeros(32),
-             "visual.head.weight": torch.randn(16, 32), "visual.head.bias": torch.zeros(16)})
+  sd.update(
+    {
+      "visual.norm.weight": torch.ones(32),
+      "visual.norm.bias": torch.zeros(32),
+      "visual.head.weight": torch.randn(16, 32),
+      "visual.head.bias": torch.zeros(16),
+    }
+  )
   torch.save(sd, tmp_path / "visual.pt")
   cfg = EVAConfig(image_size=28, patch_size=7, width=32, depth=2, num_heads=4, mlp_dim=96)
   tower = convert.load_timm_eva(tmp_path / "visual.pt", cfg)
@@ -90,8 +135,10 @@ def test_eva_clip_visual_pt_and_wegen_layouts(tmp_path):
     a = f"blocks.{i}.attn."
     k_bias = torch.randn(32)  # softmax is invariant to it: dropping it must not change outputs
     wegen[a + "qkv.bias"] = torch.cat([ref.state_dict()[a + "q_bias"], k_bias, ref.state_dict()[a + "v_bias"]])
-  tower = convert.load_timm_eva(wegen, {"width": 32, "layers": 2, "head_width": 8, "mlp_ratio": 3.0,
-                                        "patch_size": 7, "image_size": 28, "postnorm": True})
+  tower = convert.load_timm_eva(
+    wegen,
+    {"width": 32, "layers": 2, "head_width": 8, "mlp_ratio": 3.0, "patch_size": 7, "image_size": 28, "postnorm": True},
+  )
   np.testing.assert_allclose(np.asarray(tower(x.numpy())), want, atol=1e-4, rtol=0)
 
 
@@ -167,18 +214,24 @@ def test_avg_pool_and_projectors_match_wegen():
   tokens = torch.randn(b, side * side, c)
   grid = tokens.permute(0, 2, 1).reshape(b, c, side, side)
   pooled = torch.nn.functional.avg_pool2d(grid, kernel_size=2, stride=2).reshape(b, c, -1).permute(0, 2, 1)
-  np.testing.assert_allclose(np.asarray(avg_pool_tokens(jnp.asarray(tokens.numpy()), 16)), pooled.numpy(),
-                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(avg_pool_tokens(jnp.asarray(tokens.numpy()), 16)), pooled.numpy(), atol=1e-6)
   # ragged grid (torch drops the border) and the no-pooling case
   odd = torch.randn(1, 81, c)
   want = torch.nn.functional.avg_pool2d(odd.permute(0, 2, 1).reshape(1, c, 9, 9), 2, 2)
-  np.testing.assert_allclose(np.asarray(avg_pool_tokens(jnp.asarray(odd.numpy()), 16)),
-                             want.reshape(1, c, -1).permute(0, 2, 1).numpy(), atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(avg_pool_tokens(jnp.asarray(odd.numpy()), 16)),
+    want.reshape(1, c, -1).permute(0, 2, 1).numpy(),
+    atol=1e-6,
+  )
   np.testing.assert_array_equal(np.asarray(avg_pool_tokens(jnp.asarray(tokens.numpy()), 64)), tokens.numpy())
 
   w_in, w_out = torch.randn(llm, c), torch.randn(c, llm)
-  sd = {"input_resampler.proj.weight": w_in, "input_resampler.avgpoolquery.scale": torch.tensor(1.0),
-        "output_resampler.proj.weight": w_out, "llm.model.embed_tokens.weight": torch.zeros(3, 4)}
+  sd = {
+    "input_resampler.proj.weight": w_in,
+    "input_resampler.avgpoolquery.scale": torch.tensor(1.0),
+    "output_resampler.proj.weight": w_out,
+    "llm.model.embed_tokens.weight": torch.zeros(3, 4),
+  }
   inp, out = convert.load_wegen_projectors(sd, num_queries=16)
   assert isinstance(inp, InputProjector)
   np.testing.assert_allclose(np.asarray(inp(jnp.asarray(tokens.numpy()))), (pooled @ w_in.T).numpy(), atol=1e-5)
@@ -199,12 +252,28 @@ def test_wegen_eva_clip_e_shapes():
 
   from wegen_jax.models.eva import EVA_CLIP_E_14_PLUS_448, EVAVisionTower
   from wegen_jax.models.projectors import InputProjector, OutputProjector
+
   cfg = EVA_CLIP_E_14_PLUS_448
   assert (cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim, cfg.grid) == (1792, 64, 16, 15360, (32, 32))
-  wegen_yaml = dict(drop_path_rate=0, eva_model_name="eva-clip-E-14-plus", head_width=112, image_size=448,
-                    intermediate_size=15360, layer_norm_eps=1e-06, layers=64, mlp_ratio=8.571428571428571,
-                    n_query=64, patch_size=14, postnorm=True, qkv_bias=True, v_query=64, width=1792, xattn=False)
+  wegen_yaml = dict(
+    drop_path_rate=0,
+    eva_model_name="eva-clip-E-14-plus",
+    head_width=112,
+    image_size=448,
+    intermediate_size=15360,
+    layer_norm_eps=1e-06,
+    layers=64,
+    mlp_ratio=8.571428571428571,
+    n_query=64,
+    patch_size=14,
+    postnorm=True,
+    qkv_bias=True,
+    v_query=64,
+    width=1792,
+    xattn=False,
+  )
   from wegen_jax.convert.timm_eva import config_from_timm
+
   assert config_from_timm(wegen_yaml) == cfg  # configs/visual_encoder/eva_vision.yaml
   one_block = cfg.replace(depth=1)
   tower = nnx.eval_shape(lambda: EVAVisionTower(one_block, rngs=nnx.Rngs(0)))

@@ -3,18 +3,17 @@ torchvision pipeline of src/processer/transforms.py, restated with PIL + torch b
 torchvision itself cannot be installed here (torchvision's Resize on PIL images calls
 PIL's `Image.resize` with the same filter, ToTensor divides by 255, Normalize subtracts
 and divides per channel in float32)."""
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from wegen_jax.data.image_preprocess import (CLIP_MEAN, CLIP_STD, PreprocessImage, preprocess_image,
-                                             sd_preprocess)
+from wegen_jax.data.image_preprocess import CLIP_MEAN, CLIP_STD, PreprocessImage, preprocess_image, sd_preprocess
 
 torch = pytest.importorskip("torch")
 
 
-def torchvision_reference(path, size, keep_ratio, resample=Image.Resampling.BILINEAR,
-                          mean=CLIP_MEAN, std=CLIP_STD):
+def torchvision_reference(path, size, keep_ratio, resample=Image.Resampling.BILINEAR, mean=CLIP_MEAN, std=CLIP_STD):
   img = Image.open(path).convert("RGB")
   if keep_ratio:  # Resize(size): short side -> size, long side int(size * long / short); CenterCrop
     w, h = img.size
@@ -79,5 +78,6 @@ def test_grain_map(image_files):
   ds = grain.MapDataset.source(records).map(PreprocessImage(image_size=56)).batch(2)
   batch = ds[0]
   assert batch["pixel_values"].shape == (2, 3, 56, 56)
-  np.testing.assert_allclose(batch["pixel_values"][1],
-                             torchvision_reference(list(image_files.values())[1], 56, False), atol=1e-6)
+  np.testing.assert_allclose(
+    batch["pixel_values"][1], torchvision_reference(list(image_files.values())[1], 56, False), atol=1e-6
+  )

@@ -7,6 +7,7 @@ bfloat16 <= 1e-2 (measured 2.5e-3 to 4.3e-3 for out/dq/dk/dv, the same size as t
 reference's own error in bfloat16, 2.6e-3 to 4.1e-3: both round probabilities to bf16
 before the value matmul, about one bf16 ulp of 2^-8).
 """
+
 import functools
 
 import jax
@@ -31,8 +32,10 @@ def _segments(b, n, pad):
 
 def inputs(b, t, s, h, kh, d, dtype=jnp.float32, seed=0):
   kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
-  return tuple(jax.random.normal(key, shape, jnp.float32).astype(dtype)
-               for key, shape in ((kq, (b, t, h, d)), (kk, (b, s, kh, d)), (kv, (b, s, kh, d))))
+  return tuple(
+    jax.random.normal(key, shape, jnp.float32).astype(dtype)
+    for key, shape in ((kq, (b, t, h, d)), (kk, (b, s, kh, d)), (kv, (b, s, kh, d)))
+  )
 
 
 def out_and_grads(fn, q, k, v, **kw):
@@ -40,6 +43,7 @@ def out_and_grads(fn, q, k, v, **kw):
   def run(q, k, v):
     o, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, **kw), q, k, v)
     return o, vjp(jnp.cos(o.astype(jnp.float32)).astype(o.dtype))
+
   o, grads = run(q, k, v)
   return (o,) + tuple(grads)
 
@@ -54,9 +58,9 @@ def assert_close(got, want, tol, names=("out", "dq", "dk", "dv")):
 
 # (b, t, s, h, kh, d, causal, q_offset, segments, blocks)
 CASES = {
-    "causal_offset_gqa2_T!=S": (2, 24, 40, 4, 2, 16, True, (16, 8), False, BlockSizes(16, 16)),
-    "causal_segments_pad_gqa4": (2, 33, 33, 4, 1, 16, True, 0, True, BlockSizes(16, 16)),
-    "full_segments_cross_bwd_blocks": (1, 20, 50, 4, 4, 16, False, 0, True, BlockSizes(16, 16, 8, 32)),
+  "causal_offset_gqa2_T!=S": (2, 24, 40, 4, 2, 16, True, (16, 8), False, BlockSizes(16, 16)),
+  "causal_segments_pad_gqa4": (2, 33, 33, 4, 1, 16, True, 0, True, BlockSizes(16, 16)),
+  "full_segments_cross_bwd_blocks": (1, 20, 50, 4, 4, 16, False, 0, True, BlockSizes(16, 16, 8, 32)),
 }
 GRID = [("tpu", c) for c in CASES] + [("gpu", "causal_offset_gqa2_T!=S"), ("gpu", "causal_segments_pad_gqa4")]
 
@@ -89,8 +93,17 @@ def test_fully_masked_rows_match_reference_mean_of_v():
   """Padding queries (segment 0) see no key; like the reference they get the mean of v."""
   q, k, v = inputs(1, 16, 16, 2, 2, 16)
   seg = jnp.asarray([[1] * 12 + [0] * 4], jnp.int32)
-  out = flash_attention(tpu_kernel.BACKEND, q, k, v, causal=True, q_segment_ids=seg, kv_segment_ids=seg,
-                        block_sizes=BlockSizes(8, 8), interpret=True)
+  out = flash_attention(
+    tpu_kernel.BACKEND,
+    q,
+    k,
+    v,
+    causal=True,
+    q_segment_ids=seg,
+    kv_segment_ids=seg,
+    block_sizes=BlockSizes(8, 8),
+    interpret=True,
+  )
   np.testing.assert_allclose(out[0, 12:], jnp.broadcast_to(v[0].mean(0), (4, 2, 16)), atol=1e-6)
 
 
@@ -111,8 +124,7 @@ def test_compiled_kernel_on_accelerator(causal):
   q, k, v = inputs(2, 1000, 1000, 8, 2, 128, jnp.bfloat16)
   seg = jnp.asarray([[1] * 600 + [2] * 380 + [0] * 20] * 2, jnp.int32)
   kw = dict(causal=causal, q_segment_ids=seg, kv_segment_ids=seg)
-  got = out_and_grads(functools.partial(flash_attention, backend, block_sizes=BlockSizes(128, 128)),
-                      q, k, v, **kw)
+  got = out_and_grads(functools.partial(flash_attention, backend, block_sizes=BlockSizes(128, 128)), q, k, v, **kw)
   want = out_and_grads(dot_product_attention, *(x.astype(jnp.float32) for x in (q, k, v)), **kw)
   assert_close(got, want, 2e-2)
 
@@ -122,7 +134,7 @@ def test_kernels_lower_for_their_hardware(platform, monkeypatch):
   """Without the hardware: Pallas lowers the kernels (fwd and bwd) to Triton IR / Mosaic MLIR
   for the target; catches unsupported ops and indexing. Triton/Mosaic compilation itself
   only runs on the device (test_compiled_kernel_on_accelerator)."""
-  if platform == "tpu":   # Mosaic lowering asks the default device for its TPU generation
+  if platform == "tpu":  # Mosaic lowering asks the default device for its TPU generation
     tpu_info = pytest.importorskip("jax._src.pallas.mosaic.tpu_info")
     monkeypatch.setattr(tpu_info, "get_device_kind", lambda: "TPU v5e")
     monkeypatch.setattr(tpu_info, "get_num_device_cores", lambda: 1)
@@ -133,8 +145,9 @@ def test_kernels_lower_for_their_hardware(platform, monkeypatch):
   seg = jax.ShapeDtypeStruct((2, 384), jnp.int32)
 
   def step(q, k, v, seg):
-    attend = lambda q, k, v: flash_attention(backend, q, k, v, causal=True, q_offset=3, q_segment_ids=seg,
-                                             kv_segment_ids=seg, block_sizes=blocks)
+    attend = lambda q, k, v: flash_attention(
+      backend, q, k, v, causal=True, q_offset=3, q_segment_ids=seg, kv_segment_ids=seg, block_sizes=blocks
+    )
     o, vjp = jax.vjp(attend, q, k, v)
     return o, vjp(o)
 

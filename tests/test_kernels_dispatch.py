@@ -1,5 +1,6 @@
 """attention_impl "auto"/"flash": platform/shape choices, the query-chunked reference for large
 scores, the shard_map path on 8 virtual CPU devices, and an LLM whose logits and gradients with "flash" equal those with "xla"."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,20 +21,23 @@ def inputs(b, t, s, h, kh, d, seed=0):
   return tuple(jax.random.normal(key, shape) for key, shape in zip(keys, shapes))
 
 
-@pytest.mark.parametrize("mode,platform,t,d,dtype,want", [
+@pytest.mark.parametrize(
+  "mode,platform,t,d,dtype,want",
+  [
     ("auto", "cpu", 4096, 128, jnp.bfloat16, ("xla", False)),
     ("flash", "cpu", 64, 64, jnp.float32, ("tpu", True)),
     ("auto", "gpu", 4096, 128, jnp.bfloat16, ("gpu", False)),
     ("auto", "tpu", 2048, 128, jnp.bfloat16, ("tpu", False)),
-    ("auto", "gpu", 1, 128, jnp.bfloat16, ("xla", False)),       # decode
-    ("auto", "tpu", 256, 128, jnp.bfloat16, ("xla", False)),     # short
-    ("auto", "gpu", 4096, 80, jnp.bfloat16, ("xla", False)),     # Triton needs power-of-two head_dim
+    ("auto", "gpu", 1, 128, jnp.bfloat16, ("xla", False)),  # decode
+    ("auto", "tpu", 256, 128, jnp.bfloat16, ("xla", False)),  # short
+    ("auto", "gpu", 4096, 80, jnp.bfloat16, ("xla", False)),  # Triton needs power-of-two head_dim
     ("auto", "tpu", 4096, 80, jnp.bfloat16, ("tpu", False)),
-    ("flash", "gpu", 64, 64, jnp.float64, ("xla", False)),       # dtype
-    ("auto", "tpu", (4096, 77), 64, jnp.bfloat16, ("xla", False)),   # cross-attention: small scores
+    ("flash", "gpu", 64, 64, jnp.float64, ("xla", False)),  # dtype
+    ("auto", "tpu", (4096, 77), 64, jnp.bfloat16, ("xla", False)),  # cross-attention: small scores
     ("flash", "tpu", (4096, 77), 64, jnp.bfloat16, ("tpu", False)),
     ("auto", "gpu", (512, 8192), 128, jnp.bfloat16, ("gpu", False)),  # chunked prefill, long cache
-])
+  ],
+)
 def test_choose(mode, platform, t, d, dtype, want):
   t, s = t if isinstance(t, tuple) else (t, t if t > 1 else 4096)
   choice = choose((2, t, 8, d), (2, s, 8, d), dtype, mode=mode, platform=platform)
@@ -59,10 +63,11 @@ def test_shard_map_path_equals_unsharded():
   seg = jnp.asarray([[1] * 20 + [2] * 10 + [0] * 2] * 4, jnp.int32)
   kw = dict(causal=True, q_offset=jnp.asarray([0, 3, 5, 7]), q_segment_ids=seg, kv_segment_ids=seg)
 
-  def make_run():   # a fresh function per trace: jit's cache does not see the sharding context
+  def make_run():  # a fresh function per trace: jit's cache does not see the sharding context
     def run(q, k, v):
       o, vjp = jax.vjp(lambda q, k, v: attend(q, k, v, **kw), q, k, v)
       return (o,) + vjp(jnp.cos(o))
+
     return run
 
   # Unsharded result: the XLA reference (the kernel itself equals it, see test_kernels.py).
@@ -82,8 +87,16 @@ def test_shard_map_path_equals_unsharded():
 
 def test_llm_flash_matches_xla_logits_and_grads():
   def build(impl):
-    cfg = LLMConfig(family="llama", vocab_size=64, hidden_size=64, intermediate_size=96, num_layers=1,
-                    num_heads=4, num_kv_heads=2, attention_impl=impl)
+    cfg = LLMConfig(
+      family="llama",
+      vocab_size=64,
+      hidden_size=64,
+      intermediate_size=96,
+      num_layers=1,
+      num_heads=4,
+      num_kv_heads=2,
+      attention_impl=impl,
+    )
     return LLM(cfg, rngs=nnx.Rngs(0))
 
   ids = jnp.asarray(np.random.RandomState(0).randint(1, 64, (2, 24)))
@@ -98,7 +111,9 @@ def test_llm_flash_matches_xla_logits_and_grads():
       def loss(state):
         logits = nnx.merge(graphdef, state)(ids, segment_ids=seg)
         return jnp.mean(jnp.where(weight, jax.nn.log_softmax(logits), 0.0) ** 2), logits
+
       return jax.value_and_grad(loss, has_aux=True)(state)
+
     (_, logits), grads = step(state)
     return logits, grads
 
@@ -116,15 +131,14 @@ def test_llm_flash_matches_xla_logits_and_grads():
 def test_chunked_reference_equals_the_reference_values_and_grads(causal, segments, gqa):
   q, k, v = inputs(2, 37, 37, 4, 4 // gqa, 8, seed=1)
   seg = jnp.asarray([[1] * 20 + [2] * 15 + [0] * 2, [1] * 37], jnp.int32) if segments else None
-  kw = dict(causal=causal, q_offset=jnp.asarray([0, 3]) if not segments else 0,
-            q_segment_ids=seg, kv_segment_ids=seg)
+  kw = dict(causal=causal, q_offset=jnp.asarray([0, 3]) if not segments else 0, q_segment_ids=seg, kv_segment_ids=seg)
 
   def value_and_grads(fn):
     o, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, **kw), q, k, v)
     return (o,) + vjp(jnp.sin(o))
 
   want = value_and_grads(dot_product_attention)
-  got = value_and_grads(lambda *a, **b: chunked_reference(*a, chunk=16, **b))   # 3 chunks, 11 rows padded
+  got = value_and_grads(lambda *a, **b: chunked_reference(*a, chunk=16, **b))  # 3 chunks, 11 rows padded
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -137,5 +151,5 @@ def test_auto_chunks_large_scores_that_no_kernel_takes(monkeypatch):
   q, k, v = inputs(1, 64, 64, 1, 1, 16)
   np.testing.assert_allclose(get_attention("auto")(q, k, v), dot_product_attention(q, k, v), atol=1e-5)
   assert calls == [1]
-  get_attention("auto")(q[:, :32], k, v)   # 32 x 64 scores: below the threshold, plain reference
+  get_attention("auto")(q[:, :32], k, v)  # 32 x 64 scores: below the threshold, plain reference
   assert calls == [1]

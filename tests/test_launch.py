@@ -1,4 +1,5 @@
 """Launchers (launch/) and the launch-time environment check (wegen_jax.tools.envcheck)."""
+
 import os
 import socket
 import string
@@ -15,8 +16,14 @@ ARGS = ["--", "--config", "configs/wegen.py:size=7b,stage=2", "--config.data.dir
 
 def envcheck(*args, **env):
   clean = {k: v for k, v in os.environ.items() if not k.startswith(("WEGEN_", "SLURM_", "TPU_", "MEGASCALE_"))}
-  return subprocess.run([sys.executable, "-m", "wegen_jax.tools.envcheck", *args], cwd=REPO,
-                        env=dict(clean, JAX_PLATFORMS="cpu", **env), capture_output=True, text=True, timeout=120)
+  return subprocess.run(
+    [sys.executable, "-m", "wegen_jax.tools.envcheck", *args],
+    cwd=REPO,
+    env=dict(clean, JAX_PLATFORMS="cpu", **env),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 def launcher(script, *args):
@@ -35,22 +42,32 @@ def test_envcheck_passes_on_a_cpu_host():
   assert out.returncode == 0 and "envcheck ok" in out.stdout and "single process" in out.stdout, out.stderr
 
 
-@pytest.mark.parametrize("platform, message", [
-    ("gpu", "this JAX build has no GPU support (no jax CUDA plugin): pip install 'jax[cuda12]==0.10.2'"),
-    ("tpu", None)])
+@pytest.mark.parametrize(
+  "platform, message",
+  [("gpu", "this JAX build has no GPU support (no jax CUDA plugin): pip install 'jax[cuda12]==0.10.2'"), ("tpu", None)],
+)
 def test_envcheck_names_the_fix_for_the_wrong_platform(platform, message):
   out = envcheck("--platform", platform)
   assert out.returncode == 2 and "Traceback" not in out.stderr
   if message:
     assert f"error: {message}" in out.stderr
-  else:   # with libtpu installed this host still has no chips; without it, the build is wrong
-    assert ("error: no TPU chips on this host" in out.stderr
-            or "error: this JAX build has no TPU runtime (libtpu is not installed)" in out.stderr), out.stderr
+  else:  # with libtpu installed this host still has no chips; without it, the build is wrong
+    assert (
+      "error: no TPU chips on this host" in out.stderr
+      or "error: this JAX build has no TPU runtime (libtpu is not installed)" in out.stderr
+    ), out.stderr
 
 
 def test_envcheck_unreachable_coordinator():
-  out = envcheck("--platform", "cpu", "--wait_coordinator", "1", WEGEN_COORDINATOR=f"localhost:{free_port()}",
-                 WEGEN_NUM_PROCESSES="2", WEGEN_PROCESS_ID="1")
+  out = envcheck(
+    "--platform",
+    "cpu",
+    "--wait_coordinator",
+    "1",
+    WEGEN_COORDINATOR=f"localhost:{free_port()}",
+    WEGEN_NUM_PROCESSES="2",
+    WEGEN_PROCESS_ID="1",
+  )
   assert out.returncode == 2 and "error: could not reach the coordinator localhost:" in out.stderr, out.stderr
 
 
@@ -62,8 +79,9 @@ def test_envcheck_unresolvable_or_incomplete_coordinator():
 
 
 def test_envcheck_derives_the_slurm_coordinator():
-  slurm = dict(SLURM_NTASKS="16", SLURM_JOB_ID="4097", SLURM_STEP_NODELIST="localhost", SLURM_PROCID="3",
-               SLURM_LOCALID="3")
+  slurm = dict(
+    SLURM_NTASKS="16", SLURM_JOB_ID="4097", SLURM_STEP_NODELIST="localhost", SLURM_PROCID="3", SLURM_LOCALID="3"
+  )
   out = envcheck("--platform", "cpu", **slurm)
   assert out.returncode == 0 and "coordinator localhost:61441 (slurm)" in out.stdout, out.stderr
 
@@ -74,8 +92,19 @@ def test_scripts_parse(script):
 
 
 def test_tpu_pod_dry_run_prints_every_step():
-  out = launcher("launch/tpu_pod.sh", "--dry-run", "--name", "wegen-t", "--zone", "us-east5-a", "--type", "v5p-64",
-                 "--workdir", "/mnt/shared/run", *ARGS)
+  out = launcher(
+    "launch/tpu_pod.sh",
+    "--dry-run",
+    "--name",
+    "wegen-t",
+    "--zone",
+    "us-east5-a",
+    "--type",
+    "v5p-64",
+    "--workdir",
+    "/mnt/shared/run",
+    *ARGS,
+  )
   assert out.returncode == 0, out.stderr
   lines = out.stdout.splitlines()
   assert lines[0].startswith("+ gcloud compute tpus queued-resources create wegen-t --node-id wegen-t")
@@ -83,24 +112,48 @@ def test_tpu_pod_dry_run_prints_every_step():
   ssh = [l for l in lines if "tpu-vm ssh wegen-t" in l]
   assert len(ssh) == 3 and all("--worker=all" in l for l in ssh)
   assert "wegen_jax.tools.envcheck --platform tpu" in ssh[1]
-  assert ("wegen_jax.train --workdir /mnt/shared/run --config configs/wegen.py:size=7b,stage=2 "
-          "'\\''--config.data.dir=/mnt/my data'\\''") in ssh[2]
+  assert (
+    "wegen_jax.train --workdir /mnt/shared/run --config configs/wegen.py:size=7b,stage=2 "
+    "'\\''--config.data.dir=/mnt/my data'\\''"
+  ) in ssh[2]
   assert any("tpu-vm scp 'wegen-t:wegen_jax/logs/*' logs/wegen-t/" in l for l in lines)
 
 
 def test_tpu_pod_fails_fast_on_bad_options():
   out = launcher("launch/tpu_pod.sh", "--dry-run", "--name", "x", "--zone", "z", "--type", "v5p-64", *ARGS)
   assert out.returncode == 2 and "missing --workdir" in out.stderr
-  out = launcher("launch/tpu_pod.sh", "--dry-run", "--name", "x", "--zone", "z", "--type", "v5p-64",
-                 "--workdir", "gs://bucket/run", *ARGS)
+  out = launcher(
+    "launch/tpu_pod.sh",
+    "--dry-run",
+    "--name",
+    "x",
+    "--zone",
+    "z",
+    "--type",
+    "v5p-64",
+    "--workdir",
+    "gs://bucket/run",
+    *ARGS,
+  )
   assert out.returncode == 2 and "give an absolute path on a mount that every worker shares" in out.stderr
   out = launcher("launch/tpu_pod.sh", "--dry-run", "--name", "x", "--zone", "z", "--type", "v5p-64", "--workdir", "/w")
   assert out.returncode == 2 and "no training arguments" in out.stderr
 
 
 def test_xpk_dry_run():
-  out = launcher("launch/xpk.sh", "--dry-run", "--cluster", "c1", "--name", "w1", "--type", "v6e-64",
-                 "--workdir", "/mnt/shared/r", *ARGS)
+  out = launcher(
+    "launch/xpk.sh",
+    "--dry-run",
+    "--cluster",
+    "c1",
+    "--name",
+    "w1",
+    "--type",
+    "v6e-64",
+    "--workdir",
+    "/mnt/shared/r",
+    *ARGS,
+  )
   assert out.returncode == 0, out.stderr
   assert out.stdout.startswith("+ xpk workload create --cluster c1 --workload w1 --tpu-type v6e-64 --num-slices 1")
   assert "envcheck --platform tpu; python -m wegen_jax.train --workdir /mnt/shared/r" in out.stdout
@@ -120,8 +173,16 @@ def test_slurm_dry_run_and_outside_an_allocation():
 def test_gke_jobset_template_renders_to_a_jobset():
   yaml = pytest.importorskip("yaml")
   text = string.Template((REPO / "launch/gke_jobset.yaml").read_text()).safe_substitute(
-      NAME="w", IMAGE="img", ACCELERATOR="tpu-v5p-slice", TOPOLOGY="2x4x4", WORKERS="8", CHIPS_PER_VM="4",
-      PVC="shared", WORKDIR="/mnt/shared/r", ARGS="--config configs/lm.py")
+    NAME="w",
+    IMAGE="img",
+    ACCELERATOR="tpu-v5p-slice",
+    TOPOLOGY="2x4x4",
+    WORKERS="8",
+    CHIPS_PER_VM="4",
+    PVC="shared",
+    WORKDIR="/mnt/shared/r",
+    ARGS="--config configs/lm.py",
+  )
   assert "${" not in "".join(l for l in text.splitlines() if not l.lstrip().startswith("#"))
   doc = yaml.safe_load(text)
   pod = doc["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]

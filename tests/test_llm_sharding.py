@@ -1,4 +1,5 @@
 """Forward and gradients on 8 virtual CPU devices equal the single-device result."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,8 +14,16 @@ MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 
 
 def build(remat="none"):
-  cfg = LLMConfig(family="llama", vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2,
-                  num_heads=8, num_kv_heads=4, remat=remat)
+  cfg = LLMConfig(
+    family="llama",
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=8,
+    num_kv_heads=4,
+    remat=remat,
+  )
   return LLM(cfg, rngs=nnx.Rngs(0))
 
 
@@ -26,6 +35,7 @@ def loss_and_grads(model, ids, mesh=None):
     def loss_fn(state):
       logits = nnx.merge(graphdef, state)(ids)
       return cross_entropy(logits, next_token_labels(ids))[0]
+
     return jax.value_and_grad(loss_fn)(state)
 
   if mesh is None:
@@ -67,11 +77,13 @@ def test_sharded_loss_and_grads_match_single_device(shape, reference):
 
 def test_create_sharded_builds_each_parameter_on_its_mesh_shards():
   from wegen_jax.parallel import create_sharded
+
   mesh = make_mesh({"fsdp": 4, "tensor": 2})
   model = create_sharded(lambda: build(), mesh)
   reference = build()
   kernel = model.layers[1].mlp.up.kernel.get_value()
   assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   assert kernel.addressable_shards[0].data.shape == (64 // 4, 128 // 2)
-  np.testing.assert_allclose(np.asarray(kernel), np.asarray(reference.layers[1].mlp.up.kernel.get_value()),
-                             rtol=1e-6, atol=1e-7)  # jit vs eager: same draws, last-bit differences
+  np.testing.assert_allclose(
+    np.asarray(kernel), np.asarray(reference.layers[1].mlp.up.kernel.get_value()), rtol=1e-6, atol=1e-7
+  )  # jit vs eager: same draws, last-bit differences

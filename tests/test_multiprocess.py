@@ -1,5 +1,6 @@
 """Two processes on localhost (CPU collectives) train the tiny LM and log the same losses as
 one process with the same global batch."""
+
 import json
 import os
 import socket
@@ -10,8 +11,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ARGS = ["--config", "configs/lm.py", "--config.total_steps=3", "--config.log_every=1", "--config.ckpt_every=3",
-        "--config.model.num_layers=1", "--config.data.seq_len=32", "--config.async_checkpoints=False"]
+ARGS = [
+  "--config",
+  "configs/lm.py",
+  "--config.total_steps=3",
+  "--config.log_every=1",
+  "--config.ckpt_every=3",
+  "--config.model.num_layers=1",
+  "--config.data.seq_len=32",
+  "--config.async_checkpoints=False",
+]
 
 
 def free_port() -> int:
@@ -25,10 +34,18 @@ def losses(workdir) -> list[float]:
 
 
 def run(args, devices, extra_env=None, **kw):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-             **(extra_env or {}))
-  return subprocess.Popen([sys.executable, "-m", "wegen_jax.train", *ARGS, *args], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", **(extra_env or {})
+  )
+  return subprocess.Popen(
+    [sys.executable, "-m", "wegen_jax.train", *ARGS, *args],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **kw,
+  )
 
 
 def test_two_processes_match_one(tmp_path):
@@ -36,8 +53,13 @@ def test_two_processes_match_one(tmp_path):
   out, _ = single.communicate(timeout=600)
   assert single.returncode == 0, out[-3000:]
   port = free_port()
-  procs = [run(["--workdir", str(tmp_path / "two"), f"--coordinator=localhost:{port}", "--num_processes=2",
-                f"--process_id={i}"], devices=4) for i in range(2)]
+  procs = [
+    run(
+      ["--workdir", str(tmp_path / "two"), f"--coordinator=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      devices=4,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
@@ -49,10 +71,14 @@ def test_two_processes_match_one(tmp_path):
 
 def test_unreachable_coordinator_fails_fast_with_a_clear_message():
   from wegen_jax.parallel import distributed
+
   with pytest.raises(ValueError, match="WEGEN_NUM_PROCESSES"):
     distributed.initialize("localhost:1")
-  proc = run(["--workdir", "/tmp/unused", f"--coordinator=localhost:{free_port()}", "--num_processes=2",
-              "--process_id=1"], devices=4, extra_env={"WEGEN_INIT_TIMEOUT": "5"})
+  proc = run(
+    ["--workdir", "/tmp/unused", f"--coordinator=localhost:{free_port()}", "--num_processes=2", "--process_id=1"],
+    devices=4,
+    extra_env={"WEGEN_INIT_TIMEOUT": "5"},
+  )
   out, _ = proc.communicate(timeout=600)
   assert proc.returncode == 2 and "error: could not reach the coordinator localhost" in out
   assert "Traceback" not in out

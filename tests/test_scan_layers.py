@@ -1,5 +1,6 @@
 """scan_layers (wegen_jax/layers/scan.py): the scanned LLM, EVA tower and UNet give the unrolled
 model's outputs and parameter gradients on the same weights, and compile to a smaller program."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,12 +13,15 @@ from wegen_jax.models.eva import EVAConfig, EVAVisionTower
 from wegen_jax.models.llm import LLM, LLMConfig
 from wegen_jax.models.unet import Transformer2DModel, UNet2DConditionModel
 
-LLM_CFG = LLMConfig(family="llama", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=4,
-                    num_heads=4, num_kv_heads=2)
+LLM_CFG = LLMConfig(
+  family="llama", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=4, num_heads=4, num_kv_heads=2
+)
 EVA_CFG = EVAConfig(image_size=16, patch_size=4, width=32, depth=3, num_heads=4, mlp_dim=64)
+
+
 def llm_loss(model, rng):
   ids = jax.random.randint(rng, (2, 12), 0, LLM_CFG.vocab_size)
-  segments = jnp.array([[1] * 7 + [2] * 5, [1] * 10 + [0] * 2])   # packing and padding
+  segments = jnp.array([[1] * 7 + [2] * 5, [1] * 10 + [0] * 2])  # packing and padding
   return jnp.mean(jnp.square(model.forward(ids, segment_ids=segments).logits))
 
 
@@ -31,15 +35,24 @@ def unet_stack_loss(model, rng):
 
 
 CASES = {
-    "llm": (lambda scan, remat: LLM(LLM_CFG.replace(scan_layers=scan, remat=remat), rngs=nnx.Rngs(0)), llm_loss),
-    "eva": (lambda scan, remat: EVAVisionTower(EVA_CFG.replace(scan_layers=scan, remat=remat, post_norm=False),
-                                               rngs=nnx.Rngs(0)), eva_loss),
-    "eva_post_norm": (lambda scan, remat: EVAVisionTower(EVA_CFG.replace(scan_layers=scan, remat=remat),
-                                                         rngs=nnx.Rngs(0)), eva_loss),
-    # the UNet scans inside each Transformer2DModel (SDXL: 10 blocks deep)
-    "unet_stack": (lambda scan, remat: Transformer2DModel(16, 2, 8, 3, groups=4, linear_projection=True,
-                                                          scan=scan, remat=remat != "none", rngs=nnx.Rngs(0)),
-                   unet_stack_loss),
+  "llm": (lambda scan, remat: LLM(LLM_CFG.replace(scan_layers=scan, remat=remat), rngs=nnx.Rngs(0)), llm_loss),
+  "eva": (
+    lambda scan, remat: EVAVisionTower(
+      EVA_CFG.replace(scan_layers=scan, remat=remat, post_norm=False), rngs=nnx.Rngs(0)
+    ),
+    eva_loss,
+  ),
+  "eva_post_norm": (
+    lambda scan, remat: EVAVisionTower(EVA_CFG.replace(scan_layers=scan, remat=remat), rngs=nnx.Rngs(0)),
+    eva_loss,
+  ),
+  # the UNet scans inside each Transformer2DModel (SDXL: 10 blocks deep)
+  "unet_stack": (
+    lambda scan, remat: Transformer2DModel(
+      16, 2, 8, 3, groups=4, linear_projection=True, scan=scan, remat=remat != "none", rngs=nnx.Rngs(0)
+    ),
+    unet_stack_loss,
+  ),
 }
 
 
@@ -49,8 +62,9 @@ def loss_and_grads(model, loss_fn):
   return step(state), step.lower(state).as_text()
 
 
-@pytest.mark.parametrize("name,remat", [("llm", "none"), ("llm", "full"), ("eva", "none"),
-                                        ("eva_post_norm", "none"), ("unet_stack", "full")])
+@pytest.mark.parametrize(
+  "name,remat", [("llm", "none"), ("llm", "full"), ("eva", "none"), ("eva_post_norm", "none"), ("unet_stack", "full")]
+)
 def test_scanned_equals_unrolled(name, remat):
   build, loss_fn = CASES[name]
   (loss, grads), text = loss_and_grads(build(False, remat), loss_fn)
@@ -61,7 +75,7 @@ def test_scanned_equals_unrolled(name, remat):
   for path, g in flat.items():
     g, sg = np.asarray(g.get_value()), np.asarray(scan_flat[path].get_value())
     np.testing.assert_allclose(sg, g, rtol=1e-5, atol=1e-5 * max(np.abs(g).max(), 1e-12), err_msg=str(path))
-  assert scan_text.count("stablehlo.while") > text.count("stablehlo.while")   # (the RNG has loops too)
+  assert scan_text.count("stablehlo.while") > text.count("stablehlo.while")  # (the RNG has loops too)
   # one body per stack: far fewer matmuls in the program than one copy per layer
   assert scan_text.count("dot_general") < 0.7 * text.count("dot_general")
 
@@ -81,10 +95,21 @@ def test_blocks_of_different_structure_are_refused():
 
 
 def test_unet_config_reaches_every_transformer_stack():
-  cfg = unet_config_from_diffusers(dict(
-      block_out_channels=[8, 16], down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-      up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=1,
-      attention_head_dim=2, cross_attention_dim=8, norm_num_groups=4), scan_layers=True)
-  stacks = [m for _, m in nnx.iter_graph(nnx.eval_shape(lambda: UNet2DConditionModel(cfg, rngs=nnx.Rngs(0))))
-            if isinstance(m, Transformer2DModel)]
-  assert len(stacks) == 7 and all(m.scan for m in stacks)   # 2 down, 1 mid, 2 x 2 up
+  cfg = unet_config_from_diffusers(
+    dict(
+      block_out_channels=[8, 16],
+      down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+      up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+      layers_per_block=1,
+      attention_head_dim=2,
+      cross_attention_dim=8,
+      norm_num_groups=4,
+    ),
+    scan_layers=True,
+  )
+  stacks = [
+    m
+    for _, m in nnx.iter_graph(nnx.eval_shape(lambda: UNet2DConditionModel(cfg, rngs=nnx.Rngs(0))))
+    if isinstance(m, Transformer2DModel)
+  ]
+  assert len(stacks) == 7 and all(m.scan for m in stacks)  # 2 down, 1 mid, 2 x 2 up

@@ -1,4 +1,5 @@
 """DDPM / DDIM / Euler vs diffusers, step by step, over spacings and prediction types."""
+
 import itertools
 
 import numpy as np
@@ -12,16 +13,22 @@ import jax.numpy as jnp  # noqa: E402
 
 from wegen_jax.diffusion import schedulers as S  # noqa: E402
 
-SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-          clip_sample=False)
+SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, clip_sample=False)
 CASES = {
-    "DDPMScheduler": [dict(), dict(SD, variance_type="fixed_large"), dict(variance_type="fixed_small_log")],
-    "DDIMScheduler": [dict(SD, set_alpha_to_one=False), dict(), dict(SD, rescale_betas_zero_snr=True)],
-    "EulerDiscreteScheduler": [dict(), dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02),
-                               dict(rescale_betas_zero_snr=True)],
+  "DDPMScheduler": [dict(), dict(SD, variance_type="fixed_large"), dict(variance_type="fixed_small_log")],
+  "DDIMScheduler": [dict(SD, set_alpha_to_one=False), dict(), dict(SD, rescale_betas_zero_snr=True)],
+  "EulerDiscreteScheduler": [
+    dict(),
+    dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02),
+    dict(rescale_betas_zero_snr=True),
+  ],
 }
-PARAMS = [(name, i, spacing, pred) for name, cfgs in CASES.items() for i in range(len(cfgs))
-          for spacing, pred in itertools.product(("leading", "trailing", "linspace"), ("epsilon", "v_prediction"))]
+PARAMS = [
+  (name, i, spacing, pred)
+  for name, cfgs in CASES.items()
+  for i in range(len(cfgs))
+  for spacing, pred in itertools.product(("leading", "trailing", "linspace"), ("epsilon", "v_prediction"))
+]
 
 
 def _pair(name, i, spacing, pred):
@@ -47,8 +54,9 @@ def test_step_parity(name, i, spacing, pred):
   for k, t in enumerate(theirs.timesteps):
     out = rng.randn(*x.shape).astype(np.float32)
     tol = dict(rtol=1e-5, atol=1e-5 * max(1, float(xt.abs().max())))
-    np.testing.assert_allclose(np.asarray(ours.scale_model_input(plan, xj, k)),
-                               theirs.scale_model_input(xt, t).numpy(), **tol)
+    np.testing.assert_allclose(
+      np.asarray(ours.scale_model_input(plan, xj, k)), theirs.scale_model_input(xt, t).numpy(), **tol
+    )
     # The noise diffusers will draw for this step (same generator state).
     noise = torch.randn(x.shape, generator=torch.Generator().set_state(gen.get_state())).numpy()
     kw = {"eta": eta} if name == "DDIMScheduler" else {}
@@ -65,8 +73,7 @@ def test_add_noise_and_velocity():
   t = np.array([0, 499, 999])
   args = (torch.tensor(x0), torch.tensor(noise), torch.tensor(t))
   np.testing.assert_allclose(np.asarray(ours.add_noise(x0, noise, t)), theirs.add_noise(*args).numpy(), atol=1e-6)
-  np.testing.assert_allclose(np.asarray(ours.get_velocity(x0, noise, t)), theirs.get_velocity(*args).numpy(),
-                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(ours.get_velocity(x0, noise, t)), theirs.get_velocity(*args).numpy(), atol=1e-6)
 
 
 def test_unsupported_config_is_an_error():

@@ -1,5 +1,6 @@
 """The shared trainer on the LM task: learning, exact resume (also after SIGKILL), corrupt
 checkpoints, non-finite losses, gradient accumulation, and sharding."""
+
 import dataclasses
 import json
 import os
@@ -54,8 +55,19 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_loss_falls_tenfold(tmp_path):
-  result = train(config(**{"total_steps": 150, "log_every": 50, "ckpt_every": 150, "model.num_layers": 2,
-                           "data.seq_len": 64, "optimizer.lr": 5e-3}), tmp_path)
+  result = train(
+    config(
+      **{
+        "total_steps": 150,
+        "log_every": 50,
+        "ckpt_every": 150,
+        "model.num_layers": 2,
+        "data.seq_len": 64,
+        "optimizer.lr": 5e-3,
+      }
+    ),
+    tmp_path,
+  )
   assert result.losses[150] < result.losses[1] / 10, (result.losses[1], result.losses[150])
   records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == [50, 100, 150]
@@ -67,7 +79,7 @@ def test_stop_and_resume_is_exact(uninterrupted, tmp_path):
   first = train(config(), tmp_path, stop_at=6)
   assert first.step == 6
   second = train(config(), tmp_path)
-  assert min(second.losses) == 7          # resumed after step 6, no step repeated
+  assert min(second.losses) == 7  # resumed after step 6, no step repeated
   for step, loss in uninterrupted.losses.items():
     merged = {**first.losses, **second.losses}
     assert abs(merged[step] - loss) <= 1e-6, step
@@ -78,6 +90,7 @@ def test_data_iterator_resumes_without_repeating_or_skipping():
   from wegen_jax.data.loader import DeviceLoader, process_batches
   from wegen_jax.training.lm_task import ProgressionSource
   import jax
+
   source = grain.MapDataset.source(ProgressionSource(20, 4, 32, 0)).shuffle(seed=1)
   sharding = lambda name, x: jax.sharding.SingleDeviceSharding(jax.devices()[0])
   loader = DeviceLoader(process_batches(source, 4), sharding, prefetch=3)
@@ -88,13 +101,25 @@ def test_data_iterator_resumes_without_repeating_or_skipping():
   again.set_state(state)
   np.testing.assert_array_equal([np.asarray(next(again)["record_id"]) for _ in range(4)], rest)
   first_epoch = np.concatenate(seen + rest[:2])
-  assert sorted(first_epoch) == list(range(20))   # one epoch: every record exactly once
+  assert sorted(first_epoch) == list(range(20))  # one epoch: every record exactly once
 
 
 def test_sigkill_mid_run_resumes_exactly(uninterrupted, tmp_path):
-  cmd = [sys.executable, "-m", "wegen_jax.train", "--config", "configs/lm.py", "--workdir", str(tmp_path),
-         "--config.total_steps=12", "--config.log_every=1", "--config.ckpt_every=4",
-         "--config.data.seq_len=32", "--config.model.num_layers=1", "--config.async_checkpoints=True"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "wegen_jax.train",
+    "--config",
+    "configs/lm.py",
+    "--workdir",
+    str(tmp_path),
+    "--config.total_steps=12",
+    "--config.log_every=1",
+    "--config.ckpt_every=4",
+    "--config.data.seq_len=32",
+    "--config.model.num_layers=1",
+    "--config.async_checkpoints=True",
+  ]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
@@ -114,20 +139,21 @@ def test_sigkill_mid_run_resumes_exactly(uninterrupted, tmp_path):
 
 
 def test_corrupt_latest_checkpoint_falls_back(uninterrupted, tmp_path, caplog):
-  train(config(), tmp_path, stop_at=8)            # checkpoints at 4 and 8
+  train(config(), tmp_path, stop_at=8)  # checkpoints at 4 and 8
   for f in (tmp_path / "checkpoints" / "8" / "state").rglob("*"):
     if f.is_file():
       f.write_bytes(b"corrupt")
   result = train(config(), tmp_path)
-  assert min(result.losses) == 5                   # resumed from step 4
+  assert min(result.losses) == 5  # resumed from step 4
   assert any("unreadable" in r.message for r in caplog.records)
   for step in range(5, 13):
     assert abs(result.losses[step] - uninterrupted.losses[step]) <= 1e-6
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  c = config(**{"optimizer.lr": 1e6, "optimizer.grad_clip": 0.0, "optimizer.warmup_steps": 0,
-                "total_steps": 40, "ckpt_every": 2})
+  c = config(
+    **{"optimizer.lr": 1e6, "optimizer.grad_clip": 0.0, "optimizer.warmup_steps": 0, "total_steps": 40, "ckpt_every": 2}
+  )
   with pytest.raises(NonFiniteLossError, match="last good checkpoint is step"):
     train(c, tmp_path)
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -143,14 +169,12 @@ def test_gradient_accumulation_matches_full_batch(uninterrupted, tmp_path):
 
 @pytest.fixture(scope="module")
 def single_device(tmp_path_factory):
-  return train(config(total_steps=3, ckpt_every=3, num_devices=1, mesh={"fsdp": 1}),
-               tmp_path_factory.mktemp("one"))
+  return train(config(total_steps=3, ckpt_every=3, num_devices=1, mesh={"fsdp": 1}), tmp_path_factory.mktemp("one"))
 
 
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 2, 4)], ids=lambda s: "x".join(map(str, s)))
 def test_same_losses_on_any_mesh(shape, single_device, tmp_path):
-  sharded = train(config(total_steps=3, ckpt_every=3, mesh=dict(zip(("data", "fsdp", "tensor"), shape))),
-                  tmp_path)
+  sharded = train(config(total_steps=3, ckpt_every=3, mesh=dict(zip(("data", "fsdp", "tensor"), shape))), tmp_path)
   for step in (1, 2, 3):
     assert abs(sharded.losses[step] - single_device.losses[step]) <= 1e-5 * abs(single_device.losses[step])
 
@@ -158,6 +182,7 @@ def test_same_losses_on_any_mesh(shape, single_device, tmp_path):
 def test_init_from_copies_components_of_another_run(uninterrupted, tmp_path):
   """Stage chaining: start a run from another run's parameters of chosen components."""
   from wegen_jax.training.checkpointing import latest_parameters
+
   c = config(total_steps=1, ckpt_every=1, init_from=str(uninterrupted.workdir), init_components=("embed",))
   c.optimizer.lr = 0.0
   result = train(c, tmp_path)
@@ -173,6 +198,7 @@ def test_compilation_cache_serves_a_restarted_run(tmp_path):
   loads its compiled programs from the cache instead of compiling them again."""
   import jax
   from jax.experimental.compilation_cache import compilation_cache
+
   hits = []
   listener = lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None
   old_dir = jax.config.jax_compilation_cache_dir
@@ -198,6 +224,7 @@ def test_each_loss_is_read_after_the_next_step_is_dispatched(tmp_path, monkeypat
   """The host reads step k's loss only once step k+1 is queued (the device never waits on the
   host), except before a checkpoint: a state is saved only after its loss was checked."""
   from wegen_jax.training import trainer
+
   events = []
   build = trainer.make_train_step
 
@@ -222,7 +249,9 @@ def test_each_loss_is_read_after_the_next_step_is_dispatched(tmp_path, monkeypat
           def __float__(self):
             events.append(("read", k))
             return float(loss)
+
         return params, opt_state, dict(metrics, loss=Loss())
+
     return dataclasses.replace(ts, step_fn=Recorded())
 
   monkeypatch.setattr(trainer, "make_train_step", recording)
@@ -231,6 +260,6 @@ def test_each_loss_is_read_after_the_next_step_is_dispatched(tmp_path, monkeypat
   dispatched = {k: events.index(("dispatch", k)) for k in range(1, 7)}
   for k in (1, 2, 4, 5):
     assert first_read[k] > dispatched[k + 1], events
-  for k in (3,):   # checkpoint at step 3: checked before step 4 is dispatched
+  for k in (3,):  # checkpoint at step 3: checked before step 4 is dispatched
     assert first_read[k] < dispatched[k + 1], events
   assert saved_steps(tmp_path) == [3, 6] and sorted(result.losses) == list(range(1, 7))

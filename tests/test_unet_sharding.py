@@ -1,5 +1,6 @@
 """UNet output and gradients on 8 virtual CPU devices (tests/conftest.py forces them) equal the
 single-device result on meshes (data, fsdp, tensor) = (8,1,1), (2,2,2), (1,2,4)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +24,7 @@ def out_and_grads(model, x, t, ctx, mesh=None):
     def loss_fn(state):
       out = nnx.merge(graphdef, state)(x, t, ctx)
       return jnp.mean(jnp.square(out - 0.1)), out
+
     (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state)
     return out, grads
 
@@ -42,8 +44,11 @@ def setup(tmp_path_factory):
   path = tmp_path_factory.mktemp("tiny_unet")
   diffusers_unet("micro").save_pretrained(path)
   rng = np.random.RandomState(0)
-  inputs = (jnp.asarray(rng.randn(8, 4, 8, 8).astype(np.float32)), jnp.asarray(rng.randint(0, 1000, (8,))),
-            jnp.asarray(rng.randn(8, 5, 8).astype(np.float32)))
+  inputs = (
+    jnp.asarray(rng.randn(8, 4, 8, 8).astype(np.float32)),
+    jnp.asarray(rng.randint(0, 1000, (8,))),
+    jnp.asarray(rng.randn(8, 5, 8).astype(np.float32)),
+  )
   return path, inputs, out_and_grads(convert.load_diffusers_unet(path), *inputs)
 
 
@@ -62,7 +67,7 @@ def test_sharded_output_and_grads_match_single_device(shape, setup):
   assert flat.keys() == flat_ref.keys()
   for path_, g in flat.items():
     assert rel_err(g.get_value(), flat_ref[path_].get_value()) <= 1e-5, path_
-  if shape != (8, 1, 1):   # parameters really are distributed
+  if shape != (8, 1, 1):  # parameters really are distributed
     kernel = model.up_blocks[0].resnets[0].conv1.kernel.get_value()
     assert not kernel.sharding.is_fully_replicated
 
@@ -70,6 +75,7 @@ def test_sharded_output_and_grads_match_single_device(shape, setup):
 def test_every_parameter_has_logical_axes(setup):
   path = setup[0]
   from wegen_jax.convert.mapping import param_paths
+
   for name, var in param_paths(convert.load_diffusers_unet(path)).items():
     axes = var.get_metadata().get("logical_axes")
     assert axes is not None and len(axes) == var.get_value().ndim, name

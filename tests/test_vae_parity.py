@@ -1,4 +1,5 @@
 """AutoencoderKL vs diffusers: posterior mean/logvar, decode, sample, export round trip."""
+
 import numpy as np
 import pytest
 
@@ -39,17 +40,25 @@ def test_encode_decode_match(pair):
   mean, logvar = _encode(vae, jnp.asarray(x))
   np.testing.assert_allclose(np.asarray(mean), post.mean.numpy(), atol=1e-4, rtol=0)
   np.testing.assert_allclose(np.asarray(logvar), post.logvar.numpy(), atol=1e-4, rtol=0)
-  np.testing.assert_allclose(np.asarray(nnx.jit(lambda v, z: v.decode(z))(vae, jnp.asarray(z.numpy()))), img,
-                             atol=1e-4, rtol=0)
+  np.testing.assert_allclose(
+    np.asarray(nnx.jit(lambda v, z: v.decode(z))(vae, jnp.asarray(z.numpy()))), img, atol=1e-4, rtol=0
+  )
   assert mean.shape == (2, 4, 8, 8)
 
 
 # Less common AutoencoderKL options, several per model (diffusers keeps SiLU before conv_out
 # whatever act_fn says; the resnets take act_fn).
 VARIANTS = {
-    "gelu_no_mid_attention": dict(act_fn="gelu", mid_block_add_attention=False, layers_per_block=2),
-    "flux_like": dict(latent_channels=8, use_quant_conv=False, use_post_quant_conv=False,
-                      shift_factor=0.1, scaling_factor=0.3, in_channels=4, out_channels=2),
+  "gelu_no_mid_attention": dict(act_fn="gelu", mid_block_add_attention=False, layers_per_block=2),
+  "flux_like": dict(
+    latent_channels=8,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+    shift_factor=0.1,
+    scaling_factor=0.3,
+    in_channels=4,
+    out_channels=2,
+  ),
 }
 
 
@@ -74,7 +83,7 @@ def test_config_variants_match_and_round_trip(variant, tmp_path):
 def test_posterior_sample_and_scaling(pair):
   _, vae = pair
   mean = jnp.zeros((1, 4, 4, 4))
-  post = DiagonalGaussian(mean, jnp.full_like(mean, 2 * np.log(0.5)))   # std 0.5
+  post = DiagonalGaussian(mean, jnp.full_like(mean, 2 * np.log(0.5)))  # std 0.5
   s = post.sample(jax.random.key(0))
   assert s.shape == mean.shape and 0.3 < float(jnp.std(s)) < 0.7
   np.testing.assert_array_equal(np.asarray(post.mode()), np.asarray(mean))

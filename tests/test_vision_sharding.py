@@ -3,6 +3,7 @@ single-device features: EVA tower + WeGen input projector, and CLIP text/image f
 
 tests/conftest.py forces 8 host devices before jax starts; when this file runs under a jax
 that already started with fewer, the same checks run in a fresh subprocess instead."""
+
 import functools
 import os
 import subprocess
@@ -21,10 +22,19 @@ from wegen_jax.parallel import activation_sharding, make_mesh, shard_module
 
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 2, 4)]
 EVA = EVAConfig(image_size=32, patch_size=4, width=32, depth=2, num_heads=4, mlp_dim=64)
-CLIP = CLIPConfig(text=CLIPTextConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4,
-                                      intermediate_size=64, max_position_embeddings=12, eos_token_id=63),
-                  vision=CLIPVisionConfig(image_size=16, patch_size=4, hidden_size=32, num_layers=1,
-                                          num_heads=4, intermediate_size=64), projection_dim=16)
+CLIP = CLIPConfig(
+  text=CLIPTextConfig(
+    vocab_size=64,
+    hidden_size=32,
+    num_layers=1,
+    num_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=12,
+    eos_token_id=63,
+  ),
+  vision=CLIPVisionConfig(image_size=16, patch_size=4, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64),
+  projection_dim=16,
+)
 
 
 def build(remat="none"):
@@ -38,8 +48,7 @@ def inputs():
   rng = np.random.default_rng(0)
   ids = rng.integers(0, 63, (8, 10))
   ids[:, 7] = 63
-  return (rng.normal(size=(8, 3, 32, 32)).astype(np.float32), ids,
-          rng.normal(size=(8, 3, 16, 16)).astype(np.float32))
+  return (rng.normal(size=(8, 3, 32, 32)).astype(np.float32), ids, rng.normal(size=(8, 3, 16, 16)).astype(np.float32))
 
 
 @nnx.jit
@@ -78,7 +87,9 @@ def test_sharded_features_match_single_device(shape):
     check_mesh(shape)
     return
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
-          f"import test_vision_sharding as t; t.check_mesh({shape!r})")
+  code = (
+    f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+    f"import test_vision_sharding as t; t.check_mesh({shape!r})"
+  )
   proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]

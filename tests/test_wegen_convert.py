@@ -2,6 +2,7 @@
 (LlamaForCausalLM under `llm.`, Linear projectors under `input_resampler.`/`output_resampler.`,
 the diffusers UNet under `adapter.unet.`), saved as a .bin, loads into our WeGen (read with
 torch.load(weights_only=True)), gives the same outputs, and exports back to identical tensors."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +13,12 @@ from wegen_jax.convert.checkpoint_io import CheckpointError
 from wegen_jax.convert.diffusers import unet_config_to_diffusers
 from wegen_jax.convert.hf_llm import hf_config
 from wegen_jax.systems.wegen import WeGenConfig
-from wegen_jax.systems.wegen.convert import (export_authors_detokenizer, export_authors_mllm,
-                                             load_authors_detokenizer, load_authors_mllm)
+from wegen_jax.systems.wegen.convert import (
+  export_authors_detokenizer,
+  export_authors_mllm,
+  load_authors_detokenizer,
+  load_authors_mllm,
+)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -29,9 +34,9 @@ def reference(tmp_path_factory):
   unet = diffusers.UNet2DConditionModel(**unet_kwargs).eval()
   width, hidden = cfg.vision.width, cfg.llm.hidden_size
   sd = {f"llm.{k}": v for k, v in llama.state_dict().items()}
-  sd["input_resampler.proj.weight"] = torch.randn(hidden, width) / width ** 0.5
+  sd["input_resampler.proj.weight"] = torch.randn(hidden, width) / width**0.5
   sd["input_resampler.avgpoolquery.scale"] = torch.tensor(1.0)
-  sd["output_resampler.proj.weight"] = torch.randn(width, hidden) / hidden ** 0.5
+  sd["output_resampler.proj.weight"] = torch.randn(width, hidden) / hidden**0.5
   sd.update({f"adapter.unet.{k}": v for k, v in unet.state_dict().items()})
   sd["adapter.resampler.scale"] = torch.tensor(1.0)
   path = tmp_path_factory.mktemp("authors") / "pytorch_model_merged.bin"
@@ -59,8 +64,12 @@ def test_authors_mllm_checkpoint_loads_with_the_same_outputs(reference):
   cond = rs.randn(2, 64, cfg.vision.width).astype(np.float32)
   added = {"text_embeds": cond.mean(1), "time_ids": np.zeros((2, 6), np.float32)}
   with torch.no_grad():
-    want = unet(torch.tensor(sample), torch.tensor(t), torch.tensor(cond),
-                added_cond_kwargs={k: torch.tensor(v) for k, v in added.items()}).sample.numpy()
+    want = unet(
+      torch.tensor(sample),
+      torch.tensor(t),
+      torch.tensor(cond),
+      added_cond_kwargs={k: torch.tensor(v) for k, v in added.items()},
+    ).sample.numpy()
   got = model.unet(jnp.asarray(sample), jnp.asarray(t), jnp.asarray(cond), jax.tree.map(jnp.asarray, added))
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=1e-4)
 

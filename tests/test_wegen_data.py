@@ -1,5 +1,6 @@
 """WeGen sequences, label masks and image positions on hand-written examples; the tokenizer;
 the Grain pipeline on a curated synthetic dataset."""
+
 import ml_collections
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from wegen_jax.data.sequences import Turn, build_sequence, dynamics_turns
 from wegen_jax.data.tokenizer import load_tokenizer
 from wegen_jax.training.losses import IGNORE_INDEX
 
-Q = 4   # image tokens per image in these tests (WeGen: 64)
+Q = 4  # image tokens per image in these tests (WeGen: 64)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,18 @@ def test_pair_sequence_layout_and_labels(tok):
   seq = build_sequence(tok, dynamics_turns(["d1"]), num_image_tokens=Q)
   ids, labels = seq.input_ids, seq.labels
   img = tok.image_token_ids(Q)
-  expected = ([tok.bos_id] + tok.encode("[INST] ") + [tok.img_start_id] + img + [tok.img_end_id]
-              + tok.encode("d1 [/INST]\n") + [tok.img_start_id] + img + [tok.img_end_id] + [tok.eos_id])
+  expected = (
+    [tok.bos_id]
+    + tok.encode("[INST] ")
+    + [tok.img_start_id]
+    + img
+    + [tok.img_end_id]
+    + tok.encode("d1 [/INST]\n")
+    + [tok.img_start_id]
+    + img
+    + [tok.img_end_id]
+    + [tok.eos_id]
+  )
   assert ids.tolist() == expected
   # supervised targets: only the response's <img> and </s>
   targets = {t + 1: labels[t] for t in range(len(ids)) if labels[t] != IGNORE_INDEX}
@@ -49,7 +60,7 @@ def test_pair_sequence_layout_and_labels(tok):
 
 def test_multi_step_sequence_is_multi_turn(tok):
   seq = build_sequence(tok, dynamics_turns(["d1", "d2"], caption="a cat", caption_first=True), Q)
-  assert seq.image_is_target.tolist() == [True, True, True]   # A from the caption, then B, C
+  assert seq.image_is_target.tolist() == [True, True, True]  # A from the caption, then B, C
   assert (seq.input_ids == tok.bos_id).sum() == 3 and (seq.input_ids == tok.eos_id).sum() == 3
   text = tok.decode(seq.input_ids)
   assert text.index("a cat") < text.index("d1") < text.index("d2")
@@ -64,8 +75,20 @@ def test_response_text_is_supervised_prompt_is_not(tok):
 
 
 def data_config(**kw):
-  return ml_collections.ConfigDict(dict(dict(max_len=96, max_images=3, num_image_tokens=Q, image_size=16,
-                                             vae_image_size=16, tokenizer="", caption_first=False), **kw))
+  return ml_collections.ConfigDict(
+    dict(
+      dict(
+        max_len=96,
+        max_images=3,
+        num_image_tokens=Q,
+        image_size=16,
+        vae_image_size=16,
+        tokenizer="",
+        caption_first=False,
+      ),
+      **kw,
+    )
+  )
 
 
 def fake_record(dynamics, labelled=True, k=2):
@@ -75,6 +98,7 @@ def fake_record(dynamics, labelled=True, k=2):
 
 def test_examples_pad_to_fixed_shapes_and_invalid_become_empty(tok):
   from wegen_jax.data.wegen_pipeline import record_to_example
+
   d = data_config()
   ex = record_to_example(fake_record(["the square turns"]), tok, d)
   t = int(ex["segment_ids"].sum())
@@ -92,13 +116,27 @@ def curated_dir(tmp_path_factory):
   """Three generator clips curated and labelled with the synthetic ground truth."""
   from wegen_jax.data import synthetic as S
   from wegen_jax.data.curate import __main__ as curate_cli
+
   root = tmp_path_factory.mktemp("wegen_data")
   (root / "videos").mkdir()
   for i in range(3):
     frames, gt = S.generate_clip(10 + i, S.ClipSpec(num_frames=36))
     S.write_clip(str(root / "videos" / f"clip_{i}"), frames, gt, "h264")
-  assert curate_cli.main(["--videos", str(root / "videos"), "--out", str(root / "data"), "--config",
-                          "configs/curate.py:synthetic", "--label", "--no-progress"]) == 0
+  assert (
+    curate_cli.main(
+      [
+        "--videos",
+        str(root / "videos"),
+        "--out",
+        str(root / "data"),
+        "--config",
+        "configs/curate.py:synthetic",
+        "--label",
+        "--no-progress",
+      ]
+    )
+    == 0
+  )
   return root / "data"
 
 
@@ -106,8 +144,10 @@ def test_pipeline_batches_from_curated_data(curated_dir, tok):
   import jax
   from wegen_jax.data.loader import DeviceLoader
   from wegen_jax.data.wegen_pipeline import make_dataset
-  config = ml_collections.ConfigDict({"data": dict(data_config(max_len=512, num_image_tokens=64),
-                                                   dir=str(curated_dir))})
+
+  config = ml_collections.ConfigDict(
+    {"data": dict(data_config(max_len=512, num_image_tokens=64), dir=str(curated_dir))}
+  )
   batches = iter(make_dataset(config, "train", seed=0, global_batch=2))
   batch = next(batches)
   assert batch["input_ids"].shape == (2, 512) and batch["pixel_values"].shape == (2, 3, 3, 16, 16)

@@ -1,5 +1,6 @@
 """The WeGen stage-2 loss (all four terms) on 8 virtual CPU devices equals the single-device
 value on meshes of different shapes (parameters FSDP/TP-sharded, batch data-sharded)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,5 +46,5 @@ def test_sharded_loss_matches_single_device(shape, reference):
   for k, v in ref_metrics.items():
     np.testing.assert_allclose(float(metrics[k]), v, rtol=2e-5, atol=1e-6, err_msg=k)
   assert not sharded["input_ids"].sharding.is_fully_replicated
-  if shape[1] * shape[2] > 1:   # parameters really are distributed
+  if shape[1] * shape[2] > 1:  # parameters really are distributed
     assert not model.llm.layers[0].mlp.up.kernel.get_value().sharding.is_fully_replicated

@@ -1,6 +1,7 @@
 """WeGen end to end on a tiny model: the stage losses learn, gradients go where the recipe says,
 and generate() returns text and images (also multi-turn with an earlier image as input, and
 with VAR CFG)."""
+
 import dataclasses
 
 import jax
@@ -43,8 +44,7 @@ def trained(setup):
   task = _OverfitTask(config)
   model = random_model(cfg)
   graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
-  opt = ml_collections.ConfigDict(dict(config.optimizer, lr=3e-3, warmup_steps=0, total_steps=10_000,
-                                       weight_decay=0.0))
+  opt = ml_collections.ConfigDict(dict(config.optimizer, lr=3e-3, warmup_steps=0, total_steps=10_000, weight_decay=0.0))
   tx = make_optimizer(opt)
   step_fn = jax.jit(build_train_step(task, graphdef, tx, 1, make_schedule(opt)))
   opt_state = tx.init(params)
@@ -73,7 +73,7 @@ def test_stage2_trains_llm_and_projectors_and_diffusion_gradient_reaches_the_llm
   trained_parts = {str(p[0]) for p, _ in nnx.to_flat_state(params)}
   frozen_parts = {str(p[0]) for p, _ in nnx.to_flat_state(frozen)}
   assert trained_parts == {"llm", "input_proj", "output_proj"}
-  assert frozen_parts == {"vision", "unet"}   # the tiny default's folded-pixel autoencoder has no weights
+  assert frozen_parts == {"vision", "unet"}  # the tiny default's folded-pixel autoencoder has no weights
   batch = jax.tree.map(jnp.asarray, make_batch(config))
 
   def diffusion_only(params):
@@ -81,7 +81,7 @@ def test_stage2_trains_llm_and_projectors_and_diffusion_gradient_reaches_the_llm
 
   grads = jax.jit(jax.grad(diffusion_only))(params)
   g = grads["llm"]["layers"][0]["mlp"]["up"]["kernel"].get_value()
-  assert float(jnp.abs(g).max()) > 0   # through the frozen UNet and the output projector
+  assert float(jnp.abs(g).max()) > 0  # through the frozen UNet and the output projector
   assert float(jnp.abs(grads["input_proj"]["proj"]["kernel"].get_value()).max()) > 0
 
 
@@ -91,13 +91,13 @@ def _prompts(config, tok):
   rows = []
   for b in range(batch["input_ids"].shape[0]):
     ids = batch["input_ids"][b]
-    cut = int(batch["image_token_positions"][b, 1, 0]) - 1        # the target <img>
+    cut = int(batch["image_token_positions"][b, 1, 0]) - 1  # the target <img>
     rows.append(ids[:cut])
   width = max(len(r) for r in rows)
   ids = np.zeros((len(rows), width), np.int32)
   mask = np.zeros_like(ids)
-  for b, r in enumerate(rows):   # left padding
-    ids[b, width - len(r):], mask[b, width - len(r):] = r, 1
+  for b, r in enumerate(rows):  # left padding
+    ids[b, width - len(r) :], mask[b, width - len(r) :] = r, 1
   return ids, mask, batch["pixel_values"][:, :1]
 
 
@@ -109,9 +109,17 @@ def test_generate_text_and_images_multi_turn_and_var_cfg(setup, trained):
   ids, mask, pixels = _prompts(config, tok)
   sampling = SamplingConfig(max_new_tokens=70, stop_tokens=(tok.eos_id,), pad_token=tok.pad_id)
   steps = ImageSampling(num_steps=3, guidance_scale=2.0)
-  out = generate(model, ids, tokens=tokens, attention_mask=mask, pixel_values=pixels, sampling=sampling,
-                 image_sampling=steps, rng=jax.random.key(0))
-  for b in range(ids.shape[0]):   # the trained continuation: <img> 64 forced tokens </img> </s>
+  out = generate(
+    model,
+    ids,
+    tokens=tokens,
+    attention_mask=mask,
+    pixel_values=pixels,
+    sampling=sampling,
+    image_sampling=steps,
+    rng=jax.random.key(0),
+  )
+  for b in range(ids.shape[0]):  # the trained continuation: <img> 64 forced tokens </img> </s>
     assert out.tokens[b, 0] == tokens.boi and out.tokens[b, 65] == tokens.eoi
     assert list(out.tokens[b, 1:65]) == list(tokens.image)
     assert out.text_tokens[b] == [tok.eos_id]
@@ -120,22 +128,42 @@ def test_generate_text_and_images_multi_turn_and_var_cfg(setup, trained):
   assert np.ptp(out.images[0]) > 0
 
   # Turn 2 refines turn 1's image: it enters the prompt as an input image.
-  turn2 = [np.concatenate([ids[b][mask[b] > 0], out.tokens[b, :66], tok.encode(" [INST] again [/INST] ok ")])
-           for b in range(ids.shape[0])]
+  turn2 = [
+    np.concatenate([ids[b][mask[b] > 0], out.tokens[b, :66], tok.encode(" [INST] again [/INST] ok ")])
+    for b in range(ids.shape[0])
+  ]
   width = max(map(len, turn2))
   ids2, mask2 = np.zeros((len(turn2), width), np.int32), np.zeros((len(turn2), width), np.int32)
   for b, r in enumerate(turn2):
-    ids2[b, width - len(r):], mask2[b, width - len(r):] = r, 1
-  pixels2 = np.stack([np.concatenate([pixels[b], images_to_pixels(out.images[b], cfg.vision.image_size)])
-                      for b in range(ids.shape[0])])
-  out2 = generate(model, ids2, tokens=tokens, attention_mask=mask2, pixel_values=pixels2, sampling=sampling,
-                  image_sampling=steps, rng=jax.random.key(1))
+    ids2[b, width - len(r) :], mask2[b, width - len(r) :] = r, 1
+  pixels2 = np.stack(
+    [np.concatenate([pixels[b], images_to_pixels(out.images[b], cfg.vision.image_size)]) for b in range(ids.shape[0])]
+  )
+  out2 = generate(
+    model,
+    ids2,
+    tokens=tokens,
+    attention_mask=mask2,
+    pixel_values=pixels2,
+    sampling=sampling,
+    image_sampling=steps,
+    rng=jax.random.key(1),
+  )
   assert out2.tokens.shape == (2, 70)
   assert all(im.dtype == np.uint8 and im.shape[1:] == (16, 16, 3) for im in out2.images)
 
   # VAR CFG changes the fed-back embeddings, hence the later image features; s = 1 is off.
-  out3 = generate(model, ids, tokens=tokens, attention_mask=mask, pixel_values=pixels, sampling=sampling,
-                  var_cfg_scale=3.0, image_sampling=steps, rng=jax.random.key(0))
+  out3 = generate(
+    model,
+    ids,
+    tokens=tokens,
+    attention_mask=mask,
+    pixel_values=pixels,
+    sampling=sampling,
+    var_cfg_scale=3.0,
+    image_sampling=steps,
+    rng=jax.random.key(0),
+  )
   assert list(out3.tokens[0, :66]) == list(out.tokens[0, :66])
   np.testing.assert_allclose(out3.features[0][0, 0], out.features[0][0, 0], rtol=1e-4, atol=1e-5)  # <img> state
   assert np.abs(out3.features[0][0, 1:] - out.features[0][0, 1:]).max() > 1e-3
@@ -143,17 +171,18 @@ def test_generate_text_and_images_multi_turn_and_var_cfg(setup, trained):
 
 def test_stage1_trains_the_unet_with_a_delayed_start_and_configs_hold_the_real_sizes():
   from configs.wegen import get_config
+
   config = tiny_config(stage=1)
   task = WeGenTask(config)
   model = random_model(WeGenConfig.from_dict(config.model))
   _, params, _ = nnx.split(model, task.trainable(), ...)
   assert {str(p[0]) for p, _ in nnx.to_flat_state(params)} == {"unet"}
   labels = jax.tree_util.tree_map_with_path(lambda p, _: task.param_group(str(p[0].key)), params)
-  tx = make_optimizer(config.optimizer, labels)   # freeze_until={'unet': 10}
+  tx = make_optimizer(config.optimizer, labels)  # freeze_until={'unet': 10}
   state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, state, params)
-  assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates))   # step 0 < 10: frozen
+  assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates))  # step 0 < 10: frozen
 
   real = WeGenConfig.from_dict(get_config("size=7b,stage=2").model)
   assert (real.llm.vocab_size, real.llm.hidden_size, real.llm.num_layers) == (32330, 4096, 32)
@@ -162,7 +191,11 @@ def test_stage1_trains_the_unet_with_a_delayed_start_and_configs_hold_the_real_s
   assert real.unet.cross_attention_dim == (1792,) * 3 and real.unet.projection_class_embeddings_input_dim == 3328
   assert real.vae.block_out_channels == (128, 256, 512, 512) and real.llm.dtype == "bfloat16"
   s1, s2 = get_config("size=7b,stage=1"), get_config("size=7b,stage=2")
-  assert (s1.optimizer.lr, s1.optimizer.total_steps, dict(s1.optimizer.freeze_until)) == (1e-4, 160_000, {"unet": 12_000})
+  assert (s1.optimizer.lr, s1.optimizer.total_steps, dict(s1.optimizer.freeze_until)) == (
+    1e-4,
+    160_000,
+    {"unet": 12_000},
+  )
   assert (s2.optimizer.lr, s2.optimizer.b2, s2.optimizer.grad_clip, s2.grad_accum) == (5e-4, 0.95, 1.0, 2)
 
 
@@ -170,6 +203,7 @@ def test_diffusion_loss_runs_only_on_the_picked_slots():
   """diffusion_images_per_example=k: the UNet/VAE run on the first k masked slots of each row
   (fewer FLOPs than on every slot); slots that do not fit are counted, not silently lost."""
   from wegen_jax.systems.wegen.loss import select_slots, wegen_loss
+
   mask = jnp.asarray([[False, True, False, True], [True, False, False, False], [False] * 4])
   idx, picked = select_slots(mask, 2)
   np.testing.assert_array_equal(np.asarray(picked), [[True, True], [True, False], [False, False]])
@@ -180,7 +214,7 @@ def test_diffusion_loss_runs_only_on_the_picked_slots():
     config = tiny_config(stage=stage)
     config.model.diffusion_images_per_example = k
     model = random_model(WeGenConfig.from_dict(config.model))
-    batch = jax.tree.map(jnp.asarray, make_batch(config))   # 2 rows: 2 valid images, 1 target each
+    batch = jax.tree.map(jnp.asarray, make_batch(config))  # 2 rows: 2 valid images, 1 target each
     graphdef, state = nnx.split(model)
     fn = jax.jit(lambda s, b: wegen_loss(nnx.merge(graphdef, s), b, jax.random.key(0), stage))
     return fn.lower(state, batch).compile(), fn(state, batch)[1]
@@ -188,9 +222,9 @@ def test_diffusion_loss_runs_only_on_the_picked_slots():
   exe_all, _ = compiled(0, 1)
   exe_one, metrics = compiled(1, 1)
   assert exe_one.cost_analysis()["flops"] < 0.75 * exe_all.cost_analysis()["flops"]
-  assert float(metrics["diffusion_images_skipped"]) == 2          # stage 1: the second image of each row
+  assert float(metrics["diffusion_images_skipped"]) == 2  # stage 1: the second image of each row
   _, metrics = compiled(1, 2)
-  assert float(metrics["diffusion_images_skipped"]) == 0          # stage 2: the one target fits
+  assert float(metrics["diffusion_images_skipped"]) == 0  # stage 2: the one target fits
 
 
 def test_stage2_step_with_unet_remat_equals_without():

@@ -1,5 +1,6 @@
 """Hand-built WeGen batches in the pipeline's batch contract (until wegen_pipeline lands), and
 fast random tiny models."""
+
 import functools
 
 import numpy as np
@@ -16,11 +17,17 @@ def make_batch(config, batch=2, seed=0):
   d = config.data
   rng = np.random.default_rng(seed)
   length, n, s, v = d.max_len, d.max_images, d.image_size, d.vae_image_size
-  out = dict(input_ids=np.zeros((batch, length), np.int32), segment_ids=np.zeros((batch, length), np.int32),
-             positions=np.zeros((batch, length), np.int32), labels=np.full((batch, length), -100, np.int32),
-             pixel_values=np.zeros((batch, n, 3, s, s), np.float32),
-             image_token_positions=np.zeros((batch, n, Q), np.int32), image_valid=np.zeros((batch, n), bool),
-             image_is_target=np.zeros((batch, n), bool), vae_pixels=np.zeros((batch, n, 3, v, v), np.float32))
+  out = dict(
+    input_ids=np.zeros((batch, length), np.int32),
+    segment_ids=np.zeros((batch, length), np.int32),
+    positions=np.zeros((batch, length), np.int32),
+    labels=np.full((batch, length), -100, np.int32),
+    pixel_values=np.zeros((batch, n, 3, s, s), np.float32),
+    image_token_positions=np.zeros((batch, n, Q), np.int32),
+    image_valid=np.zeros((batch, n), bool),
+    image_is_target=np.zeros((batch, n), bool),
+    vae_pixels=np.zeros((batch, n, 3, v, v), np.float32),
+  )
   img = [tok.img_start_id] + tok.image_token_ids(Q) + [tok.img_end_id]
   for b in range(batch):
     ids, supervised, slots = [tok.bos_id] + tok.encode("[INST] "), [], []
@@ -36,7 +43,7 @@ def make_batch(config, batch=2, seed=0):
     out["input_ids"][b, :m] = ids
     out["segment_ids"][b, :m] = 1
     out["positions"][b, :m] = np.arange(m)
-    out["labels"][b, :m - 1] = np.where(supervised[1:], ids[1:], -100)
+    out["labels"][b, : m - 1] = np.where(supervised[1:], ids[1:], -100)
     for k, start in enumerate(slots):
       out["image_token_positions"][b, k] = np.arange(start, start + Q)
       out["image_valid"][b, k] = True
@@ -55,6 +62,7 @@ def _abstract(cfg):
   from flax import nnx
 
   from wegen_jax.systems.wegen import WeGen
+
   return nnx.split(nnx.eval_shape(lambda: WeGen(cfg, rngs=nnx.Rngs(0))))
 
 
@@ -63,6 +71,7 @@ def random_model(cfg, seed=0):
   minute on a busy CPU, this takes a second. Kernels ~ N(0, 1/fan_in), norms 1, biases small."""
   import jax.numpy as jnp
   from flax import nnx
+
   graphdef, abstract = _abstract(cfg)
   rng = np.random.default_rng(seed)
 
@@ -75,7 +84,7 @@ def random_model(cfg, seed=0):
       value = 0.02 * rng.standard_normal(shape)
     elif leaf == "kernel":
       value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
-    else:   # embeddings, position tables, class token
+    else:  # embeddings, position tables, class token
       value = 0.02 * rng.standard_normal(shape)
     return var.replace(jnp.asarray(value, dtype))
 
@@ -87,15 +96,27 @@ def tiny_config(stage=2, sdxl_vae=False, **data):
   """configs/wegen.py tiny, shrunk for test speed on a shared CPU: one-level UNet, 1-block EVA,
   16-px target images -> 8x8x12 folded latents (same structure: SDXL text_time conditioning, 64 tokens)."""
   from configs.wegen import get_config
+
   c = get_config(f"size=tiny,stage={stage}")
   c.data.update(dict(max_len=176, vae_image_size=16), **data)
   m = c.model
   m.vision.depth = 1
-  m.unet.update(block_out_channels=[32], down_block_types=["CrossAttnDownBlock2D"],
-                up_block_types=["CrossAttnUpBlock2D"], attention_head_dim=[2], sample_size=8)
+  m.unet.update(
+    block_out_channels=[32],
+    down_block_types=["CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D"],
+    attention_head_dim=[2],
+    sample_size=8,
+  )
   m.vae.update(sample_size=16)
   if sdxl_vae:
-    m.vae = dict(block_out_channels=[16, 16], layers_per_block=1, latent_channels=4, norm_num_groups=8,
-                 scaling_factor=0.13025, sample_size=16)
+    m.vae = dict(
+      block_out_channels=[16, 16],
+      layers_per_block=1,
+      latent_channels=4,
+      norm_num_groups=8,
+      scaling_factor=0.13025,
+      sample_size=16,
+    )
     m.unet.update(in_channels=4, out_channels=4)
   return c

@@ -1,4 +1,5 @@
 """Helpers for `get_config(arg)` files: loading one by path, and parsing `key=value` args."""
+
 from __future__ import annotations
 
 import ast

@@ -9,6 +9,7 @@
    copy-the-source baseline (DIR/validation.json).
 Every step resumes: rerunning skips finished videos and continues training from checkpoints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ from configs import wegen as wegen_configs
 
 def write_videos(out: Path, num: int, seed: int) -> None:
   from wegen_jax.data import synthetic as S
+
   out.mkdir(parents=True, exist_ok=True)
   codecs = ["h264", "mpeg4", "mjpeg", "vp9"]
   for i in range(num):
@@ -36,8 +38,10 @@ def write_videos(out: Path, num: int, seed: int) -> None:
 
 def curate(videos: Path, data: Path) -> None:
   from wegen_jax.data.curate import __main__ as curate_cli
-  code = curate_cli.main(["--videos", str(videos), "--out", str(data), "--config",
-                          "configs/curate.py:synthetic", "--label", "--no-progress"])
+
+  code = curate_cli.main(
+    ["--videos", str(videos), "--out", str(data), "--config", "configs/curate.py:synthetic", "--label", "--no-progress"]
+  )
   if code:
     raise SystemExit(f"curation failed with exit code {code}")
 
@@ -45,11 +49,11 @@ def curate(videos: Path, data: Path) -> None:
 def stage_config(stage: int, workdir: Path, steps: int | None, init_from: Path | None):
   c = wegen_configs.get_config(f"size=tiny,stage={stage}")
   c.data.dir = str(workdir / "data")
-  c.compilation_cache_dir = str(workdir / "jax_cache")   # stages 1 and 2 reuse the initialiser
+  c.compilation_cache_dir = str(workdir / "jax_cache")  # stages 1 and 2 reuse the initialiser
   if steps:
     c.total_steps = c.optimizer.total_steps = steps
   if init_from is not None:
-    c.init_from = str(init_from)        # the components come from configs/wegen.py
+    c.init_from = str(init_from)  # the components come from configs/wegen.py
   return c
 
 
@@ -61,27 +65,29 @@ def validation_samples(config, model, num: int, seed: int):
   from wegen_jax.data.tokenizer import load_tokenizer
   from wegen_jax.generation import SamplingConfig
   from wegen_jax.systems.wegen.generate import ImageSampling, ImageTokens, generate
+
   tok = load_tokenizer(config.data.tokenizer)
   records = dynamics_dataset(config.data.dir, "validation", num_frames=2)
   picked = [r for r in (records[i] for i in range(len(records))) if r is not None and r["labelled"]][:num]
   samples = []
   for i, record in enumerate(picked):
-    prompt = build_sequence(tok, [Turn(user_text=record["dynamics"][0], user_images=1)],
-                            config.model.num_image_tokens)
-    ids = prompt.input_ids[:-1][None]                    # drop the turn's </s>: the model answers
+    prompt = build_sequence(tok, [Turn(user_text=record["dynamics"][0], user_images=1)], config.model.num_image_tokens)
+    ids = prompt.input_ids[:-1][None]  # drop the turn's </s>: the model answers
     pixels = preprocess_image(record["frames"][0], config.data.image_size)[None, None]
-    out = generate(model, ids, tokens=ImageTokens.from_tokenizer(tok, config.model.num_image_tokens),
-                   pixel_values=pixels, rng=jax.random.key(seed + i),
-                   sampling=SamplingConfig(max_new_tokens=config.model.num_image_tokens + 4,
-                                           stop_tokens=(tok.eos_id,)),
-                   image_sampling=ImageSampling(num_steps=config.sample.num_steps,
-                                                 guidance_scale=config.sample.guidance_scale))
+    out = generate(
+      model,
+      ids,
+      tokens=ImageTokens.from_tokenizer(tok, config.model.num_image_tokens),
+      pixel_values=pixels,
+      rng=jax.random.key(seed + i),
+      sampling=SamplingConfig(max_new_tokens=config.model.num_image_tokens + 4, stop_tokens=(tok.eos_id,)),
+      image_sampling=ImageSampling(num_steps=config.sample.num_steps, guidance_scale=config.sample.guidance_scale),
+    )
     source, target = record["frames"][0], record["frames"][1]
     generated = out.images[0][0] if len(out.images[0]) else None
     if generated is not None and generated.shape != target.shape:
       generated = np.asarray(Image.fromarray(generated).resize(target.shape[1::-1], Image.BICUBIC))
-    samples.append(dict(record=record, source=source, target=target, generated=generated,
-                        text=record["dynamics"][0]))
+    samples.append(dict(record=record, source=source, target=target, generated=generated, text=record["dynamics"][0]))
   return samples
 
 
@@ -97,7 +103,12 @@ def write_grids(samples, out: Path) -> None:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True)
-  p.add_argument("--clips", type=int, default=64, help="64: the held-out clips' backgrounds also occur in training (24 left black and grey out)")
+  p.add_argument(
+    "--clips",
+    type=int,
+    default=64,
+    help="64: the held-out clips' backgrounds also occur in training (24 left black and grey out)",
+  )
   p.add_argument("--stage1-steps", type=int, default=None, help="default: configs/wegen.py tiny")
   p.add_argument("--stage2-steps", type=int, default=None, help="default: configs/wegen.py tiny")
   p.add_argument("--samples", type=int, default=8)
@@ -121,18 +132,31 @@ def main(argv=None):
   times["stage 2"] = time.perf_counter() - start - sum(times.values())
 
   from wegen_jax.systems.wegen.sample import load_run
+
   model = load_run(stage2, workdir / "stage2")
   samples = validation_samples(stage2, model, args.samples, args.seed)
   write_grids(samples, workdir / "samples")
-  with_image = [dict(generated=s["generated"], source=s["source"], target=s["target"],
-                     boxes=s["record"]["boxes"], box_frame=s["record"]["box_frame"],
-                     box_label=s["record"]["box_label"]) for s in samples if s["generated"] is not None]
+  with_image = [
+    dict(
+      generated=s["generated"],
+      source=s["source"],
+      target=s["target"],
+      boxes=s["record"]["boxes"],
+      box_frame=s["record"]["box_frame"],
+      box_label=s["record"]["box_label"],
+    )
+    for s in samples
+    if s["generated"] is not None
+  ]
   metrics = evaluate(with_image) if with_image else {}
   metrics["images_generated"] = f"{len(with_image)}/{len(samples)}"
   times["generation"] = time.perf_counter() - start - sum(times.values())
   metrics["seconds"] = {k: round(v, 1) for k, v in times.items()}
-  metrics["final_losses"] = {k: v for k, v in json.loads(
-      (workdir / "stage2" / "metrics.jsonl").read_text().splitlines()[-1]).items() if k.startswith("loss")}
+  metrics["final_losses"] = {
+    k: v
+    for k, v in json.loads((workdir / "stage2" / "metrics.jsonl").read_text().splitlines()[-1]).items()
+    if k.startswith("loss")
+  }
   (workdir / "validation.json").write_text(json.dumps(metrics, indent=2))
   print(json.dumps(metrics, indent=2))
   print(f"samples (source | target | generated): {workdir / 'samples'}; total {time.perf_counter() - start:.0f}s")

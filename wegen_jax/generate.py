@@ -4,6 +4,7 @@ Without `config.checkpoint` the model is randomly initialised, written as an HF 
 (WORKDIR/hf_model) and read back through the converter, so the demo exercises the same
 path as real weights; with PyTorch installed it also checks the export against HF.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,7 @@ def left_pad(rows: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
   ids = np.full((len(rows), width), pad, np.int32)
   mask = np.zeros((len(rows), width), np.int32)
   for i, r in enumerate(rows):
-    ids[i, width - len(r):], mask[i, width - len(r):] = r, 1
+    ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
   return ids, mask
 
 
@@ -54,11 +55,13 @@ def main(_):
   mesh = make_mesh(dict(cfg.mesh))
   tokenizer = None
   if cfg.checkpoint:
-    model = convert.load_hf_llm(cfg.checkpoint, mesh=mesh, sharding_rules=cfg.sharding_rules,
-                                dtype=cfg.model.dtype, remat=cfg.model.remat)
+    model = convert.load_hf_llm(
+      cfg.checkpoint, mesh=mesh, sharding_rules=cfg.sharding_rules, dtype=cfg.model.dtype, remat=cfg.model.remat
+    )
     tok_file = Path(cfg.checkpoint) / "tokenizer.json"
     if tok_file.is_file():
       import tokenizers
+
       tokenizer = tokenizers.Tokenizer.from_file(str(tok_file))
   else:
     model = LLM(LLMConfig(**cfg.model), rngs=nnx.Rngs(cfg.seed))
@@ -79,7 +82,7 @@ def main(_):
   sampling = SamplingConfig(**{k: (tuple(v) if k == "stop_tokens" else v) for k, v in cfg.sampling.items()})
   ids, mask = left_pad(rows, sampling.pad_token)
   rng = jax.random.key(cfg.seed)
-  out = generate(model, ids, attention_mask=mask, sampling=sampling, rng=rng)   # compile + run
+  out = generate(model, ids, attention_mask=mask, sampling=sampling, rng=rng)  # compile + run
   jax.block_until_ready(out.tokens)
   start = time.perf_counter()
   out = generate(model, ids, attention_mask=mask, sampling=sampling, rng=rng)
@@ -93,8 +96,10 @@ def main(_):
         record["text"] = tokenizer.decode(row[:n].tolist())
       f.write(json.dumps(record) + "\n")
       print(record)
-  print(f"decoded {int(lengths.sum())} tokens in {seconds:.3f}s "
-        f"({lengths.sum() / seconds:.0f} tokens/s, batch {len(rows)}) -> {workdir / 'generations.jsonl'}")
+  print(
+    f"decoded {int(lengths.sum())} tokens in {seconds:.3f}s "
+    f"({lengths.sum() / seconds:.0f} tokens/s, batch {len(rows)}) -> {workdir / 'generations.jsonl'}"
+  )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 Rerunning the same command resumes from the newest checkpoint in DIR/checkpoints.
 """
+
 from __future__ import annotations
 
 import sys
@@ -14,8 +15,9 @@ from wegen_jax.training.trainer import NonFiniteLossError, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard files go here")
-_COORDINATOR = flags.DEFINE_string("coordinator", None, "multi-process: host:port of process 0 "
-                                   "(SLURM and TPU pods are detected from the environment)")
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator", None, "multi-process: host:port of process 0 (SLURM and TPU pods are detected from the environment)"
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this process's index")
 

@@ -5,6 +5,7 @@ buffers) and memory-mapped, so a 7B shard is read tensor by tensor and bfloat16 
 (via ml_dtypes). PyTorch pickles (`.bin`, `.pt`) are read only with
 `torch.load(weights_only=True)`, never unpickled freely.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,16 @@ import ml_dtypes
 import numpy as np
 
 _DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_,
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": ml_dtypes.bfloat16,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U8": np.uint8,
+  "BOOL": np.bool_,
 }
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
@@ -61,11 +69,12 @@ class SafetensorsFile(Mapping[str, np.ndarray]):
       raise CheckpointError(f"{self.path}: tensor {name!r} has unsupported dtype {e['dtype']}")
     begin, end = e["data_offsets"]
     if self._data_start + end > self._size:
-      raise CheckpointError(f"{self.path} is truncated: tensor {name!r} ends at byte "
-                            f"{self._data_start + end} but the file has {self._size}")
+      raise CheckpointError(
+        f"{self.path} is truncated: tensor {name!r} ends at byte {self._data_start + end} but the file has {self._size}"
+      )
     if self._mmap is None:
       self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
-    raw = self._mmap[self._data_start + begin:self._data_start + end]
+    raw = self._mmap[self._data_start + begin : self._data_start + end]
     return raw.view(_DTYPES[e["dtype"]]).reshape(e["shape"])
 
   def shape(self, name: str) -> tuple[int, ...]:
@@ -78,16 +87,16 @@ class SafetensorsFile(Mapping[str, np.ndarray]):
     return len(self._entries)
 
 
-def save_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
-                     metadata: Mapping[str, str] | None = None) -> None:
+def save_safetensors(
+  tensors: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> None:
   header, offset, arrays = {}, 0, []
   for name in sorted(tensors):
     a = np.asarray(tensors[name])
     a = np.ascontiguousarray(a).reshape(a.shape)  # ascontiguousarray makes 0-d arrays 1-d
     if a.dtype not in _NAMES:
       raise CheckpointError(f"tensor {name!r}: dtype {a.dtype} cannot be written to safetensors")
-    header[name] = {"dtype": _NAMES[a.dtype], "shape": list(a.shape),
-                    "data_offsets": [offset, offset + a.nbytes]}
+    header[name] = {"dtype": _NAMES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
     offset += a.nbytes
     arrays.append(a)
   header["__metadata__"] = dict(metadata or {"format": "pt"})
@@ -129,8 +138,9 @@ def load_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError:
-    raise CheckpointError(f"reading {path} needs PyTorch: pip install 'wegen_jax[torch]' "
-                          "(or convert it to safetensors first)") from None
+    raise CheckpointError(
+      f"reading {path} needs PyTorch: pip install 'wegen_jax[torch]' (or convert it to safetensors first)"
+    ) from None
   try:
     sd = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many types for corrupt pickles
@@ -142,8 +152,7 @@ def load_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
   for k, v in sd.items():
     if hasattr(v, "detach"):
       v = v.detach().cpu()
-      out[k] = (v.float().numpy().astype(ml_dtypes.bfloat16) if v.dtype == torch.bfloat16
-                else v.numpy())
+      out[k] = v.float().numpy().astype(ml_dtypes.bfloat16) if v.dtype == torch.bfloat16 else v.numpy()
   return out
 
 
@@ -169,12 +178,18 @@ def read_state_dict(path: str | os.PathLike) -> Mapping[str, np.ndarray]:
   for name in ("pytorch_model.bin", "diffusion_pytorch_model.bin"):
     if (path / name).is_file():
       return load_torch_file(path / name)
-  raise CheckpointError(f"no weights in {path}: expected model.safetensors (or a sharded "
-                        "model.safetensors.index.json, or pytorch_model.bin)")
+  raise CheckpointError(
+    f"no weights in {path}: expected model.safetensors (or a sharded "
+    "model.safetensors.index.json, or pytorch_model.bin)"
+  )
 
 
-def save_state_dict(tensors: Mapping[str, np.ndarray], directory: str | os.PathLike,
-                    filename: str = "model.safetensors", max_shard_bytes: int = 5 * 2**30) -> None:
+def save_state_dict(
+  tensors: Mapping[str, np.ndarray],
+  directory: str | os.PathLike,
+  filename: str = "model.safetensors",
+  max_shard_bytes: int = 5 * 2**30,
+) -> None:
   """Writes one safetensors file, or HF-style shards plus an index when over max_shard_bytes."""
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 Each mode is a function registered in COMMANDS with its arguments; add a mode by
 registering it (diffusers, CLIP and EVA modes live next to their converters).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,7 @@ def command(name: str, help_text: str, add_args: Callable[[argparse.ArgumentPars
   def register(fn):
     COMMANDS[name] = (help_text, add_args, fn)
     return fn
+
   return register
 
 
@@ -29,8 +31,11 @@ def _src_out(p):
   p.add_argument("--dtype", default=None, help="dtype to store, e.g. bfloat16 (default: keep)")
 
 
-@command("inspect", "list the tensors (name, shape, dtype) of a checkpoint file or directory",
-         lambda p: p.add_argument("path", help=".safetensors/.bin/.pt file or HF/diffusers directory"))
+@command(
+  "inspect",
+  "list the tensors (name, shape, dtype) of a checkpoint file or directory",
+  lambda p: p.add_argument("path", help=".safetensors/.bin/.pt file or HF/diffusers directory"),
+)
 def _inspect(args):
   sd = read_state_dict(args.path)
   total = 0
@@ -41,33 +46,40 @@ def _inspect(args):
   print(f"{len(sd)} tensors, {total / 1e6:.2f}M parameters")
 
 
-@command("hf-llm-to-jax", "HF causal LM dir (Llama/Qwen2/Qwen2.5-VL text/OPT) -> wegen_jax checkpoint "
-         "(Orbax params + wegen_model.json)", _src_out)
+@command(
+  "hf-llm-to-jax",
+  "HF causal LM dir (Llama/Qwen2/Qwen2.5-VL text/OPT) -> wegen_jax checkpoint (Orbax params + wegen_model.json)",
+  _src_out,
+)
 def _hf_llm_to_jax(args):
   from wegen_jax.convert.hf_llm import load_hf_llm
   from wegen_jax.convert.native import save_native
+
   overrides = {"param_dtype": args.dtype} if args.dtype else {}
   model = load_hf_llm(args.src, **overrides)
   save_native(model, args.out)
   print(f"wrote {args.out} ({model.cfg.family}, {model.cfg.num_layers} layers)")
 
 
-@command("jax-to-hf-llm", "wegen_jax LLM checkpoint -> HF dir that AutoModelForCausalLM.from_pretrained "
-         "loads", _src_out)
+@command(
+  "jax-to-hf-llm", "wegen_jax LLM checkpoint -> HF dir that AutoModelForCausalLM.from_pretrained loads", _src_out
+)
 def _jax_to_hf_llm(args):
   from wegen_jax.convert.hf_llm import save_hf_llm
   from wegen_jax.convert.native import load_native
+
   save_hf_llm(load_native(args.src), args.out, dtype=args.dtype and np.dtype(args.dtype))
   print(f"wrote {args.out}")
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m wegen_jax.convert",
-      description="Convert checkpoints between PyTorch layouts (HF transformers, diffusers, timm, the "
-                  "authors' files) and wegen_jax. Reads safetensors directly and .bin/.pt only with "
-                  "torch.load(weights_only=True); nothing is downloaded.",
-      epilog="`python -m wegen_jax.convert MODE --help` explains each mode's arguments.")
+    prog="python -m wegen_jax.convert",
+    description="Convert checkpoints between PyTorch layouts (HF transformers, diffusers, timm, the "
+    "authors' files) and wegen_jax. Reads safetensors directly and .bin/.pt only with "
+    "torch.load(weights_only=True); nothing is downloaded.",
+    epilog="`python -m wegen_jax.convert MODE --help` explains each mode's arguments.",
+  )
   sub = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
   for name, (help_text, add_args, _) in COMMANDS.items():
     add_args(sub.add_parser(name, help=help_text, description=help_text))

@@ -8,6 +8,7 @@ Our module names mirror diffusers, so the tables only rename leaves (kernel/scal
 attention q/k/v/o -> to_q/to_k/to_v/to_out.0, GEGLU proj/out -> ff.net.0.proj/ff.net.2) and
 transpose layouts (Linear [out,in] <-> [in,out]; conv OIHW <-> HWIO).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ from flax import nnx
 
 from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict, save_state_dict
 from wegen_jax.convert.cli import command
-from wegen_jax.convert.mapping import CONV, COPY, LINEAR, Rule, Transform, export_state_dict, load_state_dict
+from wegen_jax.convert.mapping import CONV, LINEAR, Rule, Transform, export_state_dict, load_state_dict
 from wegen_jax.models.unet import UNet2DConditionModel, UNetConfig
 from wegen_jax.models.vae import AutoencoderKL, VAEConfig
 
@@ -29,11 +30,19 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 # A 1x1 conv stored as [out, in, 1, 1] by PyTorch but used as a Linear [in, out] by us never
 # happens: proj_in/out are Dense exactly when use_linear_projection, as in diffusers.
 _UNSUPPORTED_UNET = {
-    "class_embed_type": None, "encoder_hid_dim_type": None, "time_cond_proj_dim": None,
-    "timestep_post_act": None, "dual_cross_attention": False, "only_cross_attention": False,
-    "resnet_time_scale_shift": "default", "attention_type": "default", "time_embedding_type": "positional",
-    "class_embeddings_concat": False, "cross_attention_norm": None, "resnet_skip_time_act": False,
-    "num_attention_heads": None,
+  "class_embed_type": None,
+  "encoder_hid_dim_type": None,
+  "time_cond_proj_dim": None,
+  "timestep_post_act": None,
+  "dual_cross_attention": False,
+  "only_cross_attention": False,
+  "resnet_time_scale_shift": "default",
+  "attention_type": "default",
+  "time_embedding_type": "positional",
+  "class_embeddings_concat": False,
+  "cross_attention_norm": None,
+  "resnet_skip_time_act": False,
+  "num_attention_heads": None,
 }
 
 
@@ -56,8 +65,9 @@ def unet_config_from_diffusers(d: Mapping[str, Any], **overrides) -> UNetConfig:
     if value != ok and not (key == "only_cross_attention" and not any(np.atleast_1d(value))):
       raise CheckpointError(f"UNet config: {key}={value!r} is not supported (only {ok!r})")
   if d.get("addition_embed_type") not in (None, "text_time"):
-    raise CheckpointError(f"UNet config: addition_embed_type={d['addition_embed_type']!r} is not "
-                          "supported (None or 'text_time')")
+    raise CheckpointError(
+      f"UNet config: addition_embed_type={d['addition_embed_type']!r} is not supported (None or 'text_time')"
+    )
   boc = tuple(d.get("block_out_channels", (320, 640, 1280, 1280)))
   n = len(boc)
   down = tuple(d.get("down_block_types", UNetConfig.down_block_types))
@@ -72,30 +82,45 @@ def unet_config_from_diffusers(d: Mapping[str, Any], **overrides) -> UNetConfig:
   rev = d.get("reverse_transformer_layers_per_block")
   if rev is None:
     if any(isinstance(t, (list, tuple)) for t in tl):
-      raise CheckpointError("UNet config: per-layer transformer_layers_per_block needs "
-                            "reverse_transformer_layers_per_block")
+      raise CheckpointError(
+        "UNet config: per-layer transformer_layers_per_block needs reverse_transformer_layers_per_block"
+      )
     rev = list(reversed(tl))
   up_tl = tuple(_per_layer(rev[i], layers[n - 1 - i] + 1) for i in range(n))
   mid_tl = _per_layer(tl[-1], 1)[0]
   cfg = UNetConfig(
-      in_channels=d.get("in_channels", 4), out_channels=d.get("out_channels", 4), block_out_channels=boc,
-      down_block_types=down, up_block_types=up,
-      mid_block_type=d.get("mid_block_type", "UNetMidBlock2DCrossAttn"),
-      layers_per_block=layers, down_transformer_layers=down_tl, up_transformer_layers=up_tl,
-      mid_transformer_layers=mid_tl, num_attention_heads=heads, cross_attention_dim=cross,
-      use_linear_projection=bool(d.get("use_linear_projection", False)),
-      norm_num_groups=d.get("norm_num_groups", 32), norm_eps=d.get("norm_eps", 1e-5),
-      act_fn=d.get("act_fn", "silu"), flip_sin_to_cos=d.get("flip_sin_to_cos", True),
-      freq_shift=d.get("freq_shift", 0), downsample_padding=d.get("downsample_padding", 1),
-      mid_block_scale_factor=d.get("mid_block_scale_factor", 1.0),
-      resnet_out_scale_factor=d.get("resnet_out_scale_factor", 1.0),
-      center_input_sample=d.get("center_input_sample", False),
-      conv_in_kernel=d.get("conv_in_kernel", 3), conv_out_kernel=d.get("conv_out_kernel", 3),
-      time_embedding_dim=d.get("time_embedding_dim"), time_embedding_act_fn=d.get("time_embedding_act_fn"),
-      addition_embed_type=d.get("addition_embed_type"),
-      addition_time_embed_dim=d.get("addition_time_embed_dim"),
-      projection_class_embeddings_input_dim=d.get("projection_class_embeddings_input_dim"),
-      upcast_attention=d.get("upcast_attention", False), sample_size=d.get("sample_size"))
+    in_channels=d.get("in_channels", 4),
+    out_channels=d.get("out_channels", 4),
+    block_out_channels=boc,
+    down_block_types=down,
+    up_block_types=up,
+    mid_block_type=d.get("mid_block_type", "UNetMidBlock2DCrossAttn"),
+    layers_per_block=layers,
+    down_transformer_layers=down_tl,
+    up_transformer_layers=up_tl,
+    mid_transformer_layers=mid_tl,
+    num_attention_heads=heads,
+    cross_attention_dim=cross,
+    use_linear_projection=bool(d.get("use_linear_projection", False)),
+    norm_num_groups=d.get("norm_num_groups", 32),
+    norm_eps=d.get("norm_eps", 1e-5),
+    act_fn=d.get("act_fn", "silu"),
+    flip_sin_to_cos=d.get("flip_sin_to_cos", True),
+    freq_shift=d.get("freq_shift", 0),
+    downsample_padding=d.get("downsample_padding", 1),
+    mid_block_scale_factor=d.get("mid_block_scale_factor", 1.0),
+    resnet_out_scale_factor=d.get("resnet_out_scale_factor", 1.0),
+    center_input_sample=d.get("center_input_sample", False),
+    conv_in_kernel=d.get("conv_in_kernel", 3),
+    conv_out_kernel=d.get("conv_out_kernel", 3),
+    time_embedding_dim=d.get("time_embedding_dim"),
+    time_embedding_act_fn=d.get("time_embedding_act_fn"),
+    addition_embed_type=d.get("addition_embed_type"),
+    addition_time_embed_dim=d.get("addition_time_embed_dim"),
+    projection_class_embeddings_input_dim=d.get("projection_class_embeddings_input_dim"),
+    upcast_attention=d.get("upcast_attention", False),
+    sample_size=d.get("sample_size"),
+  )
   if d.get("norm_num_groups", 32) is None:
     raise CheckpointError("UNet config: norm_num_groups=None is not supported")
   return cfg.replace(**overrides)
@@ -105,33 +130,48 @@ def unet_config_to_diffusers(cfg: UNetConfig) -> dict:
   """config.json for diffusers' UNet2DConditionModel."""
   uniform = all(len(set(t)) == 1 for t in cfg.down_transformer_layers + cfg.up_transformer_layers)
   out = {
-      "_class_name": "UNet2DConditionModel", "in_channels": cfg.in_channels,
-      "out_channels": cfg.out_channels, "block_out_channels": list(cfg.block_out_channels),
-      "down_block_types": list(cfg.down_block_types), "up_block_types": list(cfg.up_block_types),
-      "mid_block_type": cfg.mid_block_type, "layers_per_block": list(cfg.layers_per_block),
-      "attention_head_dim": list(cfg.num_attention_heads), "cross_attention_dim": list(cfg.cross_attention_dim),
-      "use_linear_projection": cfg.use_linear_projection, "norm_num_groups": cfg.norm_num_groups,
-      "norm_eps": cfg.norm_eps, "act_fn": cfg.act_fn, "flip_sin_to_cos": cfg.flip_sin_to_cos,
-      "freq_shift": cfg.freq_shift, "downsample_padding": cfg.downsample_padding,
-      "mid_block_scale_factor": cfg.mid_block_scale_factor,
-      "resnet_out_scale_factor": cfg.resnet_out_scale_factor, "center_input_sample": cfg.center_input_sample,
-      "conv_in_kernel": cfg.conv_in_kernel, "conv_out_kernel": cfg.conv_out_kernel,
-      "time_embedding_dim": cfg.time_embedding_dim, "time_embedding_act_fn": cfg.time_embedding_act_fn,
-      "addition_embed_type": cfg.addition_embed_type, "addition_time_embed_dim": cfg.addition_time_embed_dim,
-      "projection_class_embeddings_input_dim": cfg.projection_class_embeddings_input_dim,
-      "upcast_attention": cfg.upcast_attention, "sample_size": cfg.sample_size,
+    "_class_name": "UNet2DConditionModel",
+    "in_channels": cfg.in_channels,
+    "out_channels": cfg.out_channels,
+    "block_out_channels": list(cfg.block_out_channels),
+    "down_block_types": list(cfg.down_block_types),
+    "up_block_types": list(cfg.up_block_types),
+    "mid_block_type": cfg.mid_block_type,
+    "layers_per_block": list(cfg.layers_per_block),
+    "attention_head_dim": list(cfg.num_attention_heads),
+    "cross_attention_dim": list(cfg.cross_attention_dim),
+    "use_linear_projection": cfg.use_linear_projection,
+    "norm_num_groups": cfg.norm_num_groups,
+    "norm_eps": cfg.norm_eps,
+    "act_fn": cfg.act_fn,
+    "flip_sin_to_cos": cfg.flip_sin_to_cos,
+    "freq_shift": cfg.freq_shift,
+    "downsample_padding": cfg.downsample_padding,
+    "mid_block_scale_factor": cfg.mid_block_scale_factor,
+    "resnet_out_scale_factor": cfg.resnet_out_scale_factor,
+    "center_input_sample": cfg.center_input_sample,
+    "conv_in_kernel": cfg.conv_in_kernel,
+    "conv_out_kernel": cfg.conv_out_kernel,
+    "time_embedding_dim": cfg.time_embedding_dim,
+    "time_embedding_act_fn": cfg.time_embedding_act_fn,
+    "addition_embed_type": cfg.addition_embed_type,
+    "addition_time_embed_dim": cfg.addition_time_embed_dim,
+    "projection_class_embeddings_input_dim": cfg.projection_class_embeddings_input_dim,
+    "upcast_attention": cfg.upcast_attention,
+    "sample_size": cfg.sample_size,
   }
   if uniform:
     out["transformer_layers_per_block"] = [t[0] for t in cfg.down_transformer_layers]
-    if any(t[0] != cfg.up_transformer_layers[i][0]
-           for i, t in enumerate(reversed(cfg.down_transformer_layers))):
+    if any(t[0] != cfg.up_transformer_layers[i][0] for i, t in enumerate(reversed(cfg.down_transformer_layers))):
       out["reverse_transformer_layers_per_block"] = [list(t) for t in cfg.up_transformer_layers]
   else:
     out["transformer_layers_per_block"] = [list(t) for t in cfg.down_transformer_layers]
     out["reverse_transformer_layers_per_block"] = [list(t) for t in cfg.up_transformer_layers]
   if cfg.mid_transformer_layers != _per_layer(out["transformer_layers_per_block"][-1], 1)[0]:
-    raise CheckpointError("diffusers takes the mid block's transformer depth from the last down "
-                          f"block; mid_transformer_layers={cfg.mid_transformer_layers} cannot be exported")
+    raise CheckpointError(
+      "diffusers takes the mid block's transformer depth from the last down "
+      f"block; mid_transformer_layers={cfg.mid_transformer_layers} cannot be exported"
+    )
   return out
 
 
@@ -140,24 +180,31 @@ def _common_rules(prefix: str) -> list[Rule]:
   p = prefix
   out = []
   for conv in ("conv1", "conv2", "conv_shortcut"):
-    out += [Rule(p + f"resnets.{{j}}.{conv}.kernel", p + f"resnets.{{j}}.{conv}.weight", CONV),
-            Rule(p + f"resnets.{{j}}.{conv}.bias", p + f"resnets.{{j}}.{conv}.bias")]
+    out += [
+      Rule(p + f"resnets.{{j}}.{conv}.kernel", p + f"resnets.{{j}}.{conv}.weight", CONV),
+      Rule(p + f"resnets.{{j}}.{conv}.bias", p + f"resnets.{{j}}.{conv}.bias"),
+    ]
   for norm in ("norm1", "norm2"):
-    out += [Rule(p + f"resnets.{{j}}.{norm}.scale", p + f"resnets.{{j}}.{norm}.weight"),
-            Rule(p + f"resnets.{{j}}.{norm}.bias", p + f"resnets.{{j}}.{norm}.bias")]
-  out += [Rule(p + "resnets.{j}.time_emb_proj.kernel", p + "resnets.{j}.time_emb_proj.weight", LINEAR),
-          Rule(p + "resnets.{j}.time_emb_proj.bias", p + "resnets.{j}.time_emb_proj.bias")]
+    out += [
+      Rule(p + f"resnets.{{j}}.{norm}.scale", p + f"resnets.{{j}}.{norm}.weight"),
+      Rule(p + f"resnets.{{j}}.{norm}.bias", p + f"resnets.{{j}}.{norm}.bias"),
+    ]
+  out += [
+    Rule(p + "resnets.{j}.time_emb_proj.kernel", p + "resnets.{j}.time_emb_proj.weight", LINEAR),
+    Rule(p + "resnets.{j}.time_emb_proj.bias", p + "resnets.{j}.time_emb_proj.bias"),
+  ]
   for s in ("downsamplers", "upsamplers"):
-    out += [Rule(p + f"{s}.0.conv.kernel", p + f"{s}.0.conv.weight", CONV),
-            Rule(p + f"{s}.0.conv.bias", p + f"{s}.0.conv.bias")]
+    out += [
+      Rule(p + f"{s}.0.conv.kernel", p + f"{s}.0.conv.weight", CONV),
+      Rule(p + f"{s}.0.conv.bias", p + f"{s}.0.conv.bias"),
+    ]
   return out
 
 
 def _attention_rules(ours: str, theirs: str) -> list[Rule]:
   out = []
   for a, b in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0")):
-    out += [Rule(f"{ours}.{a}.kernel", f"{theirs}.{b}.weight", LINEAR),
-            Rule(f"{ours}.{a}.bias", f"{theirs}.{b}.bias")]
+    out += [Rule(f"{ours}.{a}.kernel", f"{theirs}.{b}.weight", LINEAR), Rule(f"{ours}.{a}.bias", f"{theirs}.{b}.bias")]
   return out
 
 
@@ -165,15 +212,27 @@ def _top_rules(names: tuple[str, ...]) -> list[Rule]:
   out = []
   for name in names:
     kind = CONV if "conv" in name else LINEAR
-    out += [Rule(f"{name}.kernel", f"{name}.weight", kind), Rule(f"{name}.bias", f"{name}.bias"),
-            Rule(f"{name}.scale", f"{name}.weight")]
+    out += [
+      Rule(f"{name}.kernel", f"{name}.weight", kind),
+      Rule(f"{name}.bias", f"{name}.bias"),
+      Rule(f"{name}.scale", f"{name}.weight"),
+    ]
   return out
 
 
 def unet_rules(cfg: UNetConfig) -> list[Rule]:
   proj = LINEAR if cfg.use_linear_projection else CONV
-  out = _top_rules(("conv_in", "conv_out", "conv_norm_out", "time_embedding.linear_1",
-                    "time_embedding.linear_2", "add_embedding.linear_1", "add_embedding.linear_2"))
+  out = _top_rules(
+    (
+      "conv_in",
+      "conv_out",
+      "conv_norm_out",
+      "time_embedding.linear_1",
+      "time_embedding.linear_2",
+      "add_embedding.linear_1",
+      "add_embedding.linear_2",
+    )
+  )
   for blk in ("down_blocks.{i}.", "up_blocks.{i}.", "mid_block."):
     out += _common_rules(blk)
     a = blk + "attentions.{j}."
@@ -184,10 +243,12 @@ def unet_rules(cfg: UNetConfig) -> list[Rule]:
     for norm in ("norm1", "norm2", "norm3"):
       out += [Rule(t + f"{norm}.scale", t + f"{norm}.weight"), Rule(t + f"{norm}.bias", t + f"{norm}.bias")]
     out += _attention_rules(t + "attn1", t + "attn1") + _attention_rules(t + "attn2", t + "attn2")
-    out += [Rule(t + "ff.proj.kernel", t + "ff.net.0.proj.weight", LINEAR),
-            Rule(t + "ff.proj.bias", t + "ff.net.0.proj.bias"),
-            Rule(t + "ff.out.kernel", t + "ff.net.2.weight", LINEAR),
-            Rule(t + "ff.out.bias", t + "ff.net.2.bias")]
+    out += [
+      Rule(t + "ff.proj.kernel", t + "ff.net.0.proj.weight", LINEAR),
+      Rule(t + "ff.proj.bias", t + "ff.net.0.proj.bias"),
+      Rule(t + "ff.out.kernel", t + "ff.net.2.weight", LINEAR),
+      Rule(t + "ff.out.bias", t + "ff.net.2.bias"),
+    ]
   return out
 
 
@@ -208,8 +269,7 @@ def vae_rules(cfg: VAEConfig) -> list[Rule]:
     a = f"{part}.mid_block.attentions.0."
     out += [Rule(a + "group_norm.scale", a + "group_norm.weight"), Rule(a + "group_norm.bias", a + "group_norm.bias")]
     for x, y in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0")):
-      out += [Rule(a + f"attn.{x}.kernel", a + f"{y}.weight", _VAE_LINEAR),
-              Rule(a + f"attn.{x}.bias", a + f"{y}.bias")]
+      out += [Rule(a + f"attn.{x}.kernel", a + f"{y}.weight", _VAE_LINEAR), Rule(a + f"attn.{x}.bias", a + f"{y}.bias")]
   return out
 
 
@@ -224,33 +284,53 @@ def vae_config_from_diffusers(d: Mapping[str, Any], **overrides) -> VAEConfig:
   if len(d.get("down_block_types", boc)) != len(boc):
     raise CheckpointError("VAE config: down_block_types and block_out_channels differ in length")
   return VAEConfig(
-      in_channels=d.get("in_channels", 3), out_channels=d.get("out_channels", 3), block_out_channels=boc,
-      layers_per_block=d.get("layers_per_block", 1), latent_channels=d.get("latent_channels", 4),
-      norm_num_groups=d.get("norm_num_groups", 32), act_fn=d.get("act_fn", "silu"),
-      scaling_factor=d.get("scaling_factor", 0.18215), shift_factor=d.get("shift_factor"),
-      use_quant_conv=d.get("use_quant_conv", True), use_post_quant_conv=d.get("use_post_quant_conv", True),
-      mid_block_add_attention=d.get("mid_block_add_attention", True),
-      force_upcast=d.get("force_upcast", True), sample_size=d.get("sample_size", 32)).replace(**overrides)
+    in_channels=d.get("in_channels", 3),
+    out_channels=d.get("out_channels", 3),
+    block_out_channels=boc,
+    layers_per_block=d.get("layers_per_block", 1),
+    latent_channels=d.get("latent_channels", 4),
+    norm_num_groups=d.get("norm_num_groups", 32),
+    act_fn=d.get("act_fn", "silu"),
+    scaling_factor=d.get("scaling_factor", 0.18215),
+    shift_factor=d.get("shift_factor"),
+    use_quant_conv=d.get("use_quant_conv", True),
+    use_post_quant_conv=d.get("use_post_quant_conv", True),
+    mid_block_add_attention=d.get("mid_block_add_attention", True),
+    force_upcast=d.get("force_upcast", True),
+    sample_size=d.get("sample_size", 32),
+  ).replace(**overrides)
 
 
 def vae_config_to_diffusers(cfg: VAEConfig) -> dict:
   n = len(cfg.block_out_channels)
-  return {"_class_name": "AutoencoderKL", "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,
-          "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n,
-          "block_out_channels": list(cfg.block_out_channels), "layers_per_block": cfg.layers_per_block,
-          "act_fn": cfg.act_fn, "latent_channels": cfg.latent_channels,
-          "norm_num_groups": cfg.norm_num_groups, "sample_size": cfg.sample_size,
-          "scaling_factor": cfg.scaling_factor, "shift_factor": cfg.shift_factor,
-          "force_upcast": cfg.force_upcast, "use_quant_conv": cfg.use_quant_conv,
-          "use_post_quant_conv": cfg.use_post_quant_conv,
-          "mid_block_add_attention": cfg.mid_block_add_attention}
+  return {
+    "_class_name": "AutoencoderKL",
+    "in_channels": cfg.in_channels,
+    "out_channels": cfg.out_channels,
+    "down_block_types": ["DownEncoderBlock2D"] * n,
+    "up_block_types": ["UpDecoderBlock2D"] * n,
+    "block_out_channels": list(cfg.block_out_channels),
+    "layers_per_block": cfg.layers_per_block,
+    "act_fn": cfg.act_fn,
+    "latent_channels": cfg.latent_channels,
+    "norm_num_groups": cfg.norm_num_groups,
+    "sample_size": cfg.sample_size,
+    "scaling_factor": cfg.scaling_factor,
+    "shift_factor": cfg.shift_factor,
+    "force_upcast": cfg.force_upcast,
+    "use_quant_conv": cfg.use_quant_conv,
+    "use_post_quant_conv": cfg.use_post_quant_conv,
+    "mid_block_add_attention": cfg.mid_block_add_attention,
+  }
 
 
 def read_config(path: str | os.PathLike) -> dict:
   config_path = Path(path) / "config.json"
   if not config_path.is_file():
-    raise CheckpointError(f"no config.json in {path}: expected a diffusers model folder "
-                          f"(config.json + {WEIGHTS}), e.g. the unet/ or vae/ subfolder of a pipeline")
+    raise CheckpointError(
+      f"no config.json in {path}: expected a diffusers model folder "
+      f"(config.json + {WEIGHTS}), e.g. the unet/ or vae/ subfolder of a pipeline"
+    )
   try:
     return json.loads(config_path.read_text())
   except json.JSONDecodeError as e:
@@ -264,13 +344,21 @@ def load_diffusers_unet(path: str | os.PathLike, **config_overrides) -> UNet2DCo
   return fill_diffusers_unet(model, path, dtype=np.dtype(cfg.param_dtype))
 
 
-def fill_diffusers_unet(unet: UNet2DConditionModel, path: str | os.PathLike, *, dtype=None, shardings=None,
-                        on_mismatch: str = "error") -> UNet2DConditionModel:
+def fill_diffusers_unet(
+  unet: UNet2DConditionModel, path: str | os.PathLike, *, dtype=None, shardings=None, on_mismatch: str = "error"
+) -> UNet2DConditionModel:
   """Fills an existing UNet in place from a diffusers folder (or weights file), whatever that
   folder's config says; on_mismatch='keep_init' leaves re-shaped tensors (e.g. cross-attention
   keys for another condition width) at their current values, as ignore_mismatched_sizes=True."""
-  return load_state_dict(unet, read_state_dict(path), unet_rules(unet.cfg), dtype=dtype, shardings=shardings,
-                         source=str(path), on_mismatch=on_mismatch)
+  return load_state_dict(
+    unet,
+    read_state_dict(path),
+    unet_rules(unet.cfg),
+    dtype=dtype,
+    shardings=shardings,
+    source=str(path),
+    on_mismatch=on_mismatch,
+  )
 
 
 _OLD_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
@@ -297,8 +385,14 @@ def load_diffusers_vae(path: str | os.PathLike, **config_overrides) -> Autoencod
 
 def fill_diffusers_vae(vae: AutoencoderKL, path: str | os.PathLike, *, dtype=None, shardings=None) -> AutoencoderKL:
   """Fills an existing AutoencoderKL in place from a diffusers folder (or weights file)."""
-  return load_state_dict(vae, _renamed_vae_keys(read_state_dict(path)), vae_rules(vae.cfg), dtype=dtype,
-                         shardings=shardings, source=str(path))
+  return load_state_dict(
+    vae,
+    _renamed_vae_keys(read_state_dict(path)),
+    vae_rules(vae.cfg),
+    dtype=dtype,
+    shardings=shardings,
+    source=str(path),
+  )
 
 
 def _save(path, state_dict, config):
@@ -320,6 +414,7 @@ def save_diffusers_vae(model: AutoencoderKL, path: str | os.PathLike, *, dtype=N
 def register_native_kinds() -> None:
   """Lets convert.native save/load UNets and VAEs (kinds 'unet', 'vae'); imports Orbax, so lazy."""
   from wegen_jax.convert.native import register_kind
+
   register_kind("unet", UNetConfig, UNet2DConditionModel)
   register_kind("vae", VAEConfig, AutoencoderKL)
 
@@ -333,27 +428,37 @@ def _cli_args(p):
 def _cli_to_jax(loader, what):
   def run(args):
     from wegen_jax.convert.native import save_native
+
     register_native_kinds()
     model = loader(args.src, **({"param_dtype": args.dtype} if args.dtype else {}))
     save_native(model, args.out)
     print(f"wrote {args.out} (wegen_jax {what})")
+
   return run
 
 
 def _cli_to_diffusers(saver, what):
   def run(args):
     from wegen_jax.convert.native import load_native
+
     register_native_kinds()
     saver(load_native(args.src), args.out, dtype=args.dtype and np.dtype(args.dtype))
     print(f"wrote {args.out} (diffusers {what})")
+
   return run
 
 
-command("diffusers-unet", "diffusers UNet2DConditionModel dir (config.json + diffusion_pytorch_model."
-        "safetensors) -> wegen_jax checkpoint", _cli_args)(_cli_to_jax(load_diffusers_unet, "UNet"))
-command("jax-to-diffusers-unet", "wegen_jax UNet checkpoint -> dir that UNet2DConditionModel."
-        "from_pretrained loads", _cli_args)(_cli_to_diffusers(save_diffusers_unet, "UNet2DConditionModel"))
-command("diffusers-vae", "diffusers AutoencoderKL dir -> wegen_jax checkpoint",
-        _cli_args)(_cli_to_jax(load_diffusers_vae, "VAE"))
-command("jax-to-diffusers-vae", "wegen_jax VAE checkpoint -> dir that AutoencoderKL.from_pretrained loads",
-        _cli_args)(_cli_to_diffusers(save_diffusers_vae, "AutoencoderKL"))
+command(
+  "diffusers-unet",
+  "diffusers UNet2DConditionModel dir (config.json + diffusion_pytorch_model.safetensors) -> wegen_jax checkpoint",
+  _cli_args,
+)(_cli_to_jax(load_diffusers_unet, "UNet"))
+command(
+  "jax-to-diffusers-unet", "wegen_jax UNet checkpoint -> dir that UNet2DConditionModel.from_pretrained loads", _cli_args
+)(_cli_to_diffusers(save_diffusers_unet, "UNet2DConditionModel"))
+command("diffusers-vae", "diffusers AutoencoderKL dir -> wegen_jax checkpoint", _cli_args)(
+  _cli_to_jax(load_diffusers_vae, "VAE")
+)
+command("jax-to-diffusers-vae", "wegen_jax VAE checkpoint -> dir that AutoencoderKL.from_pretrained loads", _cli_args)(
+  _cli_to_diffusers(save_diffusers_vae, "AutoencoderKL")
+)

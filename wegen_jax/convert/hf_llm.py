@@ -4,6 +4,7 @@ Supported: LlamaForCausalLM (Llama-2/3, incl. llama3 rope scaling), Qwen2ForCaus
 (Qwen2/2.5), the text model of Qwen2_5_VLForConditionalGeneration (M-RoPE; loaded from
 either the flat or the `model.language_model.` key layout), and OPTForCausalLM.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict, save_state_dict
-from wegen_jax.convert.mapping import COPY, LINEAR, Rule, export_state_dict, load_state_dict
+from wegen_jax.convert.mapping import LINEAR, Rule, export_state_dict, load_state_dict
 from wegen_jax.models.llm import LLM, LLMConfig
 
 SUPPORTED = ("llama", "qwen2", "qwen2_5_vl", "opt")
@@ -57,55 +58,101 @@ def config_from_hf(d: Mapping[str, Any], **overrides) -> LLMConfig:
     bias = d.get("enable_bias", True)
     pre = d.get("do_layer_norm_before", True)
     return LLMConfig(
-        family="opt", vocab_size=d["vocab_size"], hidden_size=hidden, intermediate_size=d["ffn_dim"],
-        num_layers=d["num_hidden_layers"], num_heads=d["num_attention_heads"], norm="layer",
-        norm_eps=1e-5, norm_bias=True, pre_norm=pre,
-        final_norm=pre and not d.get("_remove_final_layer_norm", False),
-        activation=d.get("activation_function", "relu"), gated_mlp=False, qkv_bias=bias,
-        out_bias=bias, mlp_bias=bias, position_embedding="learned",
-        max_position_embeddings=d["max_position_embeddings"],
-        word_embed_proj_dim=d.get("word_embed_proj_dim") if d.get("word_embed_proj_dim") != hidden else None,
-        tie_word_embeddings=d.get("tie_word_embeddings", True)).replace(**overrides)
+      family="opt",
+      vocab_size=d["vocab_size"],
+      hidden_size=hidden,
+      intermediate_size=d["ffn_dim"],
+      num_layers=d["num_hidden_layers"],
+      num_heads=d["num_attention_heads"],
+      norm="layer",
+      norm_eps=1e-5,
+      norm_bias=True,
+      pre_norm=pre,
+      final_norm=pre and not d.get("_remove_final_layer_norm", False),
+      activation=d.get("activation_function", "relu"),
+      gated_mlp=False,
+      qkv_bias=bias,
+      out_bias=bias,
+      mlp_bias=bias,
+      position_embedding="learned",
+      max_position_embeddings=d["max_position_embeddings"],
+      word_embed_proj_dim=d.get("word_embed_proj_dim") if d.get("word_embed_proj_dim") != hidden else None,
+      tie_word_embeddings=d.get("tie_word_embeddings", True),
+    ).replace(**overrides)
   raise CheckpointError(f"unsupported architecture model_type={model_type!r}; supported: {SUPPORTED}")
 
 
 def _llama_like(d, family, *, qkv_bias, theta, scaling) -> LLMConfig:
   return LLMConfig(
-      family=family, vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
-      intermediate_size=d["intermediate_size"], num_layers=d["num_hidden_layers"],
-      num_heads=d["num_attention_heads"], num_kv_heads=d.get("num_key_value_heads"),
-      head_dim=d.get("head_dim"), norm="rms", norm_eps=d.get("rms_norm_eps", 1e-6),
-      activation=d.get("hidden_act", "silu"), gated_mlp=True, qkv_bias=qkv_bias,
-      out_bias=bool(d.get("attention_bias", False)) if family == "llama" else False,
-      mlp_bias=bool(d.get("mlp_bias", False)), rope_theta=theta, rope_scaling=scaling,
-      max_position_embeddings=d.get("max_position_embeddings", 4096),
-      tie_word_embeddings=bool(d.get("tie_word_embeddings", False)))
+    family=family,
+    vocab_size=d["vocab_size"],
+    hidden_size=d["hidden_size"],
+    intermediate_size=d["intermediate_size"],
+    num_layers=d["num_hidden_layers"],
+    num_heads=d["num_attention_heads"],
+    num_kv_heads=d.get("num_key_value_heads"),
+    head_dim=d.get("head_dim"),
+    norm="rms",
+    norm_eps=d.get("rms_norm_eps", 1e-6),
+    activation=d.get("hidden_act", "silu"),
+    gated_mlp=True,
+    qkv_bias=qkv_bias,
+    out_bias=bool(d.get("attention_bias", False)) if family == "llama" else False,
+    mlp_bias=bool(d.get("mlp_bias", False)),
+    rope_theta=theta,
+    rope_scaling=scaling,
+    max_position_embeddings=d.get("max_position_embeddings", 4096),
+    tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+  )
 
 
 def hf_config(cfg: LLMConfig) -> dict:
   """config.json for the HF class of cfg.family (Qwen2.5-VL text exports as plain Qwen2)."""
   if cfg.family == "opt":
-    return {"architectures": ["OPTForCausalLM"], "model_type": "opt", "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.hidden_size, "ffn_dim": cfg.intermediate_size,
-            "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
-            "do_layer_norm_before": cfg.pre_norm, "_remove_final_layer_norm": cfg.pre_norm and not cfg.final_norm,
-            "activation_function": cfg.activation, "enable_bias": cfg.qkv_bias,
-            "layer_norm_elementwise_affine": True, "max_position_embeddings": cfg.max_position_embeddings,
-            "word_embed_proj_dim": cfg.embed_dim, "tie_word_embeddings": cfg.tie_word_embeddings,
-            "dropout": 0.0, "attention_dropout": 0.0, "pad_token_id": 1, "bos_token_id": 2,
-            "eos_token_id": 2}
+    return {
+      "architectures": ["OPTForCausalLM"],
+      "model_type": "opt",
+      "vocab_size": cfg.vocab_size,
+      "hidden_size": cfg.hidden_size,
+      "ffn_dim": cfg.intermediate_size,
+      "num_hidden_layers": cfg.num_layers,
+      "num_attention_heads": cfg.num_heads,
+      "do_layer_norm_before": cfg.pre_norm,
+      "_remove_final_layer_norm": cfg.pre_norm and not cfg.final_norm,
+      "activation_function": cfg.activation,
+      "enable_bias": cfg.qkv_bias,
+      "layer_norm_elementwise_affine": True,
+      "max_position_embeddings": cfg.max_position_embeddings,
+      "word_embed_proj_dim": cfg.embed_dim,
+      "tie_word_embeddings": cfg.tie_word_embeddings,
+      "dropout": 0.0,
+      "attention_dropout": 0.0,
+      "pad_token_id": 1,
+      "bos_token_id": 2,
+      "eos_token_id": 2,
+    }
   if cfg.family not in ("llama", "qwen2"):
     raise CheckpointError(f"cannot export family {cfg.family!r}; supported: llama, qwen2, opt")
   rope = {"rope_theta": cfg.rope_theta, "rope_type": "default", **dict(cfg.rope_scaling or {})}
-  out = {"architectures": ["LlamaForCausalLM" if cfg.family == "llama" else "Qwen2ForCausalLM"],
-         "model_type": cfg.family, "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
-         "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
-         "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.kv_heads,
-         "head_dim": cfg.dim_per_head, "rms_norm_eps": cfg.norm_eps, "hidden_act": cfg.activation,
-         "max_position_embeddings": cfg.max_position_embeddings,
-         "tie_word_embeddings": cfg.tie_word_embeddings, "rope_theta": cfg.rope_theta,
-         "rope_parameters": rope, "rope_scaling": cfg.rope_scaling and dict(cfg.rope_scaling),
-         "torch_dtype": "float32"}
+  out = {
+    "architectures": ["LlamaForCausalLM" if cfg.family == "llama" else "Qwen2ForCausalLM"],
+    "model_type": cfg.family,
+    "vocab_size": cfg.vocab_size,
+    "hidden_size": cfg.hidden_size,
+    "intermediate_size": cfg.intermediate_size,
+    "num_hidden_layers": cfg.num_layers,
+    "num_attention_heads": cfg.num_heads,
+    "num_key_value_heads": cfg.kv_heads,
+    "head_dim": cfg.dim_per_head,
+    "rms_norm_eps": cfg.norm_eps,
+    "hidden_act": cfg.activation,
+    "max_position_embeddings": cfg.max_position_embeddings,
+    "tie_word_embeddings": cfg.tie_word_embeddings,
+    "rope_theta": cfg.rope_theta,
+    "rope_parameters": rope,
+    "rope_scaling": cfg.rope_scaling and dict(cfg.rope_scaling),
+    "torch_dtype": "float32",
+  }
   if cfg.family == "llama":
     out.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
     if cfg.qkv_bias != cfg.out_bias:
@@ -118,30 +165,36 @@ def rules(cfg: LLMConfig, prefix: str = "model.") -> list[Rule]:
   L = "layers.{i}."
   if cfg.family == "opt":
     p, t = prefix + "decoder.", prefix + "decoder.layers.{i}."
-    out = [Rule("embed.embedding", p + "embed_tokens.weight"),
-           Rule("pos_embed.embedding", p + "embed_positions.weight"),
-           Rule("proj_in.kernel", p + "project_in.weight", LINEAR),
-           Rule("proj_out.kernel", p + "project_out.weight", LINEAR),
-           Rule("final_norm.scale", p + "final_layer_norm.weight"),
-           Rule("final_norm.bias", p + "final_layer_norm.bias"),
-           Rule(L + "attn_norm.scale", t + "self_attn_layer_norm.weight"),
-           Rule(L + "attn_norm.bias", t + "self_attn_layer_norm.bias"),
-           Rule(L + "mlp_norm.scale", t + "final_layer_norm.weight"),
-           Rule(L + "mlp_norm.bias", t + "final_layer_norm.bias"),
-           Rule(L + "attn.o.kernel", t + "self_attn.out_proj.weight", LINEAR),
-           Rule(L + "attn.o.bias", t + "self_attn.out_proj.bias"),
-           Rule(L + "mlp.fc1.kernel", t + "fc1.weight", LINEAR), Rule(L + "mlp.fc1.bias", t + "fc1.bias"),
-           Rule(L + "mlp.fc2.kernel", t + "fc2.weight", LINEAR), Rule(L + "mlp.fc2.bias", t + "fc2.bias")]
+    out = [
+      Rule("embed.embedding", p + "embed_tokens.weight"),
+      Rule("pos_embed.embedding", p + "embed_positions.weight"),
+      Rule("proj_in.kernel", p + "project_in.weight", LINEAR),
+      Rule("proj_out.kernel", p + "project_out.weight", LINEAR),
+      Rule("final_norm.scale", p + "final_layer_norm.weight"),
+      Rule("final_norm.bias", p + "final_layer_norm.bias"),
+      Rule(L + "attn_norm.scale", t + "self_attn_layer_norm.weight"),
+      Rule(L + "attn_norm.bias", t + "self_attn_layer_norm.bias"),
+      Rule(L + "mlp_norm.scale", t + "final_layer_norm.weight"),
+      Rule(L + "mlp_norm.bias", t + "final_layer_norm.bias"),
+      Rule(L + "attn.o.kernel", t + "self_attn.out_proj.weight", LINEAR),
+      Rule(L + "attn.o.bias", t + "self_attn.out_proj.bias"),
+      Rule(L + "mlp.fc1.kernel", t + "fc1.weight", LINEAR),
+      Rule(L + "mlp.fc1.bias", t + "fc1.bias"),
+      Rule(L + "mlp.fc2.kernel", t + "fc2.weight", LINEAR),
+      Rule(L + "mlp.fc2.bias", t + "fc2.bias"),
+    ]
     out += [Rule(L + f"attn.{n}.kernel", t + f"self_attn.{n}_proj.weight", LINEAR) for n in "qkv"]
     out += [Rule(L + f"attn.{n}.bias", t + f"self_attn.{n}_proj.bias") for n in "qkv"]
   else:
     t = prefix + "layers.{i}."
-    out = [Rule("embed.embedding", prefix + "embed_tokens.weight"),
-           Rule("final_norm.scale", prefix + "norm.weight"),
-           Rule(L + "attn_norm.scale", t + "input_layernorm.weight"),
-           Rule(L + "mlp_norm.scale", t + "post_attention_layernorm.weight"),
-           Rule(L + "attn.o.kernel", t + "self_attn.o_proj.weight", LINEAR),
-           Rule(L + "attn.o.bias", t + "self_attn.o_proj.bias")]
+    out = [
+      Rule("embed.embedding", prefix + "embed_tokens.weight"),
+      Rule("final_norm.scale", prefix + "norm.weight"),
+      Rule(L + "attn_norm.scale", t + "input_layernorm.weight"),
+      Rule(L + "mlp_norm.scale", t + "post_attention_layernorm.weight"),
+      Rule(L + "attn.o.kernel", t + "self_attn.o_proj.weight", LINEAR),
+      Rule(L + "attn.o.bias", t + "self_attn.o_proj.bias"),
+    ]
     out += [Rule(L + f"attn.{n}.kernel", t + f"self_attn.{n}_proj.weight", LINEAR) for n in "qkv"]
     out += [Rule(L + f"attn.{n}.bias", t + f"self_attn.{n}_proj.bias") for n in "qkv"]
     out += [Rule(L + f"mlp.{n}.kernel", t + f"mlp.{n}_proj.weight", LINEAR) for n in ("gate", "up", "down")]
@@ -153,8 +206,7 @@ def rules(cfg: LLMConfig, prefix: str = "model.") -> list[Rule]:
 def read_hf_config(path: str | os.PathLike) -> dict:
   config_path = Path(path) / "config.json"
   if not config_path.is_file():
-    raise CheckpointError(f"no config.json in {path}: expected an HF model directory "
-                          "(config.json + model.safetensors)")
+    raise CheckpointError(f"no config.json in {path}: expected an HF model directory (config.json + model.safetensors)")
   try:
     return json.loads(config_path.read_text())
   except json.JSONDecodeError as e:
@@ -167,8 +219,10 @@ def _decoder_prefix(state_dict, cfg: LLMConfig) -> str:
   for prefix in candidates:
     if prefix + probe in state_dict:
       return prefix
-  raise CheckpointError(f"cannot find the token embedding ({probe!r} under any of {candidates}) "
-                        "in the checkpoint: is this a causal LM checkpoint?")
+  raise CheckpointError(
+    f"cannot find the token embedding ({probe!r} under any of {candidates}) "
+    "in the checkpoint: is this a causal LM checkpoint?"
+  )
 
 
 def load_hf_llm(path: str | os.PathLike, *, mesh=None, sharding_rules=None, **config_overrides) -> LLM:
@@ -184,9 +238,13 @@ def load_hf_llm(path: str | os.PathLike, *, mesh=None, sharding_rules=None, **co
   if mesh is not None:
     from wegen_jax.convert.mapping import param_paths
     from wegen_jax.parallel.sharding import logical_to_spec
-    shardings = {p: jax.sharding.NamedSharding(mesh, logical_to_spec(
-        v.get_metadata()["logical_axes"], v.get_value().shape, mesh, sharding_rules))
-                 for p, v in param_paths(model).items()}
+
+    shardings = {
+      p: jax.sharding.NamedSharding(
+        mesh, logical_to_spec(v.get_metadata()["logical_axes"], v.get_value().shape, mesh, sharding_rules)
+      )
+      for p, v in param_paths(model).items()
+    }
   return fill_hf_llm(model, state_dict, shardings=shardings, dtype=np.dtype(cfg.param_dtype), source=str(path))
 
 
@@ -194,8 +252,9 @@ def load_hf_llm(path: str | os.PathLike, *, mesh=None, sharding_rules=None, **co
 VOCAB_AXES = {r"^embed\.embedding$": 0, r"^lm_head\.kernel$": -1}
 
 
-def fill_hf_llm(model: LLM, state_dict_or_path, *, shardings=None, dtype=None, grow_vocab: bool = False,
-                source: str | None = None) -> LLM:
+def fill_hf_llm(
+  model: LLM, state_dict_or_path, *, shardings=None, dtype=None, grow_vocab: bool = False, source: str | None = None
+) -> LLM:
   """Fills an existing LLM in place from an HF state dict or directory. grow_vocab: a checkpoint
   with fewer token rows (Llama-2's 32000 for WeGen's 32330) fills the first rows; the added
   tokens keep their current values, as HF resize_token_embeddings leaves them."""
@@ -207,8 +266,16 @@ def fill_hf_llm(model: LLM, state_dict_or_path, *, shardings=None, dtype=None, g
   ignore = [r"rotary_emb\.inv_freq$", r"(^|\.)visual\."]
   if cfg.tie_word_embeddings:
     ignore.append(r"^lm_head\.weight$")
-  load_state_dict(model, state_dict, rules(cfg, _decoder_prefix(state_dict, cfg)), ignore=ignore, dtype=dtype,
-                  shardings=shardings, source=source, grow=VOCAB_AXES if grow_vocab else None)
+  load_state_dict(
+    model,
+    state_dict,
+    rules(cfg, _decoder_prefix(state_dict, cfg)),
+    ignore=ignore,
+    dtype=dtype,
+    shardings=shardings,
+    source=source,
+    grow=VOCAB_AXES if grow_vocab else None,
+  )
   return model
 
 

@@ -6,6 +6,7 @@ that converts the tensor layout both ways. `load_state_dict` fills a model (conc
 from `nnx.eval_shape`) and names every missing, extra or mis-shaped tensor;
 `export_state_dict` inverts the table.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,7 @@ class Transform:
 
 
 COPY = Transform(lambda x: x, lambda x: x)
-LINEAR = Transform(lambda x: x.T, lambda x: x.T)                      # [out, in] <-> [in, out]
+LINEAR = Transform(lambda x: x.T, lambda x: x.T)  # [out, in] <-> [in, out]
 CONV = Transform(lambda x: x.transpose(2, 3, 1, 0), lambda x: x.transpose(3, 2, 0, 1))  # OIHW <-> HWIO
 
 
@@ -70,11 +71,19 @@ def match_rules(paths: Iterable[str], rules: Sequence[Rule]) -> dict[str, tuple[
   return out
 
 
-def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], rules: Sequence[Rule], *,
-                    ignore: Sequence[str] = (), strict: bool = True, dtype=None,
-                    shardings: Mapping[str, jax.sharding.Sharding] | None = None,
-                    source: str = "checkpoint", on_mismatch: str = "error",
-                    grow: Mapping[str, int] | None = None) -> nnx.Module:
+def load_state_dict(
+  model: nnx.Module,
+  state_dict: Mapping[str, np.ndarray],
+  rules: Sequence[Rule],
+  *,
+  ignore: Sequence[str] = (),
+  strict: bool = True,
+  dtype=None,
+  shardings: Mapping[str, jax.sharding.Sharding] | None = None,
+  source: str = "checkpoint",
+  on_mismatch: str = "error",
+  grow: Mapping[str, int] | None = None,
+) -> nnx.Module:
   """Fills `model`'s parameters from a PyTorch-layout state dict, in place.
 
   ignore: regexes of their keys that are expected and unused (e.g. rotary buffers).
@@ -95,8 +104,10 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], rul
   table = match_rules(variables, rules)
   missing = sorted({k for k, _ in table.values() if k not in state_dict})
   if missing:
-    raise CheckpointError(f"{source} lacks {len(missing)} tensor(s) the model needs, e.g. "
-                          f"{missing[:5]}; is the config right for these weights?")
+    raise CheckpointError(
+      f"{source} lacks {len(missing)} tensor(s) the model needs, e.g. "
+      f"{missing[:5]}; is the config right for these weights?"
+    )
   for path, var in variables.items():
     key, transform = table[path]
     value = transform.to_jax(np.asarray(state_dict[key]))
@@ -105,21 +116,28 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], rul
     if tuple(value.shape) != tuple(want):
       axis = next((a for regex, a in grow if regex.search(path)), None)
       if axis is not None and _grows_along(value.shape, want, axis):
-        print(f"{source}: {key!r} fills the first {value.shape[axis]} of {want[axis]} entries of {path!r} "
-              f"(axis {axis}); the rest keep their initial values", flush=True)
+        print(
+          f"{source}: {key!r} fills the first {value.shape[axis]} of {want[axis]} entries of {path!r} "
+          f"(axis {axis}); the rest keep their initial values",
+          flush=True,
+        )
         value = _fill_leading(np.asarray(var.get_value()).astype(target_dtype), np.asarray(value), axis)
       elif on_mismatch == "keep_init":
-        print(f"{source}: {key!r} {tuple(value.shape)} does not fit {path!r} {tuple(want)}: "
-              "kept at its initial value", flush=True)
+        print(
+          f"{source}: {key!r} {tuple(value.shape)} does not fit {path!r} {tuple(want)}: kept at its initial value",
+          flush=True,
+        )
         continue
       else:
-        raise CheckpointError(f"{source}: tensor {key!r} has shape {tuple(np.shape(state_dict[key]))}, "
-                              f"which maps to {tuple(value.shape)} but parameter {path!r} is {tuple(want)}")
+        raise CheckpointError(
+          f"{source}: tensor {key!r} has shape {tuple(np.shape(state_dict[key]))}, "
+          f"which maps to {tuple(value.shape)} but parameter {path!r} is {tuple(want)}"
+        )
     value = np.asarray(value).astype(target_dtype)
     current = var.get_value()
     if shardings and path in shardings:
       array = jax.device_put(value, shardings[path])
-    elif isinstance(current, jax.Array):   # a concrete model keeps each parameter's placement
+    elif isinstance(current, jax.Array):  # a concrete model keeps each parameter's placement
       array = jax.device_put(value, current.sharding)
     else:
       array = jnp.asarray(value)
@@ -128,15 +146,20 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], rul
   patterns = [re.compile(p) for p in ignore]
   extra = sorted(k for k in state_dict if k not in used and not any(p.search(k) for p in patterns))
   if extra and strict:
-    raise CheckpointError(f"{source} has {len(extra)} tensor(s) the model does not use, e.g. "
-                          f"{extra[:5]}; check the config (or pass strict=False)")
+    raise CheckpointError(
+      f"{source} has {len(extra)} tensor(s) the model does not use, e.g. "
+      f"{extra[:5]}; check the config (or pass strict=False)"
+    )
   return model
 
 
 def _grows_along(have, want, axis: int) -> bool:
   axis %= len(want)
-  return (len(have) == len(want) and have[axis] < want[axis]
-          and all(h == w for i, (h, w) in enumerate(zip(have, want)) if i != axis))
+  return (
+    len(have) == len(want)
+    and have[axis] < want[axis]
+    and all(h == w for i, (h, w) in enumerate(zip(have, want)) if i != axis)
+  )
 
 
 def _fill_leading(current: np.ndarray, value: np.ndarray, axis: int) -> np.ndarray:

@@ -4,6 +4,7 @@ DIR/wegen_model.json  {"kind": "llm", "config": {...LLMConfig fields...}}
 DIR/params/           Orbax (tensorstore) parameter tree; restores onto any mesh.
 Training checkpoints (CheckpointManager) store the same parameter tree per component.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,9 @@ def save_native(model: nnx.Module, directory: str | os.PathLike) -> None:
   directory = Path(directory).absolute()
   directory.mkdir(parents=True, exist_ok=True)
   config = dataclasses.asdict(model.cfg)
-  (directory / "wegen_model.json").write_text(json.dumps({"kind": _kind_of(model), "config": config},
-                                                          indent=2, default=list))
+  (directory / "wegen_model.json").write_text(
+    json.dumps({"kind": _kind_of(model), "config": config}, indent=2, default=list)
+  )
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(directory / "params", nnx.to_pure_dict(nnx.state(model, nnx.Param)), force=True)
 
@@ -59,8 +61,9 @@ def load_native(directory: str | os.PathLike, shardings_fn: Callable | None = No
   abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
   target = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
   if shardings_fn is not None:
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          target, shardings_fn(abstract))
+    target = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), target, shardings_fn(abstract)
+    )
   with ocp.StandardCheckpointer() as ckptr:
     restored = ckptr.restore(directory / "params", target)
   graphdef, state = nnx.split(abstract)

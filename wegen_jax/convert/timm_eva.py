@@ -14,6 +14,7 @@ and loads visual.pt with strict=False. A visual.pt in the EVA-CLIP layout (q_bia
 would leave that qkv.bias at PyTorch's random init there; we load the EVA-CLIP biases, which
 is what the weights mean. A visual.pt already in WeGen's layout (qkv.bias) loads exactly.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -29,16 +30,31 @@ from wegen_jax.convert.mapping import CONV, LINEAR, Rule, Transform, export_stat
 from wegen_jax.models.eva import EVA_CLIP_E_14_PLUS_448, EVAConfig, EVAVisionTower
 from wegen_jax.models.vit import resample_pos_embed
 
-_POS = Transform(lambda x: x.reshape(x.shape[-2:]), lambda x: x[None])       # [1, N, D] <-> [N, D]
-_CLS = Transform(lambda x: x.reshape(x.shape[-1]), lambda x: x[None, None])   # [1, 1, D] <-> [D]
-_IGNORE = (r"(^|\.)(norm|fc_norm|head)\.", r"(^|\.)rope\.", r"attn\.k_bias$",
-           r"relative_position_index$", r"(^|\.)logit_scale$", r"(^|\.)avgpoolquery\.")
+_POS = Transform(lambda x: x.reshape(x.shape[-2:]), lambda x: x[None])  # [1, N, D] <-> [N, D]
+_CLS = Transform(lambda x: x.reshape(x.shape[-1]), lambda x: x[None, None])  # [1, 1, D] <-> [D]
+_IGNORE = (
+  r"(^|\.)(norm|fc_norm|head)\.",
+  r"(^|\.)rope\.",
+  r"attn\.k_bias$",
+  r"relative_position_index$",
+  r"(^|\.)logit_scale$",
+  r"(^|\.)avgpoolquery\.",
+)
 
 # timm Eva kwargs that change the computation and that this tower does not implement.
-_UNSUPPORTED = {"use_rot_pos_emb": False, "swiglu_mlp": False, "scale_mlp": False,
-                "scale_attn_inner": False, "qk_norm": False, "num_reg_tokens": 0,
-                "use_pre_transformer_norm": False, "attn_type": "eva",
-                "attn_only_layer_scale": False, "num_kv_heads": None, "use_abs_pos_emb": True}
+_UNSUPPORTED = {
+  "use_rot_pos_emb": False,
+  "swiglu_mlp": False,
+  "scale_mlp": False,
+  "scale_attn_inner": False,
+  "qk_norm": False,
+  "num_reg_tokens": 0,
+  "use_pre_transformer_norm": False,
+  "attn_type": "eva",
+  "attn_only_layer_scale": False,
+  "num_kv_heads": None,
+  "use_abs_pos_emb": True,
+}
 
 
 def config_from_timm(kwargs: Mapping[str, Any], **overrides) -> EVAConfig:
@@ -53,17 +69,24 @@ def config_from_timm(kwargs: Mapping[str, Any], **overrides) -> EVAConfig:
     for key in ("rope", "subln", "naiveswiglu"):
       if d.get(key):
         raise CheckpointError(f"EVA vision_cfg {key}={d[key]!r} is not supported (WeGen's tower has none)")
-    cfg = EVAConfig(image_size=int(d.get("image_size", 224)), patch_size=int(d.get("patch_size", 14)),
-                    width=width, depth=int(d["layers"]),
-                    num_heads=width // int(d.get("head_width", 64)), mlp_dim=int(mlp),
-                    post_norm=bool(d.get("postnorm", False)), qkv_bias=bool(d.get("qkv_bias", True)),
-                    norm_eps=float(d.get("layer_norm_eps", 1e-6)),
-                    layer_scale=d.get("ls_init_value", d.get("init_values")) is not None)
+    cfg = EVAConfig(
+      image_size=int(d.get("image_size", 224)),
+      patch_size=int(d.get("patch_size", 14)),
+      width=width,
+      depth=int(d["layers"]),
+      num_heads=width // int(d.get("head_width", 64)),
+      mlp_dim=int(mlp),
+      post_norm=bool(d.get("postnorm", False)),
+      qkv_bias=bool(d.get("qkv_bias", True)),
+      norm_eps=float(d.get("layer_norm_eps", 1e-6)),
+      layer_scale=d.get("ls_init_value", d.get("init_values")) is not None,
+    )
     return cfg.replace(**overrides)
   for key, default in _UNSUPPORTED.items():
     if key in d and d[key] != default:
-      raise CheckpointError(f"timm Eva option {key}={d[key]!r} is not supported by the EVA tower "
-                            f"(WeGen's EVA-CLIP-E has {key}={default!r})")
+      raise CheckpointError(
+        f"timm Eva option {key}={d[key]!r} is not supported by the EVA tower (WeGen's EVA-CLIP-E has {key}={default!r})"
+      )
   img, patch = d.get("img_size", 224), d.get("patch_size", 16)
   if not isinstance(img, int) or not isinstance(patch, int):
     if len(set(np.atleast_1d(img))) != 1 or len(set(np.atleast_1d(patch))) != 1:
@@ -80,27 +103,41 @@ def config_from_timm(kwargs: Mapping[str, Any], **overrides) -> EVAConfig:
   if d.get("norm_layer") is not None:
     params = inspect.signature(d["norm_layer"]).parameters
     eps = params["eps"].default if "eps" in params else eps
-  cfg = EVAConfig(image_size=img, patch_size=patch, in_channels=int(d.get("in_chans", 3)), width=width,
-                  depth=int(d.get("depth", 12)), num_heads=int(d.get("num_heads", 12)),
-                  mlp_dim=int(width * float(d.get("mlp_ratio", 4.0))), post_norm=post_norm,
-                  qkv_bias=bool(d.get("qkv_bias", True)), norm_eps=float(eps),
-                  # timm ignores init_values for post-norm blocks
-                  layer_scale=d.get("init_values") is not None and not post_norm,
-                  class_token=bool(d.get("class_token", True)), final_norm=bool(final_norm),
-                  embed_class=not d.get("no_embed_class", False))
+  cfg = EVAConfig(
+    image_size=img,
+    patch_size=patch,
+    in_channels=int(d.get("in_chans", 3)),
+    width=width,
+    depth=int(d.get("depth", 12)),
+    num_heads=int(d.get("num_heads", 12)),
+    mlp_dim=int(width * float(d.get("mlp_ratio", 4.0))),
+    post_norm=post_norm,
+    qkv_bias=bool(d.get("qkv_bias", True)),
+    norm_eps=float(eps),
+    # timm ignores init_values for post-norm blocks
+    layer_scale=d.get("init_values") is not None and not post_norm,
+    class_token=bool(d.get("class_token", True)),
+    final_norm=bool(final_norm),
+    embed_class=not d.get("no_embed_class", False),
+  )
   return cfg.replace(**overrides)
 
 
 def rules() -> list[Rule]:
   """Our paths <-> canonical timm-style names (fused qkv already split, see `_CanonicalView`)."""
   b, t = "blocks.{i}.", "blocks.{i}."
-  out = [Rule("patch_embed.kernel", "patch_embed.proj.weight", CONV),
-         Rule("patch_embed.bias", "patch_embed.proj.bias"),
-         Rule("cls_token", "cls_token", _CLS), Rule("pos_embed", "pos_embed", _POS),
-         Rule(b + "attn.o.kernel", t + "attn.proj.weight", LINEAR),
-         Rule(b + "attn.o.bias", t + "attn.proj.bias"),
-         Rule(b + "gamma1", t + "gamma_1"), Rule(b + "gamma2", t + "gamma_2"),
-         Rule("norm.scale", "norm.weight"), Rule("norm.bias", "norm.bias")]
+  out = [
+    Rule("patch_embed.kernel", "patch_embed.proj.weight", CONV),
+    Rule("patch_embed.bias", "patch_embed.proj.bias"),
+    Rule("cls_token", "cls_token", _CLS),
+    Rule("pos_embed", "pos_embed", _POS),
+    Rule(b + "attn.o.kernel", t + "attn.proj.weight", LINEAR),
+    Rule(b + "attn.o.bias", t + "attn.proj.bias"),
+    Rule(b + "gamma1", t + "gamma_1"),
+    Rule(b + "gamma2", t + "gamma_2"),
+    Rule("norm.scale", "norm.weight"),
+    Rule("norm.bias", "norm.bias"),
+  ]
   out += [Rule(b + f"attn.{n}.kernel", t + f"attn.{n}.weight", LINEAR) for n in "qkv"]
   out += [Rule(b + f"attn.{n}.bias", t + f"attn.{n}.bias") for n in "qv"]
   out += [Rule(b + f"{n}.scale", t + f"{n}.weight") for n in ("norm1", "norm2")]
@@ -124,8 +161,10 @@ def _find_prefix(state_dict: Mapping[str, Any]) -> str:
   for key in state_dict:
     if key.endswith("patch_embed.proj.weight"):
       return key[: -len("patch_embed.proj.weight")]
-  raise CheckpointError("no 'patch_embed.proj.weight' in the checkpoint: not an EVA/timm Eva "
-                        f"visual tower (first keys: {list(state_dict)[:5]})")
+  raise CheckpointError(
+    "no 'patch_embed.proj.weight' in the checkpoint: not an EVA/timm Eva "
+    f"visual tower (first keys: {list(state_dict)[:5]})"
+  )
 
 
 class _CanonicalView(Mapping[str, np.ndarray]):
@@ -139,7 +178,7 @@ class _CanonicalView(Mapping[str, np.ndarray]):
     for key in state_dict:
       if not key.startswith(prefix):
         continue
-      name, get = key[len(prefix):], (lambda k=key: _to_numpy(state_dict[k]))
+      name, get = key[len(prefix) :], (lambda k=key: _to_numpy(state_dict[k]))
       head, _, leaf = name.rpartition(".")
       if head.endswith("attn.qkv") and leaf in ("weight", "bias"):
         for i, n in enumerate("qkv"):
@@ -163,8 +202,10 @@ class _CanonicalView(Mapping[str, np.ndarray]):
     try:
       return resample_pos_embed(table, self.cfg.grid, num_prefix_tokens=prefix)[None]
     except ValueError as e:
-      raise CheckpointError(f"{self.source}: pos_embed {value.shape} cannot be resampled to the "
-                            f"{self.cfg.grid} grid of image_size={self.cfg.image_size}: {e}") from None
+      raise CheckpointError(
+        f"{self.source}: pos_embed {value.shape} cannot be resampled to the "
+        f"{self.cfg.grid} grid of image_size={self.cfg.image_size}: {e}"
+      ) from None
 
   def __getitem__(self, name):
     return self._get[name]()
@@ -176,8 +217,9 @@ class _CanonicalView(Mapping[str, np.ndarray]):
     return len(self._get)
 
 
-def load_timm_eva(state_dict_or_path, config: EVAConfig | Mapping[str, Any] = EVA_CLIP_E_14_PLUS_448, *,
-                  strict: bool = True) -> EVAVisionTower:
+def load_timm_eva(
+  state_dict_or_path, config: EVAConfig | Mapping[str, Any] = EVA_CLIP_E_14_PLUS_448, *, strict: bool = True
+) -> EVAVisionTower:
   """EVA tower with the weights of a timm `Eva` state dict or an EVA-CLIP `visual.pt`.
 
   state_dict_or_path: a mapping name -> array (numpy or torch tensors), or a path read by
@@ -194,14 +236,23 @@ def load_timm_eva(state_dict_or_path, config: EVAConfig | Mapping[str, Any] = EV
   return fill_timm_eva(model, state_dict_or_path, strict=strict, dtype=np.dtype(cfg.param_dtype))
 
 
-def fill_timm_eva(tower: EVAVisionTower, state_dict_or_path, *, strict: bool = True, dtype=None,
-                  shardings=None) -> EVAVisionTower:
+def fill_timm_eva(
+  tower: EVAVisionTower, state_dict_or_path, *, strict: bool = True, dtype=None, shardings=None
+) -> EVAVisionTower:
   """Fills an existing EVAVisionTower in place (any layout load_timm_eva reads)."""
   is_path = isinstance(state_dict_or_path, (str, os.PathLike))
   source = str(state_dict_or_path) if is_path else "state dict"
   sd = read_state_dict(state_dict_or_path) if is_path else state_dict_or_path
-  return load_state_dict(tower, _CanonicalView(sd, tower.cfg, source), rules(), ignore=_IGNORE, strict=strict,
-                         dtype=dtype, shardings=shardings, source=source)
+  return load_state_dict(
+    tower,
+    _CanonicalView(sd, tower.cfg, source),
+    rules(),
+    ignore=_IGNORE,
+    strict=strict,
+    dtype=dtype,
+    shardings=shardings,
+    source=source,
+  )
 
 
 def export_timm_eva(model: EVAVisionTower, *, layout: str = "timm", dtype=None) -> dict[str, np.ndarray]:
@@ -230,33 +281,43 @@ PROJECTOR_RULES = [Rule("proj.kernel", "proj.weight", LINEAR)]
 
 
 def _sub_dict(state_dict: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]:
-  return {k[len(prefix):]: _to_numpy(state_dict[k]) for k in state_dict if k.startswith(prefix)}
+  return {k[len(prefix) :]: _to_numpy(state_dict[k]) for k in state_dict if k.startswith(prefix)}
 
 
-def load_wegen_projectors(state_dict_or_path, *, num_queries: int = 64,
-                          input_prefix: str = "input_resampler.", output_prefix: str = "output_resampler."):
+def load_wegen_projectors(
+  state_dict_or_path,
+  *,
+  num_queries: int = 64,
+  input_prefix: str = "input_resampler.",
+  output_prefix: str = "output_resampler.",
+):
   """(InputProjector, OutputProjector) from a WeGen MLLM checkpoint (or its state dict);
   sizes come from the tensors. The other modules' tensors in the file are not read."""
   from wegen_jax.models.projectors import InputProjector, OutputProjector
+
   is_path = isinstance(state_dict_or_path, (str, os.PathLike))
   sd = read_state_dict(state_dict_or_path) if is_path else state_dict_or_path
   source = str(state_dict_or_path) if is_path else "state dict"
   out = []
-  for prefix, build in ((input_prefix, lambda o, i: InputProjector(i, o, num_queries, rngs=nnx.Rngs(0))),
-                        (output_prefix, lambda o, i: OutputProjector(i, o, rngs=nnx.Rngs(0)))):
+  for prefix, build in (
+    (input_prefix, lambda o, i: InputProjector(i, o, num_queries, rngs=nnx.Rngs(0))),
+    (output_prefix, lambda o, i: OutputProjector(i, o, rngs=nnx.Rngs(0))),
+  ):
     sub = _sub_dict(sd, prefix)
     if "proj.weight" not in sub:
       raise CheckpointError(f"{source} has no {prefix + 'proj.weight'!r}: not a WeGen MLLM checkpoint?")
     model = nnx.eval_shape(lambda: build(*np.shape(sub["proj.weight"])))
-    out.append(load_state_dict(model, sub, PROJECTOR_RULES, ignore=[r"^avgpoolquery\."],
-                               source=f"{source} ({prefix}*)"))
+    out.append(
+      load_state_dict(model, sub, PROJECTOR_RULES, ignore=[r"^avgpoolquery\."], source=f"{source} ({prefix}*)")
+    )
   return tuple(out)
 
 
 def export_wegen_projectors(input_projector, output_projector, dtype=None) -> dict[str, np.ndarray]:
   """The two projectors under WeGen's names (with AvgPoolQuery's unused `scale` = 1)."""
   out = {f"input_resampler.{k}": v for k, v in export_state_dict(input_projector, PROJECTOR_RULES, dtype).items()}
-  out.update({f"output_resampler.{k}": v
-              for k, v in export_state_dict(output_projector, PROJECTOR_RULES, dtype).items()})
+  out.update(
+    {f"output_resampler.{k}": v for k, v in export_state_dict(output_projector, PROJECTOR_RULES, dtype).items()}
+  )
   out["input_resampler.avgpoolquery.scale"] = np.asarray(1.0, dtype or np.float32)
   return out

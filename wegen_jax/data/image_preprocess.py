@@ -8,6 +8,7 @@ torchvision resizes PIL images with PIL itself (bilinear/bicubic, always antiali
 call PIL the same way and the pixels are identical. Output: float32 CHW in [-~2, ~2]; stack
 them into NCHW batches for the towers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,9 +59,15 @@ def _center_crop(img: Image.Image, size: int) -> Image.Image:
   return img.crop((left, top, left + size, top + size))
 
 
-def preprocess_image(image: Any, image_size: int = 448, *, keep_ratio: bool = False,
-                     resample: str = "bilinear", mean: Sequence[float] = CLIP_MEAN,
-                     std: Sequence[float] = CLIP_STD) -> np.ndarray:
+def preprocess_image(
+  image: Any,
+  image_size: int = 448,
+  *,
+  keep_ratio: bool = False,
+  resample: str = "bilinear",
+  mean: Sequence[float] = CLIP_MEAN,
+  std: Sequence[float] = CLIP_STD,
+) -> np.ndarray:
   """One image -> float32 [3, image_size, image_size], normalised; defaults = WeGen's EVA input."""
   if resample not in _RESAMPLE:
     raise ValueError(f"resample={resample!r}; choose from {sorted(_RESAMPLE)}")
@@ -76,13 +83,15 @@ def preprocess_image(image: Any, image_size: int = 448, *, keep_ratio: bool = Fa
 
 def sd_preprocess(image: Any, image_size: int = 1024, *, keep_ratio: bool = False) -> np.ndarray:
   """WeGen's 'sd' transform (VAE input in [-1, 1])."""
-  return preprocess_image(image, image_size, keep_ratio=keep_ratio, resample="bicubic",
-                          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+  return preprocess_image(
+    image, image_size, keep_ratio=keep_ratio, resample="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessImage(grain.transforms.Map):
   """Grain map: element[key] (encoded bytes, path or uint8 array) -> element[out_key] CHW float32."""
+
   key: str = "image"
   out_key: str = "pixel_values"
   image_size: int = 448
@@ -95,6 +104,12 @@ class PreprocessImage(grain.transforms.Map):
     if self.key not in element:
       raise KeyError(f"element has no {self.key!r} field (fields: {sorted(element)})")
     out = dict(element)
-    out[self.out_key] = preprocess_image(element[self.key], self.image_size, keep_ratio=self.keep_ratio,
-                                         resample=self.resample, mean=self.mean, std=self.std)
+    out[self.out_key] = preprocess_image(
+      element[self.key],
+      self.image_size,
+      keep_ratio=self.keep_ratio,
+      resample=self.resample,
+      mean=self.mean,
+      std=self.std,
+    )
     return out

@@ -4,6 +4,7 @@ Each process reads only its rows of each global batch (`process_batches`). A bac
 devices; `get_state()` is the iterator state after the last batch handed to the trainer
 (not after the prefetched ones), so a checkpoint resumes without repeating or skipping.
 """
+
 from __future__ import annotations
 
 import queue
@@ -29,14 +30,13 @@ def process_batches(dataset: grain.MapDataset, global_batch: int) -> grain.IterD
   local = global_batch // count
   repeated = dataset.repeat()
   rows = grain.MapDataset.range(len(repeated) // count).map(
-      lambda j: repeated[(j // local) * global_batch + index * local + j % local])
+    lambda j: repeated[(j // local) * global_batch + index * local + j % local]
+  )
   return rows.batch(local, drop_remainder=True).to_iter_dataset()
 
 
 class DeviceLoader:
-
-  def __init__(self, dataset: grain.IterDataset, sharding_fn: Callable[[str, np.ndarray], Any],
-               prefetch: int = 2):
+  def __init__(self, dataset: grain.IterDataset, sharding_fn: Callable[[str, np.ndarray], Any], prefetch: int = 2):
     """sharding_fn(name, local_array) -> jax.sharding.Sharding for the global array."""
     self._iterator = iter(dataset)
     self._sharding_fn = sharding_fn
@@ -46,8 +46,7 @@ class DeviceLoader:
     self._state = self._iterator.get_state()
 
   def _to_device(self, batch: dict) -> dict:
-    return {k: jax.make_array_from_process_local_data(self._sharding_fn(k, v), np.asarray(v))
-            for k, v in batch.items()}
+    return {k: jax.make_array_from_process_local_data(self._sharding_fn(k, v), np.asarray(v)) for k, v in batch.items()}
 
   def _produce(self):
     try:

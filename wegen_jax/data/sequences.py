@@ -9,6 +9,7 @@ Supervision follows SEED-X: prompt tokens are masked; response text, `<img>` and
 targets; `<img_i>` and `</img>` are masked (the image itself is supervised through the
 regression and diffusion losses at those positions).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,17 +24,17 @@ from wegen_jax.training.losses import IGNORE_INDEX
 @dataclasses.dataclass(frozen=True)
 class Turn:
   user_text: str = ""
-  user_images: int = 0        # images placed before the user text
+  user_images: int = 0  # images placed before the user text
   response_text: str = ""
-  response_images: int = 0    # images the model generates after the response text
+  response_images: int = 0  # images the model generates after the response text
 
 
 @dataclasses.dataclass
 class TokenSequence:
-  input_ids: np.ndarray             # [T] int32
-  labels: np.ndarray                # [T] int32, labels[t] = target of the logits at t
+  input_ids: np.ndarray  # [T] int32
+  labels: np.ndarray  # [T] int32, labels[t] = target of the logits at t
   image_token_positions: np.ndarray  # [N, Q] int32, positions of <img_i> per image, in order
-  image_is_target: np.ndarray       # [N] bool
+  image_is_target: np.ndarray  # [N] bool
 
 
 def build_sequence(tok: WeGenTokenizer, turns: Sequence[Turn], num_image_tokens: int = 64) -> TokenSequence:
@@ -70,9 +71,12 @@ def build_sequence(tok: WeGenTokenizer, turns: Sequence[Turn], num_image_tokens:
   target = np.asarray(is_target, bool)
   labels = np.full_like(ids_arr, IGNORE_INDEX)
   labels[:-1] = np.where(target[1:], ids_arr[1:], IGNORE_INDEX)
-  return TokenSequence(ids_arr, labels,
-                   np.asarray(positions, np.int32).reshape(len(positions), num_image_tokens),
-                   np.asarray(image_targets, bool))
+  return TokenSequence(
+    ids_arr,
+    labels,
+    np.asarray(positions, np.int32).reshape(len(positions), num_image_tokens),
+    np.asarray(image_targets, bool),
+  )
 
 
 def dynamics_turns(dynamics: Sequence[str], caption: str = "", caption_first: bool = False) -> list[Turn]:

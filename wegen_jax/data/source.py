@@ -5,6 +5,7 @@
 
 The training pipeline (tokenising, interleaving, packing, batching) builds on this later.
 """
+
 from __future__ import annotations
 
 import grain
@@ -14,26 +15,33 @@ from wegen_jax.data import schema
 
 
 def tfds_source(data_dir: str, split: str):
-    """Random-access source (tfds ArrayRecordDataSource) over the prepared array_record shards."""
-    return tfds.data_source(schema.DATASET_NAME, data_dir=data_dir, split=split, download=False)
+  """Random-access source (tfds ArrayRecordDataSource) over the prepared array_record shards."""
+  return tfds.data_source(schema.DATASET_NAME, data_dir=data_dir, split=split, download=False)
 
 
-def dynamics_dataset(data_dir: str, split: str = "train", *, shard_index: int = 0, shard_count: int = 1,
-                     num_frames: int | None = None, shuffle_seed: int | None = None,
-                     labelled_only: bool = False) -> grain.MapDataset:
-    """Records of this process's shard (index::count), optionally only pairs (2) or triples (3).
+def dynamics_dataset(
+  data_dir: str,
+  split: str = "train",
+  *,
+  shard_index: int = 0,
+  shard_count: int = 1,
+  num_frames: int | None = None,
+  shuffle_seed: int | None = None,
+  labelled_only: bool = False,
+) -> grain.MapDataset:
+  """Records of this process's shard (index::count), optionally only pairs (2) or triples (3).
 
-    With a filter (num_frames, labelled_only), Grain keeps the length: ds[i] is None for a dropped record,
-    and iteration (`iter(ds)`, `ds.to_iter_dataset()`) skips them.
-    """
-    ds = grain.MapDataset.source(tfds_source(data_dir, split))
-    if shard_count > 1:
-        ds = ds[shard_index::shard_count]
-    if shuffle_seed is not None:
-        ds = ds.shuffle(seed=shuffle_seed)
-    ds = ds.map(schema.decode_record)
-    if num_frames is not None:
-        ds = ds.filter(lambda ex: len(ex["frame_indices"]) == num_frames)
-    if labelled_only:
-        ds = ds.filter(lambda ex: ex["labelled"])
-    return ds
+  With a filter (num_frames, labelled_only), Grain keeps the length: ds[i] is None for a dropped record,
+  and iteration (`iter(ds)`, `ds.to_iter_dataset()`) skips them.
+  """
+  ds = grain.MapDataset.source(tfds_source(data_dir, split))
+  if shard_count > 1:
+    ds = ds[shard_index::shard_count]
+  if shuffle_seed is not None:
+    ds = ds.shuffle(seed=shuffle_seed)
+  ds = ds.map(schema.decode_record)
+  if num_frames is not None:
+    ds = ds.filter(lambda ex: len(ex["frame_indices"]) == num_frames)
+  if labelled_only:
+    ds = ds.filter(lambda ex: ex["labelled"])
+  return ds

@@ -6,6 +6,7 @@ tokens (`<img>`, `</img>`, `<img_00000>`..) are added. The tiny default is built
 byte-level (256 byte symbols, no merges) plus the special tokens, so it needs no files and
 covers any text.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,7 @@ from tokenizers import decoders, models, pre_tokenizers
 
 IMG_START, IMG_END = "<img>", "</img>"
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
-NUM_IMAGE_TOKEN_NAMES = 100   # SEED-X defines <img_00000>..<img_00099>; WeGen uses the first 64
+NUM_IMAGE_TOKEN_NAMES = 100  # SEED-X defines <img_00000>..<img_00099>; WeGen uses the first 64
 
 
 def image_token(i: int) -> str:
@@ -83,7 +84,8 @@ def load_tokenizer(path: str | os.PathLike | None = "") -> WeGenTokenizer:
   file = path / "tokenizer.json" if path.is_dir() else path
   if not file.is_file():
     raise FileNotFoundError(
-        f"no tokenizer.json at {path}. Point data.tokenizer at a local HF tokenizer directory; a "
-        "sentencepiece-only directory can be converted once with transformers: "
-        "AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)")
+      f"no tokenizer.json at {path}. Point data.tokenizer at a local HF tokenizer directory; a "
+      "sentencepiece-only directory can be converted once with transformers: "
+      "AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)"
+    )
   return WeGenTokenizer(tokenizers.Tokenizer.from_file(str(file)))

@@ -10,6 +10,7 @@ An example that cannot be used (unlabelled, longer than L, more than N images) b
 empty row (all padding, no targets) instead of being dropped, so every process sees the same
 global batch indices and resumed runs stay exact; `example_valid` counts them.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,11 +28,16 @@ from wegen_jax.training.losses import IGNORE_INDEX
 def empty_example(d, pad_id: int) -> dict[str, np.ndarray]:
   L, N, Q, S, V = d.max_len, d.max_images, d.num_image_tokens, d.image_size, d.vae_image_size
   return {
-      "input_ids": np.full((L,), pad_id, np.int32), "segment_ids": np.zeros((L,), np.int32),
-      "positions": np.zeros((L,), np.int32), "labels": np.full((L,), IGNORE_INDEX, np.int32),
-      "pixel_values": np.zeros((N, 3, S, S), np.float32), "vae_pixels": np.zeros((N, 3, V, V), np.float32),
-      "image_token_positions": np.zeros((N, Q), np.int32), "image_valid": np.zeros((N,), bool),
-      "image_is_target": np.zeros((N,), bool), "example_valid": np.zeros((), bool),
+    "input_ids": np.full((L,), pad_id, np.int32),
+    "segment_ids": np.zeros((L,), np.int32),
+    "positions": np.zeros((L,), np.int32),
+    "labels": np.full((L,), IGNORE_INDEX, np.int32),
+    "pixel_values": np.zeros((N, 3, S, S), np.float32),
+    "vae_pixels": np.zeros((N, 3, V, V), np.float32),
+    "image_token_positions": np.zeros((N, Q), np.int32),
+    "image_valid": np.zeros((N,), bool),
+    "image_is_target": np.zeros((N,), bool),
+    "example_valid": np.zeros((), bool),
   }
 
 
@@ -65,7 +71,8 @@ def record_to_example(record: dict, tok: WeGenTokenizer, d) -> dict[str, np.ndar
 
 def make_dataset(config, split: str, *, seed: int, global_batch: int) -> grain.IterDataset:
   """This process's rows of each global batch from the curated dataset at config.data.dir."""
-  from wegen_jax.data.source import dynamics_dataset   # imports TFDS
+  from wegen_jax.data.source import dynamics_dataset  # imports TFDS
+
   d = config.data
   tok = load_tokenizer(d.tokenizer)
   records = dynamics_dataset(d.dir, split, shuffle_seed=seed)

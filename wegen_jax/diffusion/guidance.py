@@ -3,6 +3,7 @@
 Every guidance stacks its branches along the batch (branch-major: [K*B, ...]) so each sampling
 step is a single UNet call; `combine` receives the predictions reshaped to [K, B, ...].
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,6 +14,7 @@ import jax
 @dataclasses.dataclass(frozen=True)
 class NoGuidance:
   """One branch: the conditional prediction as is."""
+
   num_branches = 1
 
   def combine(self, eps):
@@ -22,6 +24,7 @@ class NoGuidance:
 @dataclasses.dataclass(frozen=True)
 class ClassifierFree:
   """Branches [uncond, cond]: e_u + scale (e_c - e_u)."""
+
   scale: float = 7.5
   num_branches = 2
 
@@ -36,6 +39,7 @@ class MultiBranch:
   image (reference only), uncond]:
       eps = e_u + a_t (e_text - e_image) + a_s (e_cond - e_text) + a_r (e_image - e_u)
   (T2I: a_t 7.5, a_s 4.0; editing: a_t 4.0, a_s 3.0, a_r 1.5)."""
+
   a_t: float = 7.5
   a_s: float = 4.0
   a_r: float = 0.0

@@ -1,4 +1,5 @@
 """Diffusion training loss: noise-prediction MSE with Min-SNR-gamma weighting and noise offset."""
+
 from __future__ import annotations
 
 import jax
@@ -29,9 +30,19 @@ def sample_noise(key, shape, noise_offset: float = 0.0):
   return noise
 
 
-def diffusion_loss(unet, scheduler, latents, encoder_hidden_states, key, *, added_cond_kwargs=None,
-                   concat_latents=None, snr_gamma: float | None = 5.0, noise_offset: float = 0.0,
-                   return_aux: bool = False):
+def diffusion_loss(
+  unet,
+  scheduler,
+  latents,
+  encoder_hidden_states,
+  key,
+  *,
+  added_cond_kwargs=None,
+  concat_latents=None,
+  snr_gamma: float | None = 5.0,
+  noise_offset: float = 0.0,
+  return_aux: bool = False,
+):
   """Mean weighted MSE for clean latents [B,C,h,w] (already scaled by the VAE's scaling_factor).
 
   concat_latents [B,C',h,w]: extra UNet input channels concatenated after the noisy latents

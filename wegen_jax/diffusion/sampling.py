@@ -5,9 +5,9 @@ batched UNet call over all guidance branches. Latents stay NHWC inside the loop 
 own layout) and come out NCHW. Randomness comes only from `key` (initial noise and, for DDPM,
 per-step noise from `fold_in(key, i)`), so a key fixes the images.
 """
+
 from __future__ import annotations
 
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +19,11 @@ from wegen_jax.diffusion.guidance import NoGuidance, split_branches
 @struct.dataclass
 class Conditioning:
   """UNet conditioning for all guidance branches, branch-major along the batch ([K*B, ...])."""
-  encoder_hidden_states: jax.Array               # [K*B, S, D]
-  text_embeds: jax.Array | None = None           # [K*B, P] (SDXL text_time)
-  time_ids: jax.Array | None = None              # [K*B, 6]
-  concat_latents: jax.Array | None = None        # [K*B, C', h, w] extra input channels (GoT)
+
+  encoder_hidden_states: jax.Array  # [K*B, S, D]
+  text_embeds: jax.Array | None = None  # [K*B, P] (SDXL text_time)
+  time_ids: jax.Array | None = None  # [K*B, 6]
+  concat_latents: jax.Array | None = None  # [K*B, C', h, w] extra input channels (GoT)
 
   @property
   def added_cond_kwargs(self) -> dict | None:
@@ -61,8 +62,9 @@ def initial_noise(key, batch: int, channels: int, height: int, width: int) -> ja
   return jax.random.normal(jax.random.fold_in(key, 0x5EED), (batch, channels, height, width), jnp.float32)
 
 
-def sample_latents(unet, scheduler, cond: Conditioning, key, *, num_steps: int, latent_size=None,
-                   latents=None, guidance=NoGuidance()) -> jax.Array:
+def sample_latents(
+  unet, scheduler, cond: Conditioning, key, *, num_steps: int, latent_size=None, latents=None, guidance=NoGuidance()
+) -> jax.Array:
   """Final latents [B,C,h,w] (in the UNet's scaled latent space). Initial noise is drawn from
   `key` for `latent_size` (h, w) unless `latents` is given."""
   if latents is None:
@@ -83,12 +85,14 @@ def decode_images(vae, latents) -> jax.Array:
   return to_uint8(vae.decode(vae.from_latents(latents)))
 
 
-def generate(unet, vae, scheduler, cond: Conditioning, key, *, num_steps: int, height: int, width: int,
-             guidance=NoGuidance()) -> jax.Array:
+def generate(
+  unet, vae, scheduler, cond: Conditioning, key, *, num_steps: int, height: int, width: int, guidance=NoGuidance()
+) -> jax.Array:
   """Images [B,H,W,3] uint8 for the conditioning; deterministic for `key`."""
   f = vae.downsample_factor
   if height % f or width % f:
     raise ValueError(f"height/width {height}x{width} must be multiples of the VAE factor {f}")
-  latents = sample_latents(unet, scheduler, cond, key, num_steps=num_steps,
-                           latent_size=(height // f, width // f), guidance=guidance)
+  latents = sample_latents(
+    unet, scheduler, cond, key, num_steps=num_steps, latent_size=(height // f, width // f), guidance=guidance
+  )
   return decode_images(vae, latents)

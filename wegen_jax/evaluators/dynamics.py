@@ -9,6 +9,7 @@ Given source frame A, target frame B (with object boxes) and a generated frame G
 Each is also computed for the copy-the-source baseline (G = A), the bar a model must beat
 on position while matching it on the unchanged region.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -17,8 +18,8 @@ import numpy as np
 
 from wegen_jax.data.synthetic import COLOURS
 
-COLOUR_TOLERANCE = 60.0   # RGB distance accepted as "this object's colour"
-MISSING_PENALTY = 0.5     # position error charged when the object's colour is absent
+COLOUR_TOLERANCE = 60.0  # RGB distance accepted as "this object's colour"
+MISSING_PENALTY = 0.5  # position error charged when the object's colour is absent
 
 
 def boxes_mask(boxes: np.ndarray, size: tuple[int, int], margin: float = 0.02) -> np.ndarray:
@@ -28,7 +29,7 @@ def boxes_mask(boxes: np.ndarray, size: tuple[int, int], margin: float = 0.02) -
   for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4):
     c0, c1 = int(np.floor((x0 - margin) * w)), int(np.ceil((x1 + margin) * w))
     r0, r1 = int(np.floor((y0 - margin) * h)), int(np.ceil((y1 + margin) * h))
-    mask[max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = True
+    mask[max(r0, 0) : max(r1, 0), max(c0, 0) : max(c1, 0)] = True
   return mask
 
 
@@ -42,8 +43,14 @@ def colour_centroid(image: np.ndarray, colour: str) -> np.ndarray | None:
   return np.array([(cols.mean() + 0.5) / w, (rows.mean() + 0.5) / h])
 
 
-def frame_metrics(generated: np.ndarray, source: np.ndarray, target: np.ndarray, boxes: np.ndarray,
-                  box_frame: np.ndarray, box_label: Sequence[str]) -> dict[str, float]:
+def frame_metrics(
+  generated: np.ndarray,
+  source: np.ndarray,
+  target: np.ndarray,
+  boxes: np.ndarray,
+  box_frame: np.ndarray,
+  box_label: Sequence[str],
+) -> dict[str, float]:
   """Metrics of one generated frame (uint8 [H, W, 3], same size as the target)."""
   size = target.shape[:2]
   box_frame = np.asarray(box_frame)
@@ -59,9 +66,9 @@ def frame_metrics(generated: np.ndarray, source: np.ndarray, target: np.ndarray,
     found = colour_centroid(generated, colour)
     errors.append(MISSING_PENALTY if found is None else float(np.linalg.norm(found - centre)))
   return {
-      "unchanged_mae": float(np.abs(g - b)[keep].mean()) if keep.any() else 0.0,
-      "frame_mae": float(np.abs(g - b).mean()),
-      "position_error": float(np.mean(errors)) if errors else 0.0,
+    "unchanged_mae": float(np.abs(g - b)[keep].mean()) if keep.any() else 0.0,
+    "frame_mae": float(np.abs(g - b).mean()),
+    "position_error": float(np.mean(errors)) if errors else 0.0,
   }
 
 

@@ -6,6 +6,7 @@ shape. A `DecodeHook` can rewrite each step: force the next token and/or replace
 input embedding. WeGen uses it to feed back input_proj(output_proj(h)) for the 64 image
 positions; GILL uses it to force [IMG1..7] after [IMG0] (see ForcedTokensHook).
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,7 +50,7 @@ class ForcedTokensHook(DecodeHook):
       raise ValueError(f"feedback has {len(self.feedback)} entries for {len(self.forced)} forced tokens")
 
   def init(self, batch, hidden_size):
-    return jnp.full((batch,), -1, jnp.int32)   # index into `forced`, -1 = not forcing
+    return jnp.full((batch,), -1, jnp.int32)  # index into `forced`, -1 = not forcing
 
   def step(self, state, token, hidden):
     forcing = state >= 0
@@ -64,22 +65,30 @@ class ForcedTokensHook(DecodeHook):
 
 
 class GenerateOutput(NamedTuple):
-  tokens: jax.Array          # [B, N] generated ids, pad_token after a stop token
-  hidden_states: jax.Array   # [B, N, E]: the hidden state whose logits chose tokens[:, i]
-  lengths: jax.Array         # [B] tokens generated up to and including the stop token
+  tokens: jax.Array  # [B, N] generated ids, pad_token after a stop token
+  hidden_states: jax.Array  # [B, N, E]: the hidden state whose logits chose tokens[:, i]
+  lengths: jax.Array  # [B] tokens generated up to and including the stop token
 
 
 def _check_left_padded(mask: np.ndarray) -> None:
   started = np.cumsum(mask, axis=1) > 0
   if np.any(started & (mask == 0)):
-    raise ValueError("generate() needs left-padded prompts (padding before the tokens, "
-                     "as HF's tokenizer(padding_side='left') gives)")
+    raise ValueError(
+      "generate() needs left-padded prompts (padding before the tokens, as HF's tokenizer(padding_side='left') gives)"
+    )
   if np.any(mask.sum(axis=1) == 0):
     raise ValueError("every prompt needs at least one token")
 
 
-def generate(model, input_ids, *, attention_mask=None, sampling: SamplingConfig = SamplingConfig(),
-             rng=None, hook: DecodeHook | None = None) -> GenerateOutput:
+def generate(
+  model,
+  input_ids,
+  *,
+  attention_mask=None,
+  sampling: SamplingConfig = SamplingConfig(),
+  rng=None,
+  hook: DecodeHook | None = None,
+) -> GenerateOutput:
   """Decodes `sampling.max_new_tokens` tokens after left-padded prompts [B, P]."""
   input_ids = jnp.asarray(input_ids, jnp.int32)
   mask = np.ones(input_ids.shape, np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
@@ -95,8 +104,7 @@ def _generate(graphdef, state, input_ids, mask, rng, sampling: SamplingConfig) -
   b, p = input_ids.shape
   n = sampling.max_new_tokens
   positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-  out = model.forward(input_ids, positions=positions, segment_ids=mask,
-                      cache=model.init_cache(b, p + n), cache_index=0)
+  out = model.forward(input_ids, positions=positions, segment_ids=mask, cache=model.init_cache(b, p + n), cache_index=0)
   hidden = out.hidden_states[:, -1]
   stop = jnp.asarray(sampling.stop_tokens or (-1,), jnp.int32)
 
@@ -112,18 +120,43 @@ def _generate(graphdef, state, input_ids, mask, rng, sampling: SamplingConfig) -
     done = done | jnp.isin(token, stop)
     x = model.embed_tokens(token[:, None])
     x = jnp.where(use_embed[:, None, None], embed[:, None].astype(x.dtype), x)
-    out = model.forward(inputs_embeds=x, positions=pos[:, None], segment_ids=jnp.ones((b, 1), jnp.int32),
-                        cache=cache, cache_index=p + step)
-    return (step + 1, out.cache, out.logits[:, 0], out.hidden_states[:, 0], pos + 1, done, tokens,
-            hiddens, lengths, rng, hook_state)
+    out = model.forward(
+      inputs_embeds=x,
+      positions=pos[:, None],
+      segment_ids=jnp.ones((b, 1), jnp.int32),
+      cache=cache,
+      cache_index=p + step,
+    )
+    return (
+      step + 1,
+      out.cache,
+      out.logits[:, 0],
+      out.hidden_states[:, 0],
+      pos + 1,
+      done,
+      tokens,
+      hiddens,
+      lengths,
+      rng,
+      hook_state,
+    )
 
   def cond(carry):
     return (carry[0] < n) & ~jnp.all(carry[5])
 
   positions_last = positions[:, -1] if positions.ndim == 2 else positions[..., -1]
-  carry = (jnp.int32(0), out.cache, out.logits[:, -1], hidden, positions_last + 1,
-           jnp.zeros((b,), bool), jnp.full((b, n), sampling.pad_token, jnp.int32),
-           jnp.zeros((b, n, hidden.shape[-1]), hidden.dtype), jnp.zeros((b,), jnp.int32), rng,
-           hook.init(b, hidden.shape[-1]))
+  carry = (
+    jnp.int32(0),
+    out.cache,
+    out.logits[:, -1],
+    hidden,
+    positions_last + 1,
+    jnp.zeros((b,), bool),
+    jnp.full((b, n), sampling.pad_token, jnp.int32),
+    jnp.zeros((b, n, hidden.shape[-1]), hidden.dtype),
+    jnp.zeros((b,), jnp.int32),
+    rng,
+    hook.init(b, hidden.shape[-1]),
+  )
   carry = jax.lax.while_loop(cond, body, carry)
   return GenerateOutput(carry[6], carry[7], carry[8])

@@ -1,4 +1,5 @@
 """Next-token selection: greedy, temperature, top-k and top-p (HF's order and semantics)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,11 +11,11 @@ import jax.numpy as jnp
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   max_new_tokens: int = 32
-  temperature: float = 0.0          # 0: greedy
-  top_k: int = 0                    # 0: off
-  top_p: float = 1.0                # 1: off
+  temperature: float = 0.0  # 0: greedy
+  top_k: int = 0  # 0: off
+  top_p: float = 1.0  # 1: off
   stop_tokens: tuple[int, ...] = ()
-  pad_token: int = 0                # written after a sequence stopped
+  pad_token: int = 0  # written after a sequence stopped
 
   @property
   def greedy(self) -> bool:
@@ -32,11 +33,10 @@ def filter_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     order = jnp.argsort(-logits, axis=-1)
     sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
     probs = jax.nn.softmax(sorted_logits, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs   # keep while the mass before is < top_p
+    mass_before = jnp.cumsum(probs, axis=-1) - probs  # keep while the mass before is < top_p
     keep_sorted = mass_before < cfg.top_p
     keep_sorted = keep_sorted.at[..., 0].set(True)
-    keep = jnp.zeros_like(keep_sorted).at[
-        jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
     logits = jnp.where(keep, logits, neg_inf)
   return logits
 

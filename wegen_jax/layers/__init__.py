@@ -1,6 +1,12 @@
 """Shared building blocks (NNX): one place each for dense, norms, rotary, attention, MLPs."""
-from wegen_jax.layers.attention import (Attention, attention_mask, dot_product_attention,
-                                        get_attention, register_attention)
+
+from wegen_jax.layers.attention import (
+  Attention,
+  attention_mask,
+  dot_product_attention,
+  get_attention,
+  register_attention,
+)
 from wegen_jax.layers.linear import Dense, Embed, param
 from wegen_jax.layers.mlp import MLP, GatedMLP, activation
 from wegen_jax.layers.norms import LayerNorm, RMSNorm

@@ -17,9 +17,9 @@ changes no math, only the SIMD width the fusion emitter uses); set it before JAX
 
     os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *cpu_xla_flags()])
 """
+
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,7 @@ def cpu_xla_flags() -> list[str]:
 
 def _query_tile(t: int, s: int) -> int:
   tq = max(8, TILE_ELEMENTS // max(s, 1))
-  if t >= 16:   # keep two tiles or more: one tile per slice makes the backward 1.6-2.4x slower
+  if t >= 16:  # keep two tiles or more: one tile per slice makes the backward 1.6-2.4x slower
     tq = min(tq, t // 2)
   return min(1 << (tq.bit_length() - 1), t)
 
@@ -57,6 +57,7 @@ def _dot(a, b):
 
 def _fwd_slices(q, k, v):
   """q [N, nq, tq, D] (pre-scaled), k/v [N, S, D] -> out [N, nq, tq, D], lse [N, nq, tq]."""
+
   def one_slice(args):
     qs, ks, vs = args
 
@@ -67,7 +68,9 @@ def _fwd_slices(q, k, v):
       l = jnp.sum(e, axis=-1, keepdims=True)
       out = _dot(e.astype(vs.dtype), vs) / l
       return out.astype(qt.dtype), (m + jnp.log(l))[:, 0]
+
     return lax.map(tile, qs)
+
   return lax.map(one_slice, (q, k, v))
 
 
@@ -77,18 +80,20 @@ def _bwd_slices(q, k, v, out, lse, d_out):
     k32, v32 = ks.astype(jnp.float32), vs.astype(jnp.float32)
 
     def tile(carry, xs):
-      dk_t, dv_t = carry                                   # [D, S]
+      dk_t, dv_t = carry  # [D, S]
       qt, ot, lt, dt = xs
       q32, d32 = qt.astype(jnp.float32), dt.astype(jnp.float32)
-      p = jnp.exp(_dot_t(q32, k32) - lt[:, None])          # [tq, S]
+      p = jnp.exp(_dot_t(q32, k32) - lt[:, None])  # [tq, S]
       dv_t = dv_t + _dot(d32.T, p)
       dp = _dot_t(d32, v32)
       ds = p * (dp - jnp.sum(d32 * ot.astype(jnp.float32), axis=-1, keepdims=True))
       dk_t = dk_t + _dot(q32.T, ds)
       return (dk_t, dv_t), _dot(ds, k32).astype(qt.dtype)
+
     zeros = jnp.zeros(ks.shape[::-1], jnp.float32)
     (dk_t, dv_t), dq = lax.scan(tile, (zeros, zeros), (qs, os_, ls, dos))
     return dq, dk_t.T.astype(ks.dtype), dv_t.T.astype(vs.dtype)
+
   return lax.map(one_slice, (q, k, v, out, lse, d_out))
 
 
@@ -109,22 +114,24 @@ def _bwd(res, d_out):
 _tiled_attention.defvjp(_fwd, _bwd)
 
 
-def blocked_attention(q, k, v, *, causal: bool = False, q_offset=0, q_segment_ids=None,
-                      kv_segment_ids=None, scale: float | None = None) -> jax.Array:
+def blocked_attention(
+  q, k, v, *, causal: bool = False, q_offset=0, q_segment_ids=None, kv_segment_ids=None, scale: float | None = None
+) -> jax.Array:
   if causal or q_segment_ids is not None or kv_segment_ids is not None:
-    return dot_product_attention(q, k, v, causal=causal, q_offset=q_offset, q_segment_ids=q_segment_ids,
-                                 kv_segment_ids=kv_segment_ids, scale=scale)
+    return dot_product_attention(
+      q, k, v, causal=causal, q_offset=q_offset, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, scale=scale
+    )
   b, t, h, d = q.shape
   s, kh = k.shape[1], k.shape[2]
   if h % kh:
     raise ValueError(f"{h} query heads are not a multiple of {kh} key/value heads")
-  if kh != h:   # GQA: share each key/value head across its query group
+  if kh != h:  # GQA: share each key/value head across its query group
     k, v = jnp.repeat(k, h // kh, axis=2), jnp.repeat(v, h // kh, axis=2)
-  scale = d ** -0.5 if scale is None else scale
+  scale = d**-0.5 if scale is None else scale
   tq = _query_tile(t, s)
   nq = -(-t // tq)
   qh = jnp.transpose(q * jnp.asarray(scale, q.dtype), (0, 2, 1, 3)).reshape(b * h, t, d)
-  if nq * tq != t:   # padded query rows get zero cotangents, so they add nothing to dK, dV
+  if nq * tq != t:  # padded query rows get zero cotangents, so they add nothing to dK, dV
     qh = jnp.pad(qh, ((0, 0), (0, nq * tq - t), (0, 0)))
   heads = lambda x: jnp.transpose(x, (0, 2, 1, 3)).reshape(b * h, s, d)
   out = _tiled_attention(qh.reshape(b * h, nq, tq, d), heads(k), heads(v))

@@ -3,6 +3,7 @@
 Kernels are stored HWIO (PyTorch's OIHW is converted by `convert.mapping.CONV`); logical
 axes (None, None, 'conv_in', 'conv_out') let FSDP shard the output channels.
 """
+
 from __future__ import annotations
 
 import jax
@@ -20,7 +21,7 @@ NHWC_AXES = ("batch", None, None, "act_embed")
 
 def _torch_conv_init(fan_in: int):
   # PyTorch's default (kaiming_uniform a=sqrt(5)) is U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-  bound = fan_in ** -0.5
+  bound = fan_in**-0.5
   return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
@@ -28,15 +29,31 @@ class Conv2d(nnx.Module):
   """NHWC conv with symmetric zero padding; `stride` 2 with padding 0 is preceded by
   diffusers' asymmetric (0, 1, 0, 1) pad when `pad_right_bottom` is set."""
 
-  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, *, stride: int = 1,
-               padding: int | None = None, pad_right_bottom: bool = False, use_bias: bool = True,
-               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int = 3,
+    *,
+    stride: int = 1,
+    padding: int | None = None,
+    pad_right_bottom: bool = False,
+    use_bias: bool = True,
+    dtype=None,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     self.stride, self.dtype = stride, dtype
     self.padding = (kernel_size - 1) // 2 if padding is None else padding
     self.pad_right_bottom = pad_right_bottom
     init = _torch_conv_init(in_features * kernel_size * kernel_size)
-    self.kernel = param(rngs, init, (kernel_size, kernel_size, in_features, out_features), param_dtype,
-                        (None, None, "conv_in", "conv_out"))
+    self.kernel = param(
+      rngs,
+      init,
+      (kernel_size, kernel_size, in_features, out_features),
+      param_dtype,
+      (None, None, "conv_in", "conv_out"),
+    )
     self.bias = param(rngs, init, (out_features,), param_dtype, ("conv_out",)) if use_bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -46,11 +63,12 @@ class Conv2d(nnx.Module):
       x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
     kernel = self.kernel[...].astype(dtype)
     if kernel.shape[:2] == (1, 1) and self.stride == 1:
-      y = jnp.dot(x, kernel[0, 0])   # pointwise: a matmul, cheaper than a conv on CPU
+      y = jnp.dot(x, kernel[0, 0])  # pointwise: a matmul, cheaper than a conv on CPU
     else:
       p = self.padding
-      y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      y = jax.lax.conv_general_dilated(
+        x, kernel, (self.stride, self.stride), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
     return constrain(y, NHWC_AXES)
@@ -63,8 +81,9 @@ class GroupNorm(nnx.Module):
   is never viewed as [..., groups, C / groups]: on TPU that view puts 10-40 channels on the
   128-lane minor axis and its buffers take up to 13x their size (docs/SCALING.md)."""
 
-  def __init__(self, num_groups: int, features: int, *, eps: float = 1e-5, dtype=None,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self, num_groups: int, features: int, *, eps: float = 1e-5, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs
+  ):
     if features % num_groups:
       raise ValueError(f"GroupNorm: {features} channels are not divisible into {num_groups} groups")
     self.num_groups, self.eps, self.dtype = num_groups, eps, dtype
@@ -77,7 +96,7 @@ class GroupNorm(nnx.Module):
     spatial = tuple(range(1, x.ndim - 1))
     per_channel = (b,) + (1,) * len(spatial) + (c,)
 
-    def group_mean(stat):   # [B, C] per-channel means -> their group's mean, per channel
+    def group_mean(stat):  # [B, C] per-channel means -> their group's mean, per channel
       return jnp.repeat(stat.reshape(b, g, c // g).mean(-1), c // g, axis=-1).reshape(per_channel)
 
     xf = x.astype(jnp.float32)

@@ -5,6 +5,7 @@ dimension); `wegen_jax.parallel.sharding` maps those names onto mesh axes with t
 config's rules table. Parameters are stored in `param_dtype`; the matmul runs in
 `dtype` (bf16 compute with float32 master weights when dtype=bfloat16).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -30,9 +31,18 @@ default_kernel_init = nnx.initializers.normal(0.02)
 class Dense(nnx.Module):
   """y = x @ kernel + bias, kernel stored [in, out] (PyTorch's Linear.weight transposed)."""
 
-  def __init__(self, in_features: int, out_features: int, *, axes: Axes = ("embed", "mlp"),
-               use_bias: bool = False, dtype=None, param_dtype=jnp.float32,
-               kernel_init=default_kernel_init, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    axes: Axes = ("embed", "mlp"),
+    use_bias: bool = False,
+    dtype=None,
+    param_dtype=jnp.float32,
+    kernel_init=default_kernel_init,
+    rngs: nnx.Rngs,
+  ):
     self.in_features, self.out_features = in_features, out_features
     self.dtype = dtype
     self.kernel = param(rngs, kernel_init, (in_features, out_features), param_dtype, axes)
@@ -49,8 +59,16 @@ class Dense(nnx.Module):
 class Embed(nnx.Module):
   """Token (or position) embedding table [num, features]; `attend` is the tied LM head."""
 
-  def __init__(self, num_embeddings: int, features: int, *, axes: Axes = ("vocab", "embed"),
-               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_embeddings: int,
+    features: int,
+    *,
+    axes: Axes = ("vocab", "embed"),
+    dtype=None,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     self.dtype = dtype
     self.embedding = param(rngs, default_kernel_init, (num_embeddings, features), param_dtype, axes)
 

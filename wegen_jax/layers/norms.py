@@ -1,4 +1,5 @@
 """RMSNorm and LayerNorm, computed in float32 and cast back (as HF and diffusers do)."""
+
 from __future__ import annotations
 
 import jax
@@ -13,8 +14,9 @@ _ones = nnx.initializers.ones
 class RMSNorm(nnx.Module):
   """x / rms(x) * scale. Llama/Qwen semantics: normalise in float32, cast, then scale."""
 
-  def __init__(self, features: int, *, eps: float = 1e-6, axes=("embed",), dtype=None,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self, features: int, *, eps: float = 1e-6, axes=("embed",), dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs
+  ):
     self.eps, self.dtype = eps, dtype
     self.scale = param(rngs, _ones, (features,), param_dtype, axes)
 
@@ -28,9 +30,18 @@ class RMSNorm(nnx.Module):
 class LayerNorm(nnx.Module):
   """Standard LayerNorm over the last axis; scale/bias optional (OPT's elementwise_affine)."""
 
-  def __init__(self, features: int, *, eps: float = 1e-5, use_scale: bool = True,
-               use_bias: bool = True, axes=("embed",), dtype=None, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    features: int,
+    *,
+    eps: float = 1e-5,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    axes=("embed",),
+    dtype=None,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     self.eps, self.dtype = eps, dtype
     self.scale = param(rngs, _ones, (features,), param_dtype, axes) if use_scale else None
     self.bias = param(rngs, None, (features,), param_dtype, axes) if use_bias else None

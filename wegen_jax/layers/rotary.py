@@ -4,6 +4,7 @@ Positions are passed in, never derived here, so callers can use packed sequences
 left-padded decoding, or Qwen2.5-VL's 3-axis M-RoPE (positions shaped [3, B, T] with
 `mrope_section`). Supported scalings: default, linear, llama3.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,7 @@ import numpy as np
 class RopeConfig:
   head_dim: int
   theta: float = 10000.0
-  scaling: Mapping[str, Any] | None = None   # HF `rope_parameters`/`rope_scaling` dict
+  scaling: Mapping[str, Any] | None = None  # HF `rope_parameters`/`rope_scaling` dict
   mrope_section: Sequence[int] | None = None  # e.g. (16, 24, 24) for Qwen2.5-VL
 
 
@@ -46,23 +47,23 @@ def inverse_frequencies(cfg: RopeConfig) -> np.ndarray:
     medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
     return np.where(medium, smoothed, scaled).astype(np.float32)
   raise NotImplementedError(
-      f"rope scaling type {kind!r} is not supported (supported: default, linear, llama3); "
-      "convert the checkpoint's config or add the scaling to wegen_jax/layers/rotary.py")
+    f"rope scaling type {kind!r} is not supported (supported: default, linear, llama3); "
+    "convert the checkpoint's config or add the scaling to wegen_jax/layers/rotary.py"
+  )
 
 
 def cos_sin(cfg: RopeConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
   """cos/sin tables [B, T, head_dim] for integer positions [B, T] (or [3, B, T] for M-RoPE)."""
   inv_freq = jnp.asarray(inverse_frequencies(cfg))
-  freqs = positions.astype(jnp.float32)[..., None] * inv_freq          # [..., B, T, D/2]
-  emb = jnp.concatenate([freqs, freqs], axis=-1)                        # [..., B, T, D]
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [..., B, T, D/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)  # [..., B, T, D]
   cos, sin = jnp.cos(emb), jnp.sin(emb)
   if cfg.mrope_section is not None:
     if positions.ndim != 3:
       raise ValueError(f"M-RoPE needs positions shaped [3, B, T], got {positions.shape}")
     # Qwen2-VL: the head dims are split into (t, h, w) sections, each rotated by its own axis.
     bounds = np.cumsum(list(cfg.mrope_section) * 2)[:-1]
-    pick = lambda t: jnp.concatenate(
-        [part[i % 3] for i, part in enumerate(jnp.split(t, bounds, axis=-1))], axis=-1)
+    pick = lambda t: jnp.concatenate([part[i % 3] for i, part in enumerate(jnp.split(t, bounds, axis=-1))], axis=-1)
     cos, sin = pick(cos), pick(sin)
   return cos, sin
 

@@ -6,6 +6,7 @@ the compiler sees one body per stack (MaxText's `scan_layers`). Parameters stay 
 layer, so checkpoints and the converters do not change; the stack is built inside the step,
 which costs one extra copy of the scanned parameters' local shards (and of their gradients).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -15,8 +16,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-def scan_blocks(blocks: Sequence[nnx.Module], x, call: Callable = lambda block, h: block(h), *,
-                remat_policy=None, remat: bool = False):
+def scan_blocks(
+  blocks: Sequence[nnx.Module], x, call: Callable = lambda block, h: block(h), *, remat_policy=None, remat: bool = False
+):
   """x = call(block, x) for each block in order, compiled as one scanned body.
 
   The blocks must be the same module structure (same class, static fields and parameter
@@ -27,8 +29,10 @@ def scan_blocks(blocks: Sequence[nnx.Module], x, call: Callable = lambda block, 
   for i, block in enumerate(blocks[1:], 1):
     g, state = nnx.split(block)
     if g != graphdef:
-      raise ValueError(f"scan_blocks: block {i} ({type(block).__name__}) differs in structure from "
-                       "block 0; scanned layers must be identical (turn scan_layers off for this model)")
+      raise ValueError(
+        f"scan_blocks: block {i} ({type(block).__name__}) differs in structure from "
+        "block 0; scanned layers must be identical (turn scan_layers off for this model)"
+      )
     states.append(state)
   stacked = jax.tree.map(lambda *v: jnp.stack(v), *states)
 

@@ -1,5 +1,6 @@
 """Sinusoidal timestep features and the MLP that embeds them (diffusers' Timesteps and
 TimestepEmbedding), shared by the UNet's time and SDXL's micro-conditioning embeddings."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,9 @@ from wegen_jax.layers.linear import Dense
 from wegen_jax.layers.mlp import activation
 
 
-def timestep_features(t: jax.Array, dim: int, *, flip_sin_to_cos: bool = True,
-                      freq_shift: float = 0.0, max_period: float = 10000.0) -> jax.Array:
+def timestep_features(
+  t: jax.Array, dim: int, *, flip_sin_to_cos: bool = True, freq_shift: float = 0.0, max_period: float = 10000.0
+) -> jax.Array:
   """[N] (float or int) -> [N, dim] float32: [sin | cos] (or [cos | sin] when flipped)."""
   half = dim // 2
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift))
@@ -29,8 +31,9 @@ def timestep_features(t: jax.Array, dim: int, *, flip_sin_to_cos: bool = True,
 class TimestepEmbedding(nnx.Module):
   """linear_2(act(linear_1(x)))."""
 
-  def __init__(self, in_features: int, features: int, *, act: str = "silu", dtype=None,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self, in_features: int, features: int, *, act: str = "silu", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs
+  ):
     kw = dict(use_bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.act = act
     self.linear_1 = Dense(in_features, features, axes=("embed", "mlp"), **kw)

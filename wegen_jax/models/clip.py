@@ -10,6 +10,7 @@ CLIP-T / CLIP-I evaluators. Call conventions (arrays, not HF output objects):
       pooled = the final-normed state at the EOS token
   model(input_ids, pixel_values) -> CLIPOutput with cosine logits scaled by exp(logit_scale)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,20 +70,33 @@ class CLIPConfig:
 
 
 class CLIPOutput(NamedTuple):
-  logits_per_image: jax.Array   # [B_img, B_txt]
-  logits_per_text: jax.Array    # [B_txt, B_img]
-  text_embeds: jax.Array        # [B_txt, P], L2-normalised
-  image_embeds: jax.Array       # [B_img, P], L2-normalised
+  logits_per_image: jax.Array  # [B_img, B_txt]
+  logits_per_text: jax.Array  # [B_txt, B_img]
+  text_embeds: jax.Array  # [B_txt, P], L2-normalised
+  image_embeds: jax.Array  # [B_img, P], L2-normalised
 
 
 def _blocks(hidden, heads, mlp, act, eps, layers, cfg: CLIPConfig, rngs):
   kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
-  return nnx.List([ViTBlock(hidden, heads, mlp, act=act, norm_eps=eps, post_norm=False, qkv_bias=True,
-                            attention_impl=cfg.attention_impl, **kw) for _ in range(layers)])
+  return nnx.List(
+    [
+      ViTBlock(
+        hidden,
+        heads,
+        mlp,
+        act=act,
+        norm_eps=eps,
+        post_norm=False,
+        qkv_bias=True,
+        attention_impl=cfg.attention_impl,
+        **kw,
+      )
+      for _ in range(layers)
+    ]
+  )
 
 
 class CLIPVisionTower(nnx.Module):
-
   def __init__(self, cfg: CLIPConfig, *, rngs: nnx.Rngs):
     v, self.remat = cfg.vision, cfg.remat
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
@@ -92,16 +106,19 @@ class CLIPVisionTower(nnx.Module):
     n = (v.image_size // v.patch_size) ** 2 + 1
     self.position_embedding = param(rngs, default_kernel_init, (n, v.hidden_size), pdtype, (None, "embed"))
     self.pre_norm = LayerNorm(v.hidden_size, eps=v.norm_eps, **kw)
-    self.blocks = _blocks(v.hidden_size, v.num_heads, v.intermediate_size, v.activation, v.norm_eps,
-                          v.num_layers, cfg, rngs)
+    self.blocks = _blocks(
+      v.hidden_size, v.num_heads, v.intermediate_size, v.activation, v.norm_eps, v.num_layers, cfg, rngs
+    )
     self.post_norm = LayerNorm(v.hidden_size, eps=v.norm_eps, **kw)
 
   def __call__(self, pixel_values: jax.Array) -> tuple[jax.Array, jax.Array]:
     pixel_values = as_array(pixel_values)
     x = self.patch_embed(pixel_values)
     if x.shape[1] + 1 != self.position_embedding.shape[0]:
-      raise ValueError(f"pixels {pixel_values.shape} give {x.shape[1]} patches; the model expects "
-                       f"{self.position_embedding.shape[0] - 1}")
+      raise ValueError(
+        f"pixels {pixel_values.shape} give {x.shape[1]} patches; the model expects "
+        f"{self.position_embedding.shape[0] - 1}"
+      )
     cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (x.shape[0], 1, x.shape[2]))
     x = jnp.concatenate([cls, x], axis=1) + self.position_embedding[...].astype(x.dtype)
     x = self.pre_norm(constrain(x, ("batch", "length", "act_embed")))
@@ -110,15 +127,16 @@ class CLIPVisionTower(nnx.Module):
 
 
 class CLIPTextTower(nnx.Module):
-
   def __init__(self, cfg: CLIPConfig, *, rngs: nnx.Rngs):
     t, self.remat, self.eos_token_id = cfg.text, cfg.remat, cfg.text.eos_token_id
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
     self.token_embedding = Embed(t.vocab_size, t.hidden_size, **kw)
-    self.position_embedding = param(rngs, default_kernel_init, (t.max_position_embeddings, t.hidden_size),
-                                    jnp.dtype(cfg.param_dtype), (None, "embed"))
-    self.blocks = _blocks(t.hidden_size, t.num_heads, t.intermediate_size, t.activation, t.norm_eps,
-                          t.num_layers, cfg, rngs)
+    self.position_embedding = param(
+      rngs, default_kernel_init, (t.max_position_embeddings, t.hidden_size), jnp.dtype(cfg.param_dtype), (None, "embed")
+    )
+    self.blocks = _blocks(
+      t.hidden_size, t.num_heads, t.intermediate_size, t.activation, t.norm_eps, t.num_layers, cfg, rngs
+    )
     self.final_norm = LayerNorm(t.hidden_size, eps=t.norm_eps, **kw)
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None):
@@ -133,8 +151,7 @@ class CLIPTextTower(nnx.Module):
     # Causal, and padding keys (attention_mask == 0) masked, as transformers' create_causal_mask.
     kv_seg = None if attention_mask is None else attention_mask.astype(jnp.int32)
     q_seg = None if attention_mask is None else jnp.ones((b, t), jnp.int32)
-    x = run_blocks(self.blocks, x, remat=self.remat, causal=True, q_segment_ids=q_seg,
-                   kv_segment_ids=kv_seg)
+    x = run_blocks(self.blocks, x, remat=self.remat, causal=True, q_segment_ids=q_seg, kv_segment_ids=kv_seg)
     x = self.final_norm(x)
     ids = input_ids.astype(jnp.int32)
     eos = jnp.argmax(ids, axis=-1) if self.eos_token_id == 2 else jnp.argmax(ids == self.eos_token_id, axis=-1)
@@ -142,7 +159,6 @@ class CLIPTextTower(nnx.Module):
 
 
 class CLIPModel(nnx.Module):
-
   def __init__(self, cfg: CLIPConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
@@ -150,8 +166,7 @@ class CLIPModel(nnx.Module):
     self.vision_model = CLIPVisionTower(cfg, rngs=rngs)
     self.text_projection = Dense(cfg.text.hidden_size, cfg.projection_dim, axes=("embed", None), **kw)
     self.visual_projection = Dense(cfg.vision.hidden_size, cfg.projection_dim, axes=("embed", None), **kw)
-    self.logit_scale = param(rngs, nnx.initializers.constant(cfg.logit_scale_init), (),
-                             jnp.dtype(cfg.param_dtype), ())
+    self.logit_scale = param(rngs, nnx.initializers.constant(cfg.logit_scale_init), (), jnp.dtype(cfg.param_dtype), ())
 
   def get_text_features(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
     """Projected text embeddings [B, projection_dim] (transformers returns them as
@@ -163,8 +178,9 @@ class CLIPModel(nnx.Module):
     `get_image_features(...).pooler_output`); not normalised."""
     return self.visual_projection(self.vision_model(pixel_values)[1])
 
-  def __call__(self, input_ids: jax.Array, pixel_values: jax.Array,
-               attention_mask: jax.Array | None = None) -> CLIPOutput:
+  def __call__(
+    self, input_ids: jax.Array, pixel_values: jax.Array, attention_mask: jax.Array | None = None
+  ) -> CLIPOutput:
     norm = lambda e: e / jnp.linalg.norm(e, axis=-1, keepdims=True)
     text = norm(self.get_text_features(input_ids, attention_mask))
     image = norm(self.get_image_features(pixel_values))

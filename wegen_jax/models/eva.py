@@ -9,6 +9,7 @@ Blocks are EVA's: absolute position embedding with a CLS token, q and v biases b
 bias (a k bias only shifts every logit of a query row equally, so softmax ignores it),
 exact GELU MLP, and the "postnorm" residual form of EVA-CLIP-E (see models.vit.ViTBlock).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,19 +33,19 @@ class EVAConfig:
   depth: int = 64
   num_heads: int = 16
   mlp_dim: int = 15360
-  post_norm: bool = True        # EVA-CLIP-E/bigE "postnorm"; False = pre-norm (EVA-01 style)
-  qkv_bias: bool = True         # q and v biases (EVA never has a k bias)
+  post_norm: bool = True  # EVA-CLIP-E/bigE "postnorm"; False = pre-norm (EVA-01 style)
+  qkv_bias: bool = True  # q and v biases (EVA never has a k bias)
   norm_eps: float = 1e-6
   activation: str = "gelu"
-  layer_scale: bool = False     # gamma_1/gamma_2 (EVA-CLIP `ls_init_value`, timm `init_values`)
+  layer_scale: bool = False  # gamma_1/gamma_2 (EVA-CLIP `ls_init_value`, timm `init_values`)
   class_token: bool = True
-  embed_class: bool = True      # the position table covers CLS too (timm no_embed_class=False)
-  final_norm: bool = False      # WeGen: none; timm Eva applies `norm` unless fc_norm/avg pool
+  embed_class: bool = True  # the position table covers CLS too (timm no_embed_class=False)
+  final_norm: bool = False  # WeGen: none; timm Eva applies `norm` unless fc_norm/avg pool
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
   attention_impl: str = "xla"
-  scan_layers: bool = False     # one scanned block body (layers/scan.py): fast compiles at EVA-E size
+  scan_layers: bool = False  # one scanned block body (layers/scan.py): fast compiles at EVA-E size
 
   def __post_init__(self):
     if self.width % self.num_heads:
@@ -72,20 +73,31 @@ EVA_CLIP_E_14_PLUS_448 = EVAConfig()  # WeGen's configs/visual_encoder/eva_visio
 
 
 class EVAVisionTower(nnx.Module):
-
   def __init__(self, cfg: EVAConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     kw = dict(dtype=dtype, param_dtype=pdtype, rngs=rngs)
     self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_channels, cfg.width, use_bias=True, **kw)
-    self.cls_token = (param(rngs, default_kernel_init, (cfg.width,), pdtype, ("embed",))
-                      if cfg.class_token else None)
+    self.cls_token = param(rngs, default_kernel_init, (cfg.width,), pdtype, ("embed",)) if cfg.class_token else None
     self.pos_embed = param(rngs, default_kernel_init, (cfg.num_positions, cfg.width), pdtype, (None, "embed"))
-    self.blocks = nnx.List([
-        ViTBlock(cfg.width, cfg.num_heads, cfg.mlp_dim, act=cfg.activation, norm_eps=cfg.norm_eps,
-                 post_norm=cfg.post_norm, qkv_bias=cfg.qkv_bias, k_bias=False,
-                 layer_scale=cfg.layer_scale, attention_impl=cfg.attention_impl, **kw)
-        for _ in range(cfg.depth)])
+    self.blocks = nnx.List(
+      [
+        ViTBlock(
+          cfg.width,
+          cfg.num_heads,
+          cfg.mlp_dim,
+          act=cfg.activation,
+          norm_eps=cfg.norm_eps,
+          post_norm=cfg.post_norm,
+          qkv_bias=cfg.qkv_bias,
+          k_bias=False,
+          layer_scale=cfg.layer_scale,
+          attention_impl=cfg.attention_impl,
+          **kw,
+        )
+        for _ in range(cfg.depth)
+      ]
+    )
     self.norm = LayerNorm(cfg.width, eps=cfg.norm_eps, **kw) if cfg.final_norm else None
 
   def forward_features(self, pixels: jax.Array) -> jax.Array:
@@ -94,9 +106,11 @@ class EVAVisionTower(nnx.Module):
     pixels = as_array(pixels)
     x = self.patch_embed(pixels)
     if x.shape[1] != cfg.grid[0] * cfg.grid[1]:
-      raise ValueError(f"pixels {pixels.shape} give {x.shape[1]} patches but the position table is "
-                       f"for a {cfg.grid} grid (image_size={cfg.image_size}); resize the input or "
-                       "load with the right image_size")
+      raise ValueError(
+        f"pixels {pixels.shape} give {x.shape[1]} patches but the position table is "
+        f"for a {cfg.grid} grid (image_size={cfg.image_size}); resize the input or "
+        "load with the right image_size"
+      )
     pos = self.pos_embed[...].astype(x.dtype)
     if not cfg.embed_class:
       x = x + pos
@@ -112,4 +126,4 @@ class EVAVisionTower(nnx.Module):
   def __call__(self, pixels: jax.Array) -> jax.Array:
     """Patch tokens of the last block [B, gh*gw, width], CLS dropped (final norm only if
     cfg.final_norm; WeGen's tower has none)."""
-    return self.forward_features(pixels)[:, self.cfg.num_prefix_tokens:]
+    return self.forward_features(pixels)[:, self.cfg.num_prefix_tokens :]

@@ -11,6 +11,7 @@ Call conventions:
 `inputs_embeds` live in the token-embedding space (HF semantics), which is where WeGen and
 GILL splice projected image features.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,22 +21,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wegen_jax.layers import (Attention, Dense, Embed, GatedMLP, LayerNorm, MLP, RMSNorm,
-                              RopeConfig, cos_sin)
+from wegen_jax.layers import Attention, Dense, Embed, GatedMLP, LayerNorm, MLP, RMSNorm, RopeConfig, cos_sin
 from wegen_jax.layers.scan import scan_blocks
 from wegen_jax.parallel.sharding import constrain
 
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.checkpoint_dots,
+  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
-  family: str                        # "llama" | "qwen2" | "opt": the HF layout it converts to
+  family: str  # "llama" | "qwen2" | "opt": the HF layout it converts to
   vocab_size: int
   hidden_size: int
   intermediate_size: int
@@ -43,29 +43,29 @@ class LLMConfig:
   num_heads: int
   num_kv_heads: int | None = None
   head_dim: int | None = None
-  norm: str = "rms"                  # "rms" | "layer"
+  norm: str = "rms"  # "rms" | "layer"
   norm_eps: float = 1e-6
-  pre_norm: bool = True              # False: OPT-350m-style post-norm blocks
+  pre_norm: bool = True  # False: OPT-350m-style post-norm blocks
   final_norm: bool = True
   activation: str = "silu"
-  gated_mlp: bool = True             # SwiGLU (Llama/Qwen) vs fc1/fc2 (OPT)
+  gated_mlp: bool = True  # SwiGLU (Llama/Qwen) vs fc1/fc2 (OPT)
   qkv_bias: bool = False
   out_bias: bool = False
   mlp_bias: bool = False
-  norm_bias: bool = False            # LayerNorm bias (OPT)
-  position_embedding: str = "rope"   # "rope" | "learned"
+  norm_bias: bool = False  # LayerNorm bias (OPT)
+  position_embedding: str = "rope"  # "rope" | "learned"
   rope_theta: float = 10000.0
   rope_scaling: Mapping[str, Any] | tuple | None = None  # stored as sorted (key, value) pairs
   mrope_section: Sequence[int] | None = None
   max_position_embeddings: int = 4096
-  learned_position_offset: int = 2   # OPT's positions are shifted by 2
+  learned_position_offset: int = 2  # OPT's positions are shifted by 2
   word_embed_proj_dim: int | None = None
   tie_word_embeddings: bool = False
-  dtype: str = "float32"             # compute dtype
+  dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
-  remat: str = "none"                # see REMAT_POLICIES
+  remat: str = "none"  # see REMAT_POLICIES
   attention_impl: str = "xla"
-  scan_layers: bool = False          # one scanned layer body (layers/scan.py): fast compiles at 7B
+  scan_layers: bool = False  # one scanned layer body (layers/scan.py): fast compiles at 7B
 
   def __post_init__(self):
     # Hashable fields: the config is static data of the jitted graph.
@@ -102,8 +102,8 @@ class LLMConfig:
 
 
 class LLMOutput(NamedTuple):
-  logits: jax.Array          # [B, T, V] float32
-  hidden_states: jax.Array   # [B, T, E] last hidden states (after the final norm/projection)
+  logits: jax.Array  # [B, T, V] float32
+  hidden_states: jax.Array  # [B, T, E] last hidden states (after the final norm/projection)
   cache: Any = None
 
 
@@ -117,22 +117,44 @@ def _norm(cfg: LLMConfig, features: int, rngs):
 
 
 class DecoderLayer(nnx.Module):
-
   def __init__(self, cfg: LLMConfig, *, rngs: nnx.Rngs):
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     self.pre_norm = cfg.pre_norm
     self.attn_norm = _norm(cfg, cfg.hidden_size, rngs)
-    self.attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.dim_per_head, num_kv_heads=cfg.kv_heads,
-                          qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias,
-                          attention_impl=cfg.attention_impl, dtype=dtype, param_dtype=pdtype, rngs=rngs)
+    self.attn = Attention(
+      cfg.hidden_size,
+      cfg.num_heads,
+      cfg.dim_per_head,
+      num_kv_heads=cfg.kv_heads,
+      qkv_bias=cfg.qkv_bias,
+      out_bias=cfg.out_bias,
+      attention_impl=cfg.attention_impl,
+      dtype=dtype,
+      param_dtype=pdtype,
+      rngs=rngs,
+    )
     self.mlp_norm = _norm(cfg, cfg.hidden_size, rngs)
     mlp_cls = GatedMLP if cfg.gated_mlp else MLP
-    self.mlp = mlp_cls(cfg.hidden_size, cfg.intermediate_size, act=cfg.activation,
-                       use_bias=cfg.mlp_bias, dtype=dtype, param_dtype=pdtype, rngs=rngs)
+    self.mlp = mlp_cls(
+      cfg.hidden_size,
+      cfg.intermediate_size,
+      act=cfg.activation,
+      use_bias=cfg.mlp_bias,
+      dtype=dtype,
+      param_dtype=pdtype,
+      rngs=rngs,
+    )
 
   def __call__(self, x, rope, q_offset, q_segment_ids, kv_segment_ids, cache=None):
-    attend = lambda h: self.attn(h, rope=rope, causal=True, q_offset=q_offset, cache=cache,
-                                 q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
+    attend = lambda h: self.attn(
+      h,
+      rope=rope,
+      causal=True,
+      q_offset=q_offset,
+      cache=cache,
+      q_segment_ids=q_segment_ids,
+      kv_segment_ids=kv_segment_ids,
+    )
     if self.pre_norm:
       a = attend(self.attn_norm(x))
       a, cache = a if cache is not None else (a, None)
@@ -147,7 +169,6 @@ class DecoderLayer(nnx.Module):
 
 
 class LLM(nnx.Module):
-
   def __init__(self, cfg: LLMConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -155,25 +176,29 @@ class LLM(nnx.Module):
     self.embed = Embed(cfg.vocab_size, cfg.embed_dim, **kw)
     if cfg.position_embedding not in ("rope", "learned"):
       raise ValueError(f"position_embedding={cfg.position_embedding!r}; choose 'rope' or 'learned'")
-    self.pos_embed = (Embed(cfg.max_position_embeddings + cfg.learned_position_offset, cfg.hidden_size,
-                            axes=(None, "embed"), **kw)
-                      if cfg.position_embedding == "learned" else None)
+    self.pos_embed = (
+      Embed(cfg.max_position_embeddings + cfg.learned_position_offset, cfg.hidden_size, axes=(None, "embed"), **kw)
+      if cfg.position_embedding == "learned"
+      else None
+    )
     projected = cfg.embed_dim != cfg.hidden_size
     self.proj_in = Dense(cfg.embed_dim, cfg.hidden_size, axes=(None, "embed"), **kw) if projected else None
     self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
     self.final_norm = _norm(cfg, cfg.hidden_size, rngs) if cfg.final_norm else None
     self.proj_out = Dense(cfg.hidden_size, cfg.embed_dim, axes=("embed", None), **kw) if projected else None
-    self.lm_head = None if cfg.tie_word_embeddings else Dense(cfg.embed_dim, cfg.vocab_size,
-                                                              axes=("embed", "vocab"), **kw)
+    self.lm_head = (
+      None if cfg.tie_word_embeddings else Dense(cfg.embed_dim, cfg.vocab_size, axes=("embed", "vocab"), **kw)
+    )
 
   def init_cache(self, batch: int, max_len: int, dtype=None) -> dict:
     """Empty KV cache: per layer k/v [B, max_len, K, D], plus segment ids (0 = empty slot)."""
     cfg = self.cfg
     dtype = jnp.dtype(dtype or cfg.dtype)
     shape = (batch, max_len, cfg.kv_heads, cfg.dim_per_head)
-    return {"layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-                       for _ in range(cfg.num_layers)],
-            "segment_ids": jnp.zeros((batch, max_len), jnp.int32)}
+    return {
+      "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)],
+      "segment_ids": jnp.zeros((batch, max_len), jnp.int32),
+    }
 
   def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
     return self.embed(input_ids)
@@ -181,8 +206,9 @@ class LLM(nnx.Module):
   def __call__(self, input_ids: jax.Array, **kwargs) -> jax.Array:
     return self.forward(input_ids, **kwargs).logits
 
-  def forward(self, input_ids=None, *, inputs_embeds=None, positions=None, segment_ids=None,
-              cache=None, cache_index=0) -> LLMOutput:
+  def forward(
+    self, input_ids=None, *, inputs_embeds=None, positions=None, segment_ids=None, cache=None, cache_index=0
+  ) -> LLMOutput:
     """positions: rope/learned positions [B, T] ([3, B, T] for M-RoPE), default 0..T-1 (+cache_index).
     segment_ids: [B, T] ints, 0 = padding; packed sequences use 1, 2, ...
     cache/cache_index: KV cache from `init_cache`; tokens are written at slot cache_index."""
@@ -211,9 +237,14 @@ class LLM(nnx.Module):
       segment_ids = seg
     new_layers = []
     policy = REMAT_POLICIES[cfg.remat]
-    if cache is None and cfg.scan_layers:   # decoding keeps the loop: its cache is per layer
-      x = scan_blocks(self.layers, x, lambda l, h: l(h, rope, cache_index, segment_ids, kv_segment_ids)[0],
-                      remat=cfg.remat != "none", remat_policy=policy)
+    if cache is None and cfg.scan_layers:  # decoding keeps the loop: its cache is per layer
+      x = scan_blocks(
+        self.layers,
+        x,
+        lambda l, h: l(h, rope, cache_index, segment_ids, kv_segment_ids)[0],
+        remat=cfg.remat != "none",
+        remat_policy=policy,
+      )
     else:
       for i, layer in enumerate(self.layers):
         layer_cache = None if cache is None else cache["layers"][i]

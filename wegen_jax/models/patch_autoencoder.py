@@ -7,6 +7,7 @@ image the detokenizer draws; folded pixels are exact, need no training stage, an
 UNet's latent grid (and cost) of a 2x VAE. Same interface as AutoencoderKL (encode ->
 DiagonalGaussian, decode, to_latents / from_latents, downsample_factor).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,14 +23,14 @@ from wegen_jax.models.vae import DiagonalGaussian, LatentScaling
 class PatchAutoencoderConfig:
   patch_size: int = 2
   in_channels: int = 3
-  scaling_factor: float = 1.0        # 1/std of the data's pixels: unit-variance latents
+  scaling_factor: float = 1.0  # 1/std of the data's pixels: unit-variance latents
   shift_factor: float | None = None
   sample_size: Any = 32
   dtype: str = "float32"
 
   @property
   def latent_channels(self) -> int:
-    return self.in_channels * self.patch_size ** 2
+    return self.in_channels * self.patch_size**2
 
   def replace(self, **kw) -> "PatchAutoencoderConfig":
     return dataclasses.replace(self, **kw)
@@ -46,9 +47,8 @@ class PatchAutoencoderConfig:
 
 
 class PatchAutoencoder(LatentScaling, nnx.Module):
-
   def __init__(self, cfg: PatchAutoencoderConfig, *, rngs: nnx.Rngs | None = None):
-    del rngs   # no parameters
+    del rngs  # no parameters
     self.cfg = cfg
 
   @property
@@ -63,7 +63,7 @@ class PatchAutoencoder(LatentScaling, nnx.Module):
       raise ValueError(f"image {h}x{w} is not a multiple of the patch size {p}")
     z = x.reshape(b, c, h // p, p, w // p, p).transpose(0, 1, 3, 5, 2, 4).reshape(b, c * p * p, h // p, w // p)
     z = z.astype(jnp.dtype(self.cfg.dtype))
-    return DiagonalGaussian(z, jnp.full_like(z, -jnp.inf))   # std 0: sampling returns the mean exactly
+    return DiagonalGaussian(z, jnp.full_like(z, -jnp.inf))  # std 0: sampling returns the mean exactly
 
   def decode(self, z) -> jnp.ndarray:
     b, cpp, h, w = z.shape

@@ -6,17 +6,26 @@ transforms. Activations are NHWC inside; the public call takes and returns NCHW 
 The config is per-block explicit (UNetConfig.from_diffusers turns a config.json into it), so
 any combination of block types, widths, head counts and depths builds without special cases.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wegen_jax.layers import (Attention, Conv2d, Dense, GroupNorm, LayerNorm, TimestepEmbedding,
-                              activation, timestep_features)
+from wegen_jax.layers import (
+  Attention,
+  Conv2d,
+  Dense,
+  GroupNorm,
+  LayerNorm,
+  TimestepEmbedding,
+  activation,
+  timestep_features,
+)
 from wegen_jax.layers.conv import NHWC_AXES
 from wegen_jax.layers.scan import scan_blocks
 from wegen_jax.parallel.sharding import constrain
@@ -29,6 +38,7 @@ MID_TYPES = ("UNetMidBlock2DCrossAttn", "UNetMidBlock2D", None)
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
   """Everything per down block i (up block i uses the reversed lists, as diffusers does)."""
+
   in_channels: int = 4
   out_channels: int = 4
   block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
@@ -59,28 +69,32 @@ class UNetConfig:
   conv_out_kernel: int = 3
   time_embedding_dim: int | None = None
   time_embedding_act_fn: str | None = None
-  addition_embed_type: str | None = None          # None | "text_time" (SDXL)
+  addition_embed_type: str | None = None  # None | "text_time" (SDXL)
   addition_time_embed_dim: int | None = None
   projection_class_embeddings_input_dim: int | None = None
-  upcast_attention: bool = False                  # kept for export; softmax is float32 anyway
+  upcast_attention: bool = False  # kept for export; softmax is float32 anyway
   sample_size: Any = None
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention_impl: str = "xla"
-  remat: bool = False                             # rematerialise each block in the backward pass
-  scan_layers: bool = False                       # scan each transformer stack (layers/scan.py)
+  remat: bool = False  # rematerialise each block in the backward pass
+  scan_layers: bool = False  # scan each transformer stack (layers/scan.py)
 
   def __post_init__(self):
-    for f in dataclasses.fields(self):   # JSON gives lists; configs must stay hashable (jit static)
+    for f in dataclasses.fields(self):  # JSON gives lists; configs must stay hashable (jit static)
       v = getattr(self, f.name)
       if isinstance(v, list):
         object.__setattr__(self, f.name, tuple(tuple(x) if isinstance(x, list) else x for x in v))
     n = len(self.block_out_channels)
-    per_block = dict(down_block_types=self.down_block_types, up_block_types=self.up_block_types,
-                     layers_per_block=self.layers_per_block, num_attention_heads=self.num_attention_heads,
-                     cross_attention_dim=self.cross_attention_dim,
-                     down_transformer_layers=self.down_transformer_layers,
-                     up_transformer_layers=self.up_transformer_layers)
+    per_block = dict(
+      down_block_types=self.down_block_types,
+      up_block_types=self.up_block_types,
+      layers_per_block=self.layers_per_block,
+      num_attention_heads=self.num_attention_heads,
+      cross_attention_dim=self.cross_attention_dim,
+      down_transformer_layers=self.down_transformer_layers,
+      up_transformer_layers=self.up_transformer_layers,
+    )
     for name, v in per_block.items():
       if len(v) != n:
         raise ValueError(f"UNetConfig.{name} has {len(v)} entries but there are {n} blocks")
@@ -110,15 +124,25 @@ def _kw(cfg: UNetConfig, rngs):
 class ResnetBlock2D(nnx.Module):
   """norm-act-conv twice, time embedding added in between, 1x1 shortcut when widths differ."""
 
-  def __init__(self, in_ch: int, out_ch: int, temb_ch: int | None, *, groups: int, eps: float,
-               act: str = "silu", output_scale_factor: float = 1.0, dtype=None,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_ch: int,
+    out_ch: int,
+    temb_ch: int | None,
+    *,
+    groups: int,
+    eps: float,
+    act: str = "silu",
+    output_scale_factor: float = 1.0,
+    dtype=None,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.act, self.output_scale_factor = act, output_scale_factor
     self.norm1 = GroupNorm(groups, in_ch, eps=eps, **kw)
     self.conv1 = Conv2d(in_ch, out_ch, 3, **kw)
-    self.time_emb_proj = (Dense(temb_ch, out_ch, axes=("embed", "conv_out"), use_bias=True, **kw)
-                          if temb_ch else None)
+    self.time_emb_proj = Dense(temb_ch, out_ch, axes=("embed", "conv_out"), use_bias=True, **kw) if temb_ch else None
     self.norm2 = GroupNorm(groups, out_ch, eps=eps, **kw)
     self.conv2 = Conv2d(out_ch, out_ch, 3, **kw)
     self.conv_shortcut = Conv2d(in_ch, out_ch, 1, **kw) if in_ch != out_ch else None
@@ -152,15 +176,25 @@ class GEGLUFeedForward(nnx.Module):
 class BasicTransformerBlock(nnx.Module):
   """Pre-norm self-attention, cross-attention, GEGLU feed-forward, each residual."""
 
-  def __init__(self, dim: int, heads: int, cross_dim: int, *, attention_impl: str = "xla",
-               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    heads: int,
+    cross_dim: int,
+    *,
+    attention_impl: str = "xla",
+    dtype=None,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     head_dim = dim // heads
     self.norm1 = LayerNorm(dim, eps=1e-5, **kw)
     self.attn1 = Attention(dim, heads, head_dim, out_bias=True, attention_impl=attention_impl, **kw)
     self.norm2 = LayerNorm(dim, eps=1e-5, **kw)
-    self.attn2 = Attention(dim, heads, head_dim, kv_features=cross_dim, out_bias=True,
-                           attention_impl=attention_impl, **kw)
+    self.attn2 = Attention(
+      dim, heads, head_dim, kv_features=cross_dim, out_bias=True, attention_impl=attention_impl, **kw
+    )
     self.norm3 = LayerNorm(dim, eps=1e-5, **kw)
     self.ff = GEGLUFeedForward(dim, 4 * dim, **kw)
 
@@ -174,9 +208,22 @@ class Transformer2DModel(nnx.Module):
   """GroupNorm, proj_in (1x1 conv or linear), transformer blocks over H*W tokens, proj_out, residual.
   Width inside is heads * (channels // heads), as in diffusers (equal to channels when divisible)."""
 
-  def __init__(self, channels: int, heads: int, cross_dim: int, depth: int, *, groups: int,
-               linear_projection: bool, attention_impl: str = "xla", scan: bool = False,
-               remat: bool = False, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    channels: int,
+    heads: int,
+    cross_dim: int,
+    depth: int,
+    *,
+    groups: int,
+    linear_projection: bool,
+    attention_impl: str = "xla",
+    scan: bool = False,
+    remat: bool = False,
+    dtype=None,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     inner = heads * (channels // heads)
     self.norm = GroupNorm(groups, channels, eps=1e-6, **kw)
@@ -186,9 +233,9 @@ class Transformer2DModel(nnx.Module):
     else:
       self.proj_in = Conv2d(channels, inner, 1, **kw)
       self.proj_out = Conv2d(inner, channels, 1, **kw)
-    self.transformer_blocks = nnx.List([
-        BasicTransformerBlock(inner, heads, cross_dim, attention_impl=attention_impl, **kw)
-        for _ in range(depth)])
+    self.transformer_blocks = nnx.List(
+      [BasicTransformerBlock(inner, heads, cross_dim, attention_impl=attention_impl, **kw) for _ in range(depth)]
+    )
     self.scan, self.remat = scan, remat
 
   def __call__(self, x, context):
@@ -196,7 +243,7 @@ class Transformer2DModel(nnx.Module):
     # 1x1 conv and linear projections are the same matmul on NHWC; only the weight layout differs.
     t = self.proj_in(self.norm(x))
     t = t.reshape(b, h * w, t.shape[-1])
-    if self.scan and len(self.transformer_blocks) > 1:   # SDXL's 10-deep stacks
+    if self.scan and len(self.transformer_blocks) > 1:  # SDXL's 10-deep stacks
       # remat: the backward keeps only each layer's input; a scan differentiated without it
       # stores every layer's attention probabilities at once (1.4 TB/chip for SDXL at 1024 px)
       t = scan_blocks(self.transformer_blocks, t, lambda block, h: block(h, context), remat=self.remat)
@@ -207,10 +254,18 @@ class Transformer2DModel(nnx.Module):
 
 
 class Downsample2D(nnx.Module):
-  def __init__(self, channels: int, *, padding: int = 1, dtype=None, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
-    self.conv = Conv2d(channels, channels, 3, stride=2, padding=padding, pad_right_bottom=padding == 0,
-                       dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  def __init__(self, channels: int, *, padding: int = 1, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.conv = Conv2d(
+      channels,
+      channels,
+      3,
+      stride=2,
+      padding=padding,
+      pad_right_bottom=padding == 0,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
 
   def __call__(self, x):
     return self.conv(x)
@@ -254,19 +309,43 @@ class DownBlock(nnx.Module):
     out_ch = cfg.block_out_channels[i]
     n = cfg.layers_per_block[i]
     self.cfg = cfg
-    self.resnets = nnx.List([
-        ResnetBlock2D(in_ch if j == 0 else out_ch, out_ch, cfg.time_embed_dim, groups=cfg.norm_num_groups,
-                      eps=cfg.norm_eps, act=cfg.act_fn, **kw)
-        for j in range(n)])
-    self.attentions = None if cfg.down_block_types[i] != "CrossAttnDownBlock2D" else nnx.List([
-        Transformer2DModel(out_ch, cfg.num_attention_heads[i], cfg.cross_attention_dim[i],
-                           cfg.down_transformer_layers[i][j], groups=cfg.norm_num_groups,
-                           linear_projection=cfg.use_linear_projection, attention_impl=cfg.attention_impl,
-                           scan=cfg.scan_layers, remat=cfg.remat, **kw)
-        for j in range(n)])
+    self.resnets = nnx.List(
+      [
+        ResnetBlock2D(
+          in_ch if j == 0 else out_ch,
+          out_ch,
+          cfg.time_embed_dim,
+          groups=cfg.norm_num_groups,
+          eps=cfg.norm_eps,
+          act=cfg.act_fn,
+          **kw,
+        )
+        for j in range(n)
+      ]
+    )
+    self.attentions = (
+      None
+      if cfg.down_block_types[i] != "CrossAttnDownBlock2D"
+      else nnx.List(
+        [
+          Transformer2DModel(
+            out_ch,
+            cfg.num_attention_heads[i],
+            cfg.cross_attention_dim[i],
+            cfg.down_transformer_layers[i][j],
+            groups=cfg.norm_num_groups,
+            linear_projection=cfg.use_linear_projection,
+            attention_impl=cfg.attention_impl,
+            scan=cfg.scan_layers,
+            remat=cfg.remat,
+            **kw,
+          )
+          for j in range(n)
+        ]
+      )
+    )
     last = i == len(cfg.block_out_channels) - 1
-    self.downsamplers = None if last else nnx.List(
-        [Downsample2D(out_ch, padding=cfg.downsample_padding, **kw)])
+    self.downsamplers = None if last else nnx.List([Downsample2D(out_ch, padding=cfg.downsample_padding, **kw)])
 
   def __call__(self, x, temb, context):
     skips = []
@@ -293,16 +372,41 @@ class UpBlock(nnx.Module):
     n = cfg.layers_per_block[nb - 1 - i] + 1
     heads, cross = cfg.num_attention_heads[nb - 1 - i], cfg.cross_attention_dim[nb - 1 - i]
     self.cfg = cfg
-    self.resnets = nnx.List([
-        ResnetBlock2D((prev_ch if j == 0 else out_ch) + (skip_in if j == n - 1 else out_ch), out_ch,
-                      cfg.time_embed_dim, groups=cfg.norm_num_groups, eps=cfg.norm_eps, act=cfg.act_fn,
-                      **kw)
-        for j in range(n)])
-    self.attentions = None if cfg.up_block_types[i] != "CrossAttnUpBlock2D" else nnx.List([
-        Transformer2DModel(out_ch, heads, cross, cfg.up_transformer_layers[i][j],
-                           groups=cfg.norm_num_groups, linear_projection=cfg.use_linear_projection,
-                           attention_impl=cfg.attention_impl, scan=cfg.scan_layers, remat=cfg.remat, **kw)
-        for j in range(n)])
+    self.resnets = nnx.List(
+      [
+        ResnetBlock2D(
+          (prev_ch if j == 0 else out_ch) + (skip_in if j == n - 1 else out_ch),
+          out_ch,
+          cfg.time_embed_dim,
+          groups=cfg.norm_num_groups,
+          eps=cfg.norm_eps,
+          act=cfg.act_fn,
+          **kw,
+        )
+        for j in range(n)
+      ]
+    )
+    self.attentions = (
+      None
+      if cfg.up_block_types[i] != "CrossAttnUpBlock2D"
+      else nnx.List(
+        [
+          Transformer2DModel(
+            out_ch,
+            heads,
+            cross,
+            cfg.up_transformer_layers[i][j],
+            groups=cfg.norm_num_groups,
+            linear_projection=cfg.use_linear_projection,
+            attention_impl=cfg.attention_impl,
+            scan=cfg.scan_layers,
+            remat=cfg.remat,
+            **kw,
+          )
+          for j in range(n)
+        ]
+      )
+    )
     self.upsamplers = None if i == nb - 1 else nnx.List([Upsample2D(out_ch, **kw)])
 
   def __call__(self, x, skips, temb, context, upsample_size=None):
@@ -324,14 +428,36 @@ class MidBlock(nnx.Module):
   def __init__(self, cfg: UNetConfig, *, rngs: nnx.Rngs):
     kw = _kw(cfg, rngs)
     ch = cfg.block_out_channels[-1]
-    res = lambda: ResnetBlock2D(ch, ch, cfg.time_embed_dim, groups=cfg.norm_num_groups, eps=cfg.norm_eps,
-                                act=cfg.act_fn, output_scale_factor=cfg.mid_block_scale_factor, **kw)
+    res = lambda: ResnetBlock2D(
+      ch,
+      ch,
+      cfg.time_embed_dim,
+      groups=cfg.norm_num_groups,
+      eps=cfg.norm_eps,
+      act=cfg.act_fn,
+      output_scale_factor=cfg.mid_block_scale_factor,
+      **kw,
+    )
     cross = cfg.mid_block_type == "UNetMidBlock2DCrossAttn"
     self.resnets = nnx.List([res(), res()] if cross else [res()])
-    self.attentions = nnx.List([Transformer2DModel(
-        ch, cfg.num_attention_heads[-1], cfg.cross_attention_dim[-1], cfg.mid_transformer_layers,
-        groups=cfg.norm_num_groups, linear_projection=cfg.use_linear_projection,
-        attention_impl=cfg.attention_impl, scan=cfg.scan_layers, remat=cfg.remat, **kw)] if cross else [])
+    self.attentions = nnx.List(
+      [
+        Transformer2DModel(
+          ch,
+          cfg.num_attention_heads[-1],
+          cfg.cross_attention_dim[-1],
+          cfg.mid_transformer_layers,
+          groups=cfg.norm_num_groups,
+          linear_projection=cfg.use_linear_projection,
+          attention_impl=cfg.attention_impl,
+          scan=cfg.scan_layers,
+          remat=cfg.remat,
+          **kw,
+        )
+      ]
+      if cross
+      else []
+    )
     self.cfg = cfg
 
   def __call__(self, x, temb, context):
@@ -353,10 +479,14 @@ class UNet2DConditionModel(nnx.Module):
     self.time_embedding = TimestepEmbedding(boc[0], cfg.time_embed_dim, act=cfg.act_fn, **kw)
     text_time = cfg.addition_embed_type == "text_time"
     if text_time and not (cfg.addition_time_embed_dim and cfg.projection_class_embeddings_input_dim):
-      raise ValueError("addition_embed_type='text_time' needs addition_time_embed_dim and "
-                       "projection_class_embeddings_input_dim")
-    self.add_embedding = TimestepEmbedding(cfg.projection_class_embeddings_input_dim, cfg.time_embed_dim,
-                                           act=cfg.act_fn, **kw) if text_time else None
+      raise ValueError(
+        "addition_embed_type='text_time' needs addition_time_embed_dim and projection_class_embeddings_input_dim"
+      )
+    self.add_embedding = (
+      TimestepEmbedding(cfg.projection_class_embeddings_input_dim, cfg.time_embed_dim, act=cfg.act_fn, **kw)
+      if text_time
+      else None
+    )
     self.down_blocks = nnx.List()
     ch = boc[0]
     for i in range(len(boc)):
@@ -374,20 +504,25 @@ class UNet2DConditionModel(nnx.Module):
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
     t = jnp.broadcast_to(jnp.reshape(jnp.asarray(timesteps), (-1,)), (batch,))
-    feats = timestep_features(t, cfg.block_out_channels[0], flip_sin_to_cos=cfg.flip_sin_to_cos,
-                              freq_shift=cfg.freq_shift)
+    feats = timestep_features(
+      t, cfg.block_out_channels[0], flip_sin_to_cos=cfg.flip_sin_to_cos, freq_shift=cfg.freq_shift
+    )
     emb = self.time_embedding(feats.astype(dtype))
     if self.add_embedding is not None:
       kwargs = added_cond_kwargs or {}
       missing = [k for k in ("text_embeds", "time_ids") if k not in kwargs]
       if missing:
-        raise ValueError(f"this UNet has addition_embed_type='text_time': added_cond_kwargs must "
-                         f"hold {missing}")
+        raise ValueError(f"this UNet has addition_embed_type='text_time': added_cond_kwargs must hold {missing}")
       time_ids = jnp.asarray(kwargs["time_ids"])
-      tf = timestep_features(time_ids.reshape(-1), cfg.addition_time_embed_dim,
-                             flip_sin_to_cos=cfg.flip_sin_to_cos, freq_shift=cfg.freq_shift)
-      add = jnp.concatenate([jnp.asarray(kwargs["text_embeds"]).astype(dtype),
-                             tf.reshape(time_ids.shape[0], -1).astype(dtype)], axis=-1)
+      tf = timestep_features(
+        time_ids.reshape(-1),
+        cfg.addition_time_embed_dim,
+        flip_sin_to_cos=cfg.flip_sin_to_cos,
+        freq_shift=cfg.freq_shift,
+      )
+      add = jnp.concatenate(
+        [jnp.asarray(kwargs["text_embeds"]).astype(dtype), tf.reshape(time_ids.shape[0], -1).astype(dtype)], axis=-1
+      )
       emb = emb + self.add_embedding(add)
     if cfg.time_embedding_act_fn:
       emb = activation(cfg.time_embedding_act_fn)(emb)
@@ -418,8 +553,7 @@ class UNet2DConditionModel(nnx.Module):
     return self.conv_out(x)
 
   def __call__(self, sample, timesteps, encoder_hidden_states, added_cond_kwargs=None):
-    out = self.forward_nhwc(jnp.transpose(sample, (0, 2, 3, 1)), timesteps, encoder_hidden_states,
-                            added_cond_kwargs)
+    out = self.forward_nhwc(jnp.transpose(sample, (0, 2, 3, 1)), timesteps, encoder_hidden_states, added_cond_kwargs)
     return jnp.transpose(out, (0, 3, 1, 2))
 
 
@@ -432,11 +566,9 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditi
   if in_channels < k.shape[2]:
     raise ValueError(f"widen_conv_in: {in_channels} < current {k.shape[2]} input channels")
   cfg = unet.cfg
-  new = Conv2d(in_channels, k.shape[3], k.shape[0], dtype=jnp.dtype(cfg.dtype),
-               param_dtype=k.dtype, rngs=nnx.Rngs(0))
-  new.kernel.set_value(jnp.zeros_like(new.kernel[...]).at[:, :, :k.shape[2]].set(k))
+  new = Conv2d(in_channels, k.shape[3], k.shape[0], dtype=jnp.dtype(cfg.dtype), param_dtype=k.dtype, rngs=nnx.Rngs(0))
+  new.kernel.set_value(jnp.zeros_like(new.kernel[...]).at[:, :, : k.shape[2]].set(k))
   new.bias.set_value(old.bias[...])
   unet.conv_in = new
   unet.cfg = cfg.replace(in_channels=in_channels)
   return unet
-

@@ -4,6 +4,7 @@ encode(x [B,3,H,W] in [-1, 1]) -> DiagonalGaussian over latents [B,C,H/f,W/f];
 decode(z) -> image [B,3,H,W]. Neither applies `scaling_factor`: like diffusers, callers scale
 (`to_latents` / `from_latents` do it, with SD3-style `shift_factor` when set).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,14 +32,14 @@ class VAEConfig:
   use_quant_conv: bool = True
   use_post_quant_conv: bool = True
   mid_block_add_attention: bool = True
-  force_upcast: bool = True          # kept for export
-  sample_size: Any = 512             # kept for export
+  force_upcast: bool = True  # kept for export
+  sample_size: Any = 512  # kept for export
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention_impl: str = "xla"
 
   def __post_init__(self):
-    for f in dataclasses.fields(self):   # JSON gives lists; configs must stay hashable (jit static)
+    for f in dataclasses.fields(self):  # JSON gives lists; configs must stay hashable (jit static)
       if isinstance(getattr(self, f.name), list):
         object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
 
@@ -49,6 +50,7 @@ class VAEConfig:
 @struct.dataclass
 class DiagonalGaussian:
   """The encoder's posterior, NCHW; logvar clipped to [-30, 20] as in diffusers."""
+
   mean: jax.Array
   logvar: jax.Array
 
@@ -71,12 +73,12 @@ class DiagonalGaussian:
 class VAEAttention(nnx.Module):
   """Single-head self-attention over H*W with a GroupNorm in front and a residual."""
 
-  def __init__(self, channels: int, *, groups: int, attention_impl="xla", dtype=None,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self, channels: int, *, groups: int, attention_impl="xla", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.group_norm = GroupNorm(groups, channels, eps=1e-6, **kw)
-    self.attn = Attention(channels, 1, channels, qkv_bias=True, out_bias=True,
-                          attention_impl=attention_impl, **kw)
+    self.attn = Attention(channels, 1, channels, qkv_bias=True, out_bias=True, attention_impl=attention_impl, **kw)
 
   def __call__(self, x):
     b, h, w, c = x.shape
@@ -86,12 +88,13 @@ class VAEAttention(nnx.Module):
 class VAEMidBlock(nnx.Module):
   def __init__(self, cfg: VAEConfig, channels: int, *, rngs: nnx.Rngs):
     kw = _kw(cfg, rngs)
-    res = lambda: ResnetBlock2D(channels, channels, None, groups=cfg.norm_num_groups, eps=1e-6,
-                                act=cfg.act_fn, **kw)
+    res = lambda: ResnetBlock2D(channels, channels, None, groups=cfg.norm_num_groups, eps=1e-6, act=cfg.act_fn, **kw)
     self.resnets = nnx.List([res(), res()])
-    self.attentions = (nnx.List([VAEAttention(channels, groups=cfg.norm_num_groups,
-                                              attention_impl=cfg.attention_impl, **kw)])
-                       if cfg.mid_block_add_attention else None)
+    self.attentions = (
+      nnx.List([VAEAttention(channels, groups=cfg.norm_num_groups, attention_impl=cfg.attention_impl, **kw)])
+      if cfg.mid_block_add_attention
+      else None
+    )
 
   def __call__(self, x):
     x = self.resnets[0](x)
@@ -103,12 +106,16 @@ class VAEMidBlock(nnx.Module):
 class _Block(nnx.Module):
   """DownEncoderBlock2D / UpDecoderBlock2D: resnets then an optional resample."""
 
-  def __init__(self, cfg: VAEConfig, in_ch: int, out_ch: int, n: int, resample: str | None, *,
-               rngs: nnx.Rngs):
+  def __init__(self, cfg: VAEConfig, in_ch: int, out_ch: int, n: int, resample: str | None, *, rngs: nnx.Rngs):
     kw = _kw(cfg, rngs)
-    self.resnets = nnx.List([ResnetBlock2D(in_ch if j == 0 else out_ch, out_ch, None,
-                                           groups=cfg.norm_num_groups, eps=1e-6, act=cfg.act_fn, **kw)
-                             for j in range(n)])
+    self.resnets = nnx.List(
+      [
+        ResnetBlock2D(
+          in_ch if j == 0 else out_ch, out_ch, None, groups=cfg.norm_num_groups, eps=1e-6, act=cfg.act_fn, **kw
+        )
+        for j in range(n)
+      ]
+    )
     self.downsamplers = nnx.List([Downsample2D(out_ch, padding=0, **kw)]) if resample == "down" else None
     self.upsamplers = nnx.List([Upsample2D(out_ch, **kw)]) if resample == "up" else None
 
@@ -131,9 +138,12 @@ class Encoder(nnx.Module):
     kw = _kw(cfg, rngs)
     boc = cfg.block_out_channels
     self.conv_in = Conv2d(cfg.in_channels, boc[0], 3, **kw)
-    self.down_blocks = nnx.List([
-        _Block(cfg, boc[max(i - 1, 0)], boc[i], cfg.layers_per_block,
-               "down" if i < len(boc) - 1 else None, rngs=rngs) for i in range(len(boc))])
+    self.down_blocks = nnx.List(
+      [
+        _Block(cfg, boc[max(i - 1, 0)], boc[i], cfg.layers_per_block, "down" if i < len(boc) - 1 else None, rngs=rngs)
+        for i in range(len(boc))
+      ]
+    )
     self.mid_block = VAEMidBlock(cfg, boc[-1], rngs=rngs)
     self.conv_norm_out = GroupNorm(cfg.norm_num_groups, boc[-1], eps=1e-6, **kw)
     self.conv_out = Conv2d(boc[-1], 2 * cfg.latent_channels, 3, **kw)
@@ -143,7 +153,7 @@ class Encoder(nnx.Module):
     for b in self.down_blocks:
       x = b(x)
     x = self.mid_block(x)
-    return self.conv_out(jax.nn.silu(self.conv_norm_out(x)))   # SiLU whatever act_fn, as diffusers
+    return self.conv_out(jax.nn.silu(self.conv_norm_out(x)))  # SiLU whatever act_fn, as diffusers
 
 
 class Decoder(nnx.Module):
@@ -152,9 +162,12 @@ class Decoder(nnx.Module):
     rev = list(reversed(cfg.block_out_channels))
     self.conv_in = Conv2d(cfg.latent_channels, rev[0], 3, **kw)
     self.mid_block = VAEMidBlock(cfg, rev[0], rngs=rngs)
-    self.up_blocks = nnx.List([
-        _Block(cfg, rev[max(i - 1, 0)], rev[i], cfg.layers_per_block + 1,
-               "up" if i < len(rev) - 1 else None, rngs=rngs) for i in range(len(rev))])
+    self.up_blocks = nnx.List(
+      [
+        _Block(cfg, rev[max(i - 1, 0)], rev[i], cfg.layers_per_block + 1, "up" if i < len(rev) - 1 else None, rngs=rngs)
+        for i in range(len(rev))
+      ]
+    )
     self.conv_norm_out = GroupNorm(cfg.norm_num_groups, rev[-1], eps=1e-6, **kw)
     self.conv_out = Conv2d(rev[-1], cfg.out_channels, 3, **kw)
 
@@ -162,7 +175,7 @@ class Decoder(nnx.Module):
     x = self.mid_block(self.conv_in(z))
     for b in self.up_blocks:
       x = b(x)
-    return self.conv_out(jax.nn.silu(self.conv_norm_out(x)))   # SiLU whatever act_fn, as diffusers
+    return self.conv_out(jax.nn.silu(self.conv_norm_out(x)))  # SiLU whatever act_fn, as diffusers
 
 
 def _nhwc(x):
@@ -195,8 +208,9 @@ class AutoencoderKL(LatentScaling, nnx.Module):
     self.encoder = Encoder(cfg, rngs=rngs)
     self.decoder = Decoder(cfg, rngs=rngs)
     self.quant_conv = Conv2d(c2, c2, 1, **kw) if cfg.use_quant_conv else None
-    self.post_quant_conv = (Conv2d(cfg.latent_channels, cfg.latent_channels, 1, **kw)
-                            if cfg.use_post_quant_conv else None)
+    self.post_quant_conv = (
+      Conv2d(cfg.latent_channels, cfg.latent_channels, 1, **kw) if cfg.use_post_quant_conv else None
+    )
 
   @property
   def downsample_factor(self) -> int:

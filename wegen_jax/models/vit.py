@@ -1,5 +1,6 @@
 """Parts shared by the ViT towers (EVA-CLIP, CLIP): patch embedding, one encoder block,
 and resampling of learned absolute position embeddings to another grid."""
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,17 @@ class PatchEmbed(nnx.Module):
   dropped, as a strided conv does.
   """
 
-  def __init__(self, patch_size: int, in_channels: int, features: int, *, use_bias: bool = True,
-               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    patch_size: int,
+    in_channels: int,
+    features: int,
+    *,
+    use_bias: bool = True,
+    dtype=None,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     self.patch_size, self.dtype = patch_size, dtype
     shape = (patch_size, patch_size, in_channels, features)
     self.kernel = param(rngs, default_kernel_init, shape, param_dtype, (None, None, "channels", "embed"))
@@ -42,7 +52,7 @@ class PatchEmbed(nnx.Module):
     p = self.patch_size
     gh, gw = h // p, w // p
     dtype = self.dtype or pixels.dtype
-    x = pixels[:, :, :gh * p, :gw * p].astype(dtype).reshape(b, c, gh, p, gw, p)
+    x = pixels[:, :, : gh * p, : gw * p].astype(dtype).reshape(b, c, gh, p, gw, p)
     y = jnp.einsum("bciyjx,yxcd->bijd", x, self.kernel[...].astype(dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
@@ -59,16 +69,38 @@ class ViTBlock(nnx.Module):
   (EVA-CLIP's Block; timm drops it for post-norm blocks, and its config translation says so).
   """
 
-  def __init__(self, features: int, num_heads: int, mlp_dim: int, *, head_dim: int | None = None,
-               act: str = "gelu", norm_eps: float = 1e-6, post_norm: bool = False,
-               qkv_bias: bool = True, k_bias: bool | None = None, layer_scale: bool = False,
-               attention_impl: str = "xla", dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    features: int,
+    num_heads: int,
+    mlp_dim: int,
+    *,
+    head_dim: int | None = None,
+    act: str = "gelu",
+    norm_eps: float = 1e-6,
+    post_norm: bool = False,
+    qkv_bias: bool = True,
+    k_bias: bool | None = None,
+    layer_scale: bool = False,
+    attention_impl: str = "xla",
+    dtype=None,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     head_dim = head_dim or features // num_heads
     self.post_norm = post_norm
     self.norm1 = LayerNorm(features, eps=norm_eps, **kw)
-    self.attn = Attention(features, num_heads, head_dim, qkv_bias=qkv_bias, k_bias=k_bias,
-                          out_bias=True, attention_impl=attention_impl, **kw)
+    self.attn = Attention(
+      features,
+      num_heads,
+      head_dim,
+      qkv_bias=qkv_bias,
+      k_bias=k_bias,
+      out_bias=True,
+      attention_impl=attention_impl,
+      **kw,
+    )
     self.norm2 = LayerNorm(features, eps=norm_eps, **kw)
     self.mlp = MLP(features, mlp_dim, act=act, use_bias=True, **kw)
     ones = nnx.initializers.ones
@@ -76,8 +108,7 @@ class ViTBlock(nnx.Module):
     self.gamma2 = param(rngs, ones, (features,), param_dtype, ("embed",)) if layer_scale else None
 
   def __call__(self, x, *, causal: bool = False, q_segment_ids=None, kv_segment_ids=None):
-    attend = lambda h: self.attn(h, causal=causal, q_segment_ids=q_segment_ids,
-                                 kv_segment_ids=kv_segment_ids)
+    attend = lambda h: self.attn(h, causal=causal, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
     scale = lambda h, g: h if g is None else h * g[...].astype(h.dtype)
     if self.post_norm:
       x = x + scale(self.norm1(attend(x)), self.gamma1)
@@ -92,11 +123,13 @@ def run_blocks(blocks, x, *, remat: str = "none", scan: bool = False, **kwargs):
   """Applies `blocks` in order, rematerialising each under the named policy (models.llm);
   scan: as one scanned body (layers/scan.py)."""
   from wegen_jax.models.llm import REMAT_POLICIES
+
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat={remat!r}; choose from {sorted(REMAT_POLICIES)}")
   if scan:
-    return scan_blocks(blocks, x, lambda b, h: b(h, **kwargs), remat=remat != "none",
-                       remat_policy=REMAT_POLICIES[remat])
+    return scan_blocks(
+      blocks, x, lambda b, h: b(h, **kwargs), remat=remat != "none", remat_policy=REMAT_POLICIES[remat]
+    )
   for block in blocks:
     if remat == "none":
       x = block(x, **kwargs)
@@ -107,10 +140,13 @@ def run_blocks(blocks, x, *, remat: str = "none", scan: bool = False, **kwargs):
 
 def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
   """Keys cubic-convolution weights for taps at offsets -1, 0, 1, 2 (PyTorch uses a = -0.75)."""
+
   def near(x):  # |x| <= 1
     return ((a + 2) * x - (a + 3)) * x * x + 1
-  def far(x):   # 1 < |x| < 2
+
+  def far(x):  # 1 < |x| < 2
     return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
   return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
 
 
@@ -134,8 +170,9 @@ def grid_of(num_positions: int) -> tuple[int, int]:
   return side, side
 
 
-def resample_pos_embed(pos_embed: np.ndarray, new_grid: Sequence[int], *, num_prefix_tokens: int = 1,
-                       old_grid: Sequence[int] | None = None) -> np.ndarray:
+def resample_pos_embed(
+  pos_embed: np.ndarray, new_grid: Sequence[int], *, num_prefix_tokens: int = 1, old_grid: Sequence[int] | None = None
+) -> np.ndarray:
   """Resizes a learned position table [prefix + gh*gw, D] to another patch grid.
 
   The prefix rows (CLS) are kept; the grid part is resampled bicubically with the exact
@@ -149,7 +186,8 @@ def resample_pos_embed(pos_embed: np.ndarray, new_grid: Sequence[int], *, num_pr
   if old_grid == new_grid:
     return pos_embed
   g = grid.astype(np.float64).reshape(*old_grid, -1)
-  out = np.einsum("oi,ijd,pj->opd", bicubic_matrix(old_grid[0], new_grid[0]), g,
-                  bicubic_matrix(old_grid[1], new_grid[1]))
+  out = np.einsum(
+    "oi,ijd,pj->opd", bicubic_matrix(old_grid[0], new_grid[0]), g, bicubic_matrix(old_grid[1], new_grid[1])
+  )
   out = out.reshape(new_grid[0] * new_grid[1], -1).astype(pos_embed.dtype)
   return np.concatenate([prefix, out], axis=0)

@@ -7,6 +7,7 @@ Sources, in order:
   TPU pods   TPU_WORKER_HOSTNAMES / MEGASCALE_*: jax discovers the pod itself
 A single host with none of these runs without initialisation.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,13 +33,19 @@ def wait_for_coordinator(address: str, timeout_s: float) -> None:
         return
     except OSError as e:
       if time.monotonic() > deadline:
-        raise RuntimeError(f"could not reach the coordinator {address} within {timeout_s}s ({e}). Start "
-                           "process 0 first, and check the address, the port and the firewall.") from None
+        raise RuntimeError(
+          f"could not reach the coordinator {address} within {timeout_s}s ({e}). Start "
+          "process 0 first, and check the address, the port and the firewall."
+        ) from None
       time.sleep(0.5)
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, timeout_s: int | None = None) -> str:
+def initialize(
+  coordinator: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  timeout_s: int | None = None,
+) -> str:
   """Initialises jax.distributed when the environment describes a multi-process job; returns
   which source was used ('explicit', 'slurm', 'tpu' or 'single')."""
   timeout_s = timeout_s or _env_int("WEGEN_INIT_TIMEOUT") or 300
@@ -47,11 +54,15 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   process_id = process_id if process_id is not None else _env_int("WEGEN_PROCESS_ID")
   if coordinator:
     if num_processes is None or process_id is None:
-      raise ValueError("a coordinator address needs the number of processes and this process's id "
-                       "(WEGEN_NUM_PROCESSES, WEGEN_PROCESS_ID)")
-    source, kwargs = "explicit", dict(coordinator_address=coordinator, num_processes=num_processes,
-                                      process_id=process_id)
-    if process_id != 0:   # process 0 hosts the coordinator; the others must reach it
+      raise ValueError(
+        "a coordinator address needs the number of processes and this process's id "
+        "(WEGEN_NUM_PROCESSES, WEGEN_PROCESS_ID)"
+      )
+    source, kwargs = (
+      "explicit",
+      dict(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id),
+    )
+    if process_id != 0:  # process 0 hosts the coordinator; the others must reach it
       wait_for_coordinator(coordinator, timeout_s)
   elif (_env_int("SLURM_NTASKS") or 1) > 1:
     source, kwargs = "slurm", {}
@@ -63,8 +74,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     jax.distributed.initialize(initialization_timeout=timeout_s, **kwargs)
   except Exception as e:  # jax raises RuntimeError/XlaRuntimeError with long texts
     where = kwargs.get("coordinator_address", "the coordinator jax derived from the environment")
-    raise RuntimeError(f"jax.distributed.initialize ({source}) failed: could not reach {where} within "
-                       f"{timeout_s}s or the job description is inconsistent ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:300]}). Check that every process uses the same "
-                       "coordinator address and process count, and that the port is open.") from None
+    raise RuntimeError(
+      f"jax.distributed.initialize ({source}) failed: could not reach {where} within "
+      f"{timeout_s}s or the job description is inconsistent ({type(e).__name__}: "
+      f"{str(e).splitlines()[0][:300]}). Check that every process uses the same "
+      "coordinator address and process count, and that the port is open."
+    ) from None
   return source

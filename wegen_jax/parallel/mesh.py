@@ -1,4 +1,5 @@
 """Device meshes over the axes (data, fsdp, tensor)."""
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -24,8 +25,10 @@ def mesh_shape(spec: Mapping[str, int], num_devices: int | None = None) -> tuple
       raise ValueError(f"{n} devices cannot be split into a mesh with fixed sizes {dict(spec)}")
     sizes[sizes.index(-1)] = n // known
   if int(np.prod(sizes)) != n:
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-                     f"but {n} are available; set one axis to -1 to absorb the rest")
+    raise ValueError(
+      f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+      f"but {n} are available; set one axis to -1 to absorb the rest"
+    )
   return tuple(sizes)
 
 

@@ -5,6 +5,7 @@ are annotated with `constrain(x, names)`. A rules table (a config field) maps ea
 name to a mesh axis, a tuple of mesh axes, or None (replicated). A dimension that a mesh
 axis does not divide is replicated instead of failing, so tiny configs run on any mesh.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,21 +19,21 @@ from jax.sharding import NamedSharding, PartitionSpec
 # Parameters: FSDP over `embed`, tensor parallel over heads/mlp/vocab.
 # Activations: batch over (data, fsdp); `act_*` names shard the non-batch dims.
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("mlp", "tensor"),
-    ("vocab", "tensor"),
-    ("channels", None),
-    ("conv_in", None),
-    ("conv_out", "fsdp"),
-    ("norm", None),
+  ("batch", ("data", "fsdp")),
+  ("length", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_mlp", "tensor"),
+  ("act_vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("mlp", "tensor"),
+  ("vocab", "tensor"),
+  ("channels", None),
+  ("conv_in", None),
+  ("conv_out", "fsdp"),
+  ("norm", None),
 )
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("wegen_sharding", default=None)
@@ -55,8 +56,9 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None, mes
       out.append(None)
       continue
     if name not in rules:
-      raise KeyError(f"logical axis {name!r} has no sharding rule; add it to the config's "
-                     f"sharding rules (known: {sorted(rules)})")
+      raise KeyError(
+        f"logical axis {name!r} has no sharding rule; add it to the config's sharding rules (known: {sorted(rules)})"
+      )
     target = rules[name]
     targets = (target,) if isinstance(target, str) else tuple(target or ())
     targets = tuple(t for t in targets if t not in used and mesh.shape.get(t, 1) > 1)
@@ -84,8 +86,10 @@ def state_shardings(state, mesh, rules=None):
   if isinstance(state, nnx.Module):
     state = nnx.state(state)
   return jax.tree.map(
-      lambda v: v.replace(NamedSharding(mesh, _variable_spec(v, mesh, rules))),
-      state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    lambda v: v.replace(NamedSharding(mesh, _variable_spec(v, mesh, rules))),
+    state,
+    is_leaf=lambda x: isinstance(x, nnx.Variable),
+  )
 
 
 def shard_module(module: nnx.Module, mesh, rules=None) -> nnx.Module:
@@ -103,6 +107,7 @@ def terse_tracer_errors():
   thousands of parameters (WeGen-7B) is quadratic: minutes -> hours. Inside this context the
   message skips that scan (only the text of an error that is caught anyway changes)."""
   from jax._src.interpreters import partial_eval
+
   original = partial_eval.DynamicJaxprTracer._origin_msg
   partial_eval.DynamicJaxprTracer._origin_msg = lambda self: ""
   try:
@@ -114,7 +119,7 @@ def terse_tracer_errors():
 def create_sharded(constructor: Callable[[], nnx.Module], mesh, rules=None) -> nnx.Module:
   """Builds a module directly into its shardings: the constructor runs under jit with
   out_shardings, so no device ever holds the whole model (7B does not fit on one chip)."""
-  with terse_tracer_errors():   # WeGen-7B: seconds instead of tens of minutes of tracing
+  with terse_tracer_errors():  # WeGen-7B: seconds instead of tens of minutes of tracing
     abstract = nnx.eval_shape(constructor)
     graphdef, abstract_state = nnx.split(abstract)
     shardings = state_shardings(abstract_state, mesh, rules)

@@ -7,6 +7,7 @@ tools). Saves are async; only finalised steps are listed, so a run killed mid-sa
 from the previous one. A latest step that cannot be read falls back to the one before,
 with a warning (the unreadable step is renamed `<step>.unreadable`, not deleted).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,21 +23,20 @@ log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-
   def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
     self.directory = Path(directory).absolute()
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "data", "config"))
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "config"))
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: Any = None, config: Any = None) -> None:
-    args = {"state": ocp.args.StandardSave(state),
-            "data": ocp.args.JsonSave(data_state if data_state is not None else {}),
-            "config": ocp.args.JsonSave(json.loads(json.dumps(config, default=str)) if config else {})}
+    args = {
+      "state": ocp.args.StandardSave(state),
+      "data": ocp.args.JsonSave(data_state if data_state is not None else {}),
+      "config": ocp.args.JsonSave(json.loads(json.dumps(config, default=str)) if config else {}),
+    }
     self._manager.save(step, args=ocp.args.Composite(**args), force=True)
 
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, Any] | None:
@@ -47,15 +47,21 @@ class Checkpointer:
     self._manager.reload()
     for step in reversed(self.all_steps()):
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        restored = self._manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+        )
         return step, restored["state"], restored["data"]
       except Exception as e:  # a partial or corrupt step: orbax raises many error types
         # Kept for inspection under another name, so the step can be written again.
         aside = self.directory / f"{step}.unreadable"
-        log.warning("checkpoint step %d in %s is unreadable (%s: %s); moved it to %s and trying the "
-                    "previous one", step, self.directory, type(e).__name__,
-                    str(e).splitlines()[0][:200] if str(e) else "", aside.name)
+        log.warning(
+          "checkpoint step %d in %s is unreadable (%s: %s); moved it to %s and trying the previous one",
+          step,
+          self.directory,
+          type(e).__name__,
+          str(e).splitlines()[0][:200] if str(e) else "",
+          aside.name,
+        )
         if jax.process_index() == 0:
           os.replace(self.directory / str(step), aside)
         self._manager.reload()
@@ -79,6 +85,7 @@ def abstract_like(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     if not isinstance(sharding, jax.sharding.NamedSharding):
       sharding = replicated
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
   return jax.tree.map(spec, tree)
 
 

@@ -4,6 +4,7 @@ A run that restarts (resume after preemption, the next stage of a staged run, th
 model's initialiser in every stage) loads its compiled programs instead of compiling them
 again: on CPU the tiny WeGen's jitted initialiser alone takes ~45 s to compile.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,4 +23,4 @@ def use_compilation_cache(directory: str | Path | None) -> None:
     return
   Path(directory).mkdir(parents=True, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", directory)
-  compilation_cache.reset_cache()   # the cache binds its directory on first use: rebind it
+  compilation_cache.reset_cache()  # the cache binds its directory on first use: rebind it

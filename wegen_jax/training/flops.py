@@ -7,6 +7,7 @@ cell. The count is global (traced shapes are global) and includes what the progr
 under remat. Elementwise ops are left out: on TPU/GPU the MXU/tensor-core work is the FLOPs MFU
 refers to.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,7 @@ def _eqn_flops(eqn) -> float:
   if name == "conv_general_dilated":
     rhs = eqn.invars[1].aval.shape
     out_feature_dim = eqn.params["dimension_numbers"].rhs_spec[0]
-    per_output = math.prod(rhs) // rhs[out_feature_dim]   # in/groups x kernel window
+    per_output = math.prod(rhs) // rhs[out_feature_dim]  # in/groups x kernel window
     return 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_output
   subs = [_sub_flops(v) for v in eqn.params.values()]
   if name == "cond":
@@ -40,13 +41,12 @@ def _eqn_flops(eqn) -> float:
   if name == "pallas_call":
     grid = getattr(eqn.params.get("grid_mapping"), "grid", ()) or ()
     return inner * math.prod(g for g in grid if isinstance(g, int))
-  return inner   # pjit, remat, custom_vjp/jvp, shard_map, while (trip count unknown: once)
+  return inner  # pjit, remat, custom_vjp/jvp, shard_map, while (trip count unknown: once)
 
 
 def _sub_flops(value) -> float | None:
   if isinstance(value, (core.Jaxpr, core.ClosedJaxpr)):
     return jaxpr_flops(value)
-  if isinstance(value, (tuple, list)) and value and all(
-      isinstance(v, (core.Jaxpr, core.ClosedJaxpr)) for v in value):
-    return max(jaxpr_flops(v) for v in value)   # cond branches
+  if isinstance(value, (tuple, list)) and value and all(isinstance(v, (core.Jaxpr, core.ClosedJaxpr)) for v in value):
+    return max(jaxpr_flops(v) for v in value)  # cond branches
   return None

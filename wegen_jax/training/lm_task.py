@@ -4,12 +4,12 @@ Each record is an arithmetic token progression (random start and stride per reco
 record id, so tests can check that loss falls and that resumed runs neither repeat nor skip
 records.
 """
+
 from __future__ import annotations
 
 import grain
 import jax
 import numpy as np
-from flax import nnx
 
 from wegen_jax.data.loader import process_batches
 from wegen_jax.models import LLM, LLMConfig
@@ -32,7 +32,6 @@ class ProgressionSource:
 
 
 class LMTask(Task):
-
   def build_model(self, rngs):
     return LLM(LLMConfig(**self.config.model), rngs=rngs)
 
@@ -43,13 +42,14 @@ class LMTask(Task):
 
   def dataset(self, split, *, seed, global_batch):
     d = self.config.data
-    source = ProgressionSource(d.num_records, d.seq_len, self.config.model.vocab_size,
-                               d.seed + (split != "train"))
+    source = ProgressionSource(d.num_records, d.seq_len, self.config.model.vocab_size, d.seed + (split != "train"))
     return process_batches(grain.MapDataset.source(source).shuffle(seed=seed), global_batch)
 
   def batch_counts(self, batch):
     return {"tokens": float(np.prod(batch["tokens"].shape))}
 
   def batch_spec(self, global_batch):
-    return {"tokens": jax.ShapeDtypeStruct((global_batch, self.config.data.seq_len), np.int32),
-            "record_id": jax.ShapeDtypeStruct((global_batch,), np.int32)}
+    return {
+      "tokens": jax.ShapeDtypeStruct((global_batch, self.config.data.seq_len), np.int32),
+      "record_id": jax.ShapeDtypeStruct((global_batch,), np.int32),
+    }

@@ -1,4 +1,5 @@
 """Token-level losses."""
+
 from __future__ import annotations
 
 import jax

@@ -4,6 +4,7 @@ Only process 0 writes. MFU = model FLOPs per second (from the compiled step's co
 analysis) over the peak of the devices in use: a table for accelerators, and a matmul
 measured at start-up on CPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,18 @@ import jax
 import jax.numpy as jnp
 
 # Dense bf16 peak FLOP/s per device (vendor figures).
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-              "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12, "H100": 989e12,
-              "H200": 989e12, "A100": 312e12}
+PEAK_FLOPS = {
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v5": 459e12,
+  "TPU v6 lite": 918e12,
+  "TPU v6e": 918e12,
+  "H100": 989e12,
+  "H200": 989e12,
+  "A100": 312e12,
+}
 
 
 def device_peak_flops() -> float:
@@ -34,11 +44,10 @@ def device_peak_flops() -> float:
   start = time.perf_counter()
   for _ in range(5):
     f(a).block_until_ready()
-  return 5 * 2 * n ** 3 / (time.perf_counter() - start)
+  return 5 * 2 * n**3 / (time.perf_counter() - start)
 
 
 class MetricsWriter:
-
   def __init__(self, workdir: str | Path, *, total_steps: int):
     self.enabled = jax.process_index() == 0
     self.total_steps = total_steps
@@ -49,6 +58,7 @@ class MetricsWriter:
       self._jsonl = open(workdir / "metrics.jsonl", "a")
       try:
         from tensorboardX import SummaryWriter
+
         self._tb = SummaryWriter(str(workdir / "tensorboard"))
       except ImportError:
         print("tensorboardX not installed: no TensorBoard event files", file=sys.stderr)
@@ -65,8 +75,11 @@ class MetricsWriter:
       self._tb.flush()
     width = 24
     done = int(width * step / max(self.total_steps, 1))
-    shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                     if k in ("loss", "tokens_per_s", "images_per_s", "mfu", "lr") or k.startswith("loss_"))
+    shown = " ".join(
+      f"{k} {v:.4g}"
+      for k, v in metrics.items()
+      if k in ("loss", "tokens_per_s", "images_per_s", "mfu", "lr") or k.startswith("loss_")
+    )
     print(f"[{'#' * done}{'.' * (width - done)}] step {step}/{self.total_steps} {shown}", flush=True)
 
   def close(self) -> None:

@@ -6,6 +6,7 @@ maps a group to the step before which its updates are zero (WeGen stage 1 keeps 
 frozen for its first 12k steps while the rest trains). Parameters that never train are
 not passed to the optimizer at all (no moments for a frozen 2.6B UNet).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -20,13 +21,18 @@ def make_schedule(cfg) -> optax.Schedule:
   warmup = int(cfg.get("warmup_steps", 0))
   total = max(int(cfg.total_steps), warmup + 1)
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0 if warmup else cfg.lr, peak_value=cfg.lr, warmup_steps=warmup,
-      decay_steps=total, end_value=cfg.lr * cfg.get("min_lr_ratio", 0.0))
+    init_value=0.0 if warmup else cfg.lr,
+    peak_value=cfg.lr,
+    warmup_steps=warmup,
+    decay_steps=total,
+    end_value=cfg.lr * cfg.get("min_lr_ratio", 0.0),
+  )
 
 
 def _frozen_until(step_limit: int, inner: optax.GradientTransformation) -> optax.GradientTransformation:
   """No updates and no moment updates before `step_limit` (like requires_grad=False in
   PyTorch); afterwards `inner` runs from its own step 0."""
+
   def init(params):
     return jnp.zeros([], jnp.int32), inner.init(params)
 
@@ -36,13 +42,20 @@ def _frozen_until(step_limit: int, inner: optax.GradientTransformation) -> optax
     skip = lambda _: (jax.tree.map(jnp.zeros_like, updates), inner_state)
     new_updates, inner_state = jax.lax.cond(count >= step_limit, run, skip, None)
     return new_updates, (optax.safe_increment(count), inner_state)
+
   return optax.GradientTransformation(init, update)
 
 
 def _adamw(cfg, schedule) -> optax.GradientTransformation:
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)   # no decay on norms/biases
-  return optax.adamw(schedule, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("eps", 1e-8),
-                     weight_decay=cfg.get("weight_decay", 0.0), mask=decay_mask)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # no decay on norms/biases
+  return optax.adamw(
+    schedule,
+    b1=cfg.get("b1", 0.9),
+    b2=cfg.get("b2", 0.999),
+    eps=cfg.get("eps", 1e-8),
+    weight_decay=cfg.get("weight_decay", 0.0),
+    mask=decay_mask,
+  )
 
 
 def make_optimizer(cfg, labels: Any = None) -> optax.GradientTransformation:
@@ -60,11 +73,17 @@ def make_optimizer(cfg, labels: Any = None) -> optax.GradientTransformation:
     if unknown:
       raise ValueError(f"freeze_until names unknown groups {sorted(unknown)}; groups: {sorted(groups)}")
     # A group unfrozen at step N sees the global learning rate: its schedule is shifted by N.
-    transforms = {g: (_frozen_until(freeze[g], _adamw(cfg, lambda c, n=freeze[g]: schedule(c + n)))
-                      if g in freeze else _adamw(cfg, schedule)) for g in groups}
+    transforms = {
+      g: (
+        _frozen_until(freeze[g], _adamw(cfg, lambda c, n=freeze[g]: schedule(c + n)))
+        if g in freeze
+        else _adamw(cfg, schedule)
+      )
+      for g in groups
+    }
     tx = optax.multi_transform(transforms, labels)
   else:
     tx = _adamw(cfg, schedule)
-  if cfg.get("grad_clip", 0.0):   # one global norm over all trainable parameters
+  if cfg.get("grad_clip", 0.0):  # one global norm over all trainable parameters
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return tx

@@ -5,6 +5,7 @@ computes the loss, and provides the Grain dataset of host batches. The trainer d
 everything else (sharding, optimizer, accumulation, checkpoints, metrics), so WeGen, GoT,
 MGCC and the plain LM share one loop.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,8 +16,8 @@ import jax
 from flax import nnx
 
 TASKS = {
-    "lm": "wegen_jax.training.lm_task:LMTask",
-    "wegen": "wegen_jax.systems.wegen.task:WeGenTask",
+  "lm": "wegen_jax.training.lm_task:LMTask",
+  "wegen": "wegen_jax.systems.wegen.task:WeGenTask",
 }
 
 

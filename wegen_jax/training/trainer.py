@@ -5,6 +5,7 @@ gradients and no optimizer state), gradient accumulation over micro-batches insi
 jitted step, AdamW per config, async Orbax checkpoints with the data-iterator state, exact
 resume, metrics, and a hard stop on a non-finite loss that keeps the last good checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,10 +50,12 @@ def _keystr(path) -> str:
 def _micro_batches(batch, accum: int):
   """[B, ...] -> [accum, B/accum, ...] with micro-batch k = rows k, k+accum, ... so every
   micro-batch stays spread over all data shards."""
+
   def split(x):
     if x.shape[0] % accum:
       raise ValueError(f"batch of {x.shape[0]} does not split into grad_accum={accum} micro-batches")
     return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
+
   return jax.tree.map(split, batch)
 
 
@@ -61,6 +64,7 @@ def init_components(model, run_dir: str | Path, prefixes: tuple[str, ...]) -> No
   as stage 2 starts from stage 1's detokenizer. The trainer skips this when resuming."""
   step, saved = latest_parameters(Path(run_dir) / "checkpoints")
   from wegen_jax.convert.mapping import param_paths
+
   copied = 0
   for path, var in param_paths(model).items():
     if path.split(".")[0] in prefixes:
@@ -85,11 +89,15 @@ def build_train_step(task, graphdef, tx, accum: int, schedule):
     if accum == 1:
       (loss, aux), grads = grad_fn(params, frozen, batch, rng)
     else:
+
       def body(carry, micro):
         mb, r = micro
         (l, a), g = grad_fn(params, frozen, mb, r)
         return jax.tree.map(jnp.add, carry, (l, a, g)), None
-      (l0, a0), g0 = jax.eval_shape(grad_fn, params, frozen, jax.tree.map(lambda x: x[0], _micro_batches(batch, accum)), rng)
+
+      (l0, a0), g0 = jax.eval_shape(
+        grad_fn, params, frozen, jax.tree.map(lambda x: x[0], _micro_batches(batch, accum)), rng
+      )
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (l0, a0, g0))
       (loss, aux, grads), _ = jax.lax.scan(body, zeros, (_micro_batches(batch, accum), jax.random.split(rng, accum)))
       loss, aux, grads = jax.tree.map(lambda x: x / accum, (loss, aux, grads))
@@ -116,6 +124,7 @@ def optimizer_shardings(opt_state, params, mesh):
       if p is not None and p.shape == leaf.shape:
         return p.sharding
     return replicated
+
   return jax.tree_util.tree_map_with_path(sharding, opt_state)
 
 
@@ -123,12 +132,13 @@ def optimizer_shardings(opt_state, params, mesh):
 class TrainStep:
   """The jitted train step and the layouts it expects: one builder for the trainer and for
   wegen_jax.tools.aot, so the ahead-of-time fit check compiles exactly what trains."""
-  step_fn: Callable      # (params, frozen, opt_state, batch, rng, step) -> (params, opt_state, metrics)
+
+  step_fn: Callable  # (params, frozen, opt_state, batch, rng, step) -> (params, opt_state, metrics)
   tx: optax.GradientTransformation
   schedule: Callable
   param_shardings: Any
   opt_shardings: Any
-  batch_sharding: Callable[[str], NamedSharding]   # per batch field name
+  batch_sharding: Callable[[str], NamedSharding]  # per batch field name
 
 
 def make_train_step(task, config, mesh, graphdef, params) -> TrainStep:
@@ -141,7 +151,7 @@ def make_train_step(task, config, mesh, graphdef, params) -> TrainStep:
   opt_shardings = optimizer_shardings(jax.eval_shape(tx.init, params), params, mesh)
   step = build_train_step(task, graphdef, tx, int(config.get("grad_accum", 1)), schedule)
 
-  def step_in_mesh(*args):   # activations are annotated for this mesh while the step traces
+  def step_in_mesh(*args):  # activations are annotated for this mesh while the step traces
     with activation_sharding(mesh, rules):
       return step(*args)
 
@@ -164,10 +174,11 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
   mesh = make_mesh(dict(config.mesh), devices=devices)
   rules = config.get("sharding_rules")
 
-  ckpt = Checkpointer(workdir / "checkpoints", keep=config.get("keep_checkpoints", 3),
-                      async_save=config.get("async_checkpoints", True))
+  ckpt = Checkpointer(
+    workdir / "checkpoints", keep=config.get("keep_checkpoints", 3), async_save=config.get("async_checkpoints", True)
+  )
   model = create_sharded(lambda: task.build_model(nnx.Rngs(config.seed)), mesh, rules)
-  if not ckpt.all_steps():   # a resumed run has its own parameters
+  if not ckpt.all_steps():  # a resumed run has its own parameters
     task.init_pretrained(model)
     if config.get("init_from"):
       init_components(model, config.init_from, tuple(config.get("init_components", ())))
@@ -205,9 +216,10 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
     losses[done] = loss
     if not math.isfinite(loss):
       raise NonFiniteLossError(
-          f"loss is {loss} at step {done}: stopping without saving this state. The last good "
-          f"checkpoint is step {last_saved} in {ckpt.directory}; lower the learning rate or check "
-          "the data, then rerun to resume from it")
+        f"loss is {loss} at step {done}: stopping without saving this state. The last good "
+        f"checkpoint is step {last_saved} in {ckpt.directory}; lower the learning rate or check "
+        "the data, then rerun to resume from it"
+      )
     window["steps"] += 1
     for k, v in counts.items():
       window["counts"][k] = window["counts"].get(k, 0.0) + v
@@ -220,17 +232,17 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
       writer.write(done, logged)
       window.update(start=time.perf_counter(), counts={}, steps=0)
 
-  pending = None   # the last dispatched step's (step, metrics, counts), not yet read
+  pending = None  # the last dispatched step's (step, metrics, counts), not yet read
   try:
     with activation_sharding(mesh, rules):
       while step < config.total_steps:
         batch = next(loader)
         rng = jax.random.fold_in(base_rng, step)
-        if flops_per_step is None:   # global matmul/conv FLOPs (training/flops.py)
+        if flops_per_step is None:  # global matmul/conv FLOPs (training/flops.py)
           flops_per_step = jaxpr_flops(step_fn.trace(params, frozen, opt_state, batch, rng, step).jaxpr)
           # virtual CPU devices share one machine: its measured peak is the whole budget
           peak = device_peak_flops() * (1 if devices[0].platform == "cpu" else len(devices))
-          window["start"] = time.perf_counter()   # throughput excludes compilation
+          window["start"] = time.perf_counter()  # throughput excludes compilation
         params, opt_state, metrics = step_fn(params, frozen, opt_state, batch, rng, step)
         step += 1
         # The previous step's metrics are read only now, with this step already queued: the
@@ -240,14 +252,16 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
         pending = (step, metrics, task.batch_counts(batch))
         stopping = stop["signal"] or step == stop_at
         if step % config.ckpt_every == 0 or step == config.total_steps or stopping:
-          record(*pending)   # never save a state whose loss has not been checked
+          record(*pending)  # never save a state whose loss has not been checked
           pending = None
-          ckpt.save(step, {"params": params, "frozen": frozen, "opt": opt_state}, loader.get_state(),
-                    config.to_dict())
+          ckpt.save(step, {"params": params, "frozen": frozen, "opt": opt_state}, loader.get_state(), config.to_dict())
           last_saved = step
         if stopping:
-          print(f"stopping at step {step} ({'signal ' + str(stop['signal']) if stop['signal'] else 'stop_at'}); "
-                "rerun to resume", flush=True)
+          print(
+            f"stopping at step {step} ({'signal ' + str(stop['signal']) if stop['signal'] else 'stop_at'}); "
+            "rerun to resume",
+            flush=True,
+          )
           break
   finally:
     signal.signal(signal.SIGTERM, previous)

@@ -6,6 +6,7 @@ pins, and installing one would upgrade torch. The ViT/EVA code paths the tests u
 call torchvision; every name here is a placeholder that raises if it is actually used, so
 a test cannot silently depend on it. Only tests/_timm.py puts this package on sys.path.
 """
+
 import enum
 import sys
 import types
@@ -25,8 +26,10 @@ class InterpolationMode(enum.Enum):
 
 def _placeholder(module_name: str, name: str) -> type:
   def __init__(self, *args, **kwargs):
-    raise NotImplementedError(f"{module_name}.{name} is a test stub (tests/_torchvision_stub): "
-                              "real torchvision is not installed")
+    raise NotImplementedError(
+      f"{module_name}.{name} is a test stub (tests/_torchvision_stub): real torchvision is not installed"
+    )
+
   return type(name, (), {"__init__": __init__, "__module__": module_name})
 
 
@@ -41,8 +44,17 @@ class _StubModule(types.ModuleType):
     return value
 
 
-_SUBMODULES = ("ops", "ops.misc", "models", "models.feature_extraction", "datasets", "utils",
-               "transforms", "transforms.functional", "transforms.v2")
+_SUBMODULES = (
+  "ops",
+  "ops.misc",
+  "models",
+  "models.feature_extraction",
+  "datasets",
+  "utils",
+  "transforms",
+  "transforms.functional",
+  "transforms.v2",
+)
 for _sub in _SUBMODULES:
   _mod = _StubModule(f"{__name__}.{_sub}")
   _mod.__path__ = []  # a package, so `from torchvision.x.y import z` resolves

@@ -8,5 +8,6 @@ convert  the authors' released checkpoint layout (SEED-X / WeGen) in and out
 task     WeGenTask for the shared trainer
 sample   CLI: continue validation rows with a trained run, write PNGs
 """
+
 from wegen_jax.systems.wegen.config import WeGenConfig
 from wegen_jax.systems.wegen.model import WeGen

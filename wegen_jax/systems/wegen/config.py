@@ -4,6 +4,7 @@ The UNet and VAE are described by diffusers config.json dicts (SDXL's own files 
 model), the LLM by LLMConfig fields and the vision tower by EVAConfig fields, so the same
 dicts serve conversion and construction.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,9 +20,16 @@ from wegen_jax.models.patch_autoencoder import PatchAutoencoderConfig
 from wegen_jax.models.vae import VAEConfig
 
 # SDXL-base's scheduler_config.json (EulerDiscrete for sampling; the same betas train as DDPM).
-SDXL_SCHEDULER = dict(_class_name="EulerDiscreteScheduler", num_train_timesteps=1000, beta_start=0.00085,
-                      beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon",
-                      timestep_spacing="leading", steps_offset=1)
+SDXL_SCHEDULER = dict(
+  _class_name="EulerDiscreteScheduler",
+  num_train_timesteps=1000,
+  beta_start=0.00085,
+  beta_end=0.012,
+  beta_schedule="scaled_linear",
+  prediction_type="epsilon",
+  timestep_spacing="leading",
+  steps_offset=1,
+)
 
 
 def _plain(x):
@@ -48,12 +56,12 @@ class WeGenConfig:
   llm: LLMConfig
   vision: EVAConfig
   unet: UNetConfig
-  vae: VAEConfig | PatchAutoencoderConfig   # the SDXL VAE; the tiny default folds pixels
+  vae: VAEConfig | PatchAutoencoderConfig  # the SDXL VAE; the tiny default folds pixels
   num_image_tokens: int = 64
-  train_scheduler: Mapping[str, Any] | tuple = ()   # diffusers scheduler config (DDPM training)
+  train_scheduler: Mapping[str, Any] | tuple = ()  # diffusers scheduler config (DDPM training)
   sample_scheduler: Mapping[str, Any] | tuple = ()  # diffusers scheduler config (sampling)
   snr_gamma: float | None = 5.0
-  loss_weights: Mapping[str, float] | tuple = ()    # ce, mse, cos, diffusion
+  loss_weights: Mapping[str, float] | tuple = ()  # ce, mse, cos, diffusion
   # Images per example that go through the UNet for the diffusion loss (0: every slot);
   # 7B stage 2 sets 2 (a pair has 1 target, a triple 2) of its 4 slots.
   diffusion_images_per_example: int = 0
@@ -62,25 +70,31 @@ class WeGenConfig:
   vae_encode_slices: int = 1
 
   def __post_init__(self):
-    for name in ("train_scheduler", "sample_scheduler", "loss_weights"):   # hashable (jit static)
+    for name in ("train_scheduler", "sample_scheduler", "loss_weights"):  # hashable (jit static)
       v = getattr(self, name)
       if isinstance(v, Mapping):
         object.__setattr__(self, name, tuple(sorted(v.items())))
     q = math.isqrt(self.num_image_tokens)
     gh, gw = self.vision.grid
     if q * q != self.num_image_tokens or gh != gw or gh % q:
-      raise ValueError(f"num_image_tokens={self.num_image_tokens} must be a square whose side divides the "
-                       f"vision grid {self.vision.grid} (image_size {self.vision.image_size} / patch "
-                       f"{self.vision.patch_size})")
+      raise ValueError(
+        f"num_image_tokens={self.num_image_tokens} must be a square whose side divides the "
+        f"vision grid {self.vision.grid} (image_size {self.vision.image_size} / patch "
+        f"{self.vision.patch_size})"
+      )
     if self.unet.cross_attention_dim[0] != self.vision.width:
-      raise ValueError(f"UNet cross_attention_dim {self.unet.cross_attention_dim} must equal the vision "
-                       f"width {self.vision.width}: the detokenizer attends to the 64 image features")
+      raise ValueError(
+        f"UNet cross_attention_dim {self.unet.cross_attention_dim} must equal the vision "
+        f"width {self.vision.width}: the detokenizer attends to the 64 image features"
+      )
     if self.unet.addition_embed_type == "text_time":
       want = self.vision.width + 6 * self.unet.addition_time_embed_dim
       if self.unet.projection_class_embeddings_input_dim != want:
-        raise ValueError(f"UNet projection_class_embeddings_input_dim is "
-                         f"{self.unet.projection_class_embeddings_input_dim}; the pooled features "
-                         f"({self.vision.width}) + 6 time ids x {self.unet.addition_time_embed_dim} need {want}")
+        raise ValueError(
+          f"UNet projection_class_embeddings_input_dim is "
+          f"{self.unet.projection_class_embeddings_input_dim}; the pooled features "
+          f"({self.vision.width}) + 6 time ids x {self.unet.addition_time_embed_dim} need {want}"
+        )
 
   @property
   def pool(self) -> int:
@@ -106,15 +120,19 @@ class WeGenConfig:
     d = _plain(d)
     dtype = d.get("dtype", "float32")
     extra = dict(dtype=dtype)
-    for key in ("scan_layers", "attention_impl"):   # optional: one setting for all three parts
+    for key in ("scan_layers", "attention_impl"):  # optional: one setting for all three parts
       if key in d:
         extra[key] = d[key]
-    return cls(llm=LLMConfig(**{**d["llm"], **extra}),
-               vision=EVAConfig(**{**d["vision"], **extra}),
-               unet=unet_config_from_diffusers(d["unet"], **extra, remat=bool(d.get("unet_remat", False))),
-               vae=_autoencoder_config(d["vae"], dtype, d.get("attention_impl")),
-               num_image_tokens=d.get("num_image_tokens", 64),
-               train_scheduler=d.get("train_scheduler", {}), sample_scheduler=d.get("sample_scheduler", {}),
-               snr_gamma=d.get("snr_gamma", 5.0), loss_weights=d.get("loss_weights", {}),
-               diffusion_images_per_example=int(d.get("diffusion_images_per_example") or 0),
-               vae_encode_slices=int(d.get("vae_encode_slices") or 1))
+    return cls(
+      llm=LLMConfig(**{**d["llm"], **extra}),
+      vision=EVAConfig(**{**d["vision"], **extra}),
+      unet=unet_config_from_diffusers(d["unet"], **extra, remat=bool(d.get("unet_remat", False))),
+      vae=_autoencoder_config(d["vae"], dtype, d.get("attention_impl")),
+      num_image_tokens=d.get("num_image_tokens", 64),
+      train_scheduler=d.get("train_scheduler", {}),
+      sample_scheduler=d.get("sample_scheduler", {}),
+      snr_gamma=d.get("snr_gamma", 5.0),
+      loss_weights=d.get("loss_weights", {}),
+      diffusion_images_per_example=int(d.get("diffusion_images_per_example") or 0),
+      vae_encode_slices=int(d.get("vae_encode_slices") or 1),
+    )

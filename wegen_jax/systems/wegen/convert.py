@@ -14,6 +14,7 @@ Files are read by checkpoint_io.read_state_dict (torch.load(weights_only=True) f
 Export writes the same names (safetensors; `torch.save(safetensors.torch.load_file(f), bin)`
 makes the .bin their from_pretrained reads).
 """
+
 from __future__ import annotations
 
 import os
@@ -36,7 +37,7 @@ class _Prefixed(Mapping[str, np.ndarray]):
 
   def __init__(self, state_dict: Mapping[str, np.ndarray], prefix: str):
     self.sd, self.prefix = state_dict, prefix
-    self.keys_ = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
+    self.keys_ = [k[len(prefix) :] for k in state_dict if k.startswith(prefix)]
 
   def __getitem__(self, key):
     return np.asarray(self.sd[self.prefix + key])
@@ -60,18 +61,23 @@ def load_authors_mllm(model, state_dict_or_path, *, load_unet: bool | None = Non
   sd, source = _read(state_dict_or_path)
   unknown = [k for k in sd if not k.startswith(MLLM_PARTS)]
   if unknown and strict:
-    raise CheckpointError(f"{source}: {len(unknown)} tensor(s) outside the WeGen MLLM layout "
-                          f"{MLLM_PARTS}, e.g. {unknown[:5]}")
+    raise CheckpointError(
+      f"{source}: {len(unknown)} tensor(s) outside the WeGen MLLM layout {MLLM_PARTS}, e.g. {unknown[:5]}"
+    )
   has_unet = any(k.startswith("adapter.unet.") for k in sd)
   if load_unet and not has_unet:
-    raise CheckpointError(f"{source} has no adapter.unet.* tensors (saved without the diffusion loss?); "
-                          "load the stage-1 UNet with load_authors_detokenizer or load_diffusers_unet")
+    raise CheckpointError(
+      f"{source} has no adapter.unet.* tensors (saved without the diffusion loss?); "
+      "load the stage-1 UNet with load_authors_detokenizer or load_diffusers_unet"
+    )
   cfg = model.cfg
-  load_state_dict(model.llm, _Prefixed(sd, "llm."), hf_llm.rules(cfg.llm), ignore=_LLM_IGNORE,
-                  source=f"{source} (llm.*)")
+  load_state_dict(
+    model.llm, _Prefixed(sd, "llm."), hf_llm.rules(cfg.llm), ignore=_LLM_IGNORE, source=f"{source} (llm.*)"
+  )
   for ours, theirs in ((model.input_proj, "input_resampler."), (model.output_proj, "output_resampler.")):
-    load_state_dict(ours, _Prefixed(sd, theirs), PROJECTOR_RULES, ignore=[r"^avgpoolquery\."],
-                    source=f"{source} ({theirs}*)")
+    load_state_dict(
+      ours, _Prefixed(sd, theirs), PROJECTOR_RULES, ignore=[r"^avgpoolquery\."], source=f"{source} ({theirs}*)"
+    )
   if has_unet and load_unet is not False:
     load_authors_detokenizer(model, _Prefixed(sd, "adapter."), source=f"{source} (adapter.*)")
   return model
@@ -101,5 +107,5 @@ def export_authors_mllm(model, *, include_unet: bool = True, dtype=None) -> dict
 
 def export_authors_detokenizer(model, *, dtype=None) -> dict[str, np.ndarray]:
   out = {f"unet.{k}": v for k, v in export_state_dict(model.unet, unet_rules(model.cfg.unet), dtype).items()}
-  out["resampler.scale"] = np.asarray(1.0, dtype or np.float32)   # AvgPoolQuery's unused scale
+  out["resampler.scale"] = np.asarray(1.0, dtype or np.float32)  # AvgPoolQuery's unused scale
   return out

@@ -16,6 +16,7 @@
 5. UNet sampling (Euler discrete by default; CFG against zero negative embeddings, SDXL size
    time_ids as the authors' pipeline passes them) and VAE decode.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +37,7 @@ from wegen_jax.generation import generate as decode
 @dataclasses.dataclass(frozen=True)
 class ImageTokens:
   """Ids of `<img>`, `</img>` and `<img_00000>`.. (from the tokenizer in use)."""
+
   boi: int
   eoi: int
   image: tuple[int, ...]
@@ -52,8 +54,8 @@ class ImageTokens:
 @dataclasses.dataclass(frozen=True)
 class ImageSampling:
   num_steps: int = 50
-  guidance_scale: float = 7.0          # CFG against zero features; 1 = off
-  height: int | None = None            # default: the VAE's configured sample_size
+  guidance_scale: float = 7.0  # CFG against zero features; 1 = off
+  height: int | None = None  # default: the VAE's configured sample_size
   width: int | None = None
   # SDXL time_ids: "sizes" = (H, W, 0, 0, H, W) as the authors' SDXL pipeline passes at inference;
   # "zeros" = what their detokenizer saw in training.
@@ -61,10 +63,10 @@ class ImageSampling:
 
 
 class WeGenOutput(NamedTuple):
-  tokens: np.ndarray             # [B, N] generated ids (pad after the stop token)
-  text_tokens: list              # per row: generated ids without image tokens, `<img>`, `</img>`
-  images: list                   # per row: uint8 [k, H, W, 3] for the k images it generated
-  features: list                 # per row: [k, Q, width] image features sent to the UNet
+  tokens: np.ndarray  # [B, N] generated ids (pad after the stop token)
+  text_tokens: list  # per row: generated ids without image tokens, `<img>`, `</img>`
+  images: list  # per row: uint8 [k, H, W, 3] for the k images it generated
+  features: list  # per row: [k, Q, width] image features sent to the UNet
 
 
 class _PromptEmbeds(nnx.Variable):
@@ -86,7 +88,7 @@ class _LLMWithPrompt(nnx.Module):
     return self.llm.embed_tokens(ids)
 
   def forward(self, input_ids=None, *, inputs_embeds=None, **kwargs):
-    if input_ids is not None:   # the prefill
+    if input_ids is not None:  # the prefill
       inputs_embeds = self.prompt[...]
     return self.llm.forward(inputs_embeds=inputs_embeds, **kwargs)
 
@@ -115,10 +117,13 @@ class VARGuidanceHook(ForcedTokensHook):
     self.max_new_tokens = int(max_new_tokens)
 
   def init(self, batch, hidden_size):
-    return dict(force=super().init(batch, hidden_size), step=jnp.int32(0),
-                cache=self.llm.init_cache(batch, self.max_new_tokens),
-                prev=jnp.zeros((batch, hidden_size), jnp.dtype(self.llm.cfg.dtype)),
-                image=jnp.zeros((batch,), jnp.int32))
+    return dict(
+      force=super().init(batch, hidden_size),
+      step=jnp.int32(0),
+      cache=self.llm.init_cache(batch, self.max_new_tokens),
+      prev=jnp.zeros((batch, hidden_size), jnp.dtype(self.llm.cfg.dtype)),
+      image=jnp.zeros((batch,), jnp.int32),
+    )
 
   def step(self, state, token, hidden):
     force = state["force"]
@@ -130,16 +135,25 @@ class VARGuidanceHook(ForcedTokensHook):
     x_u = jnp.where(first[:, None], boi, state["prev"].astype(boi.dtype))
 
     def branch(cache):
-      out = self.llm.forward(inputs_embeds=x_u[:, None], positions=idx[:, None],
-                             segment_ids=jnp.where(guide, image, 0)[:, None], cache=cache,
-                             cache_index=state["step"])
+      out = self.llm.forward(
+        inputs_embeds=x_u[:, None],
+        positions=idx[:, None],
+        segment_ids=jnp.where(guide, image, 0)[:, None],
+        cache=cache,
+        cache_index=state["step"],
+      )
       return out.hidden_states[:, 0].astype(hidden.dtype), out.cache
 
     h_u, cache = jax.lax.cond(jnp.any(guide), branch, lambda c: (hidden, c), state["cache"])
     guided = jnp.where(guide[:, None], h_u + self.scale * (hidden - h_u), hidden)
     token, embed, use_embed, force = super().step(force, token, guided)
-    new = dict(force=force, step=state["step"] + 1, cache=cache, image=image,
-               prev=jnp.where(use_embed[:, None], embed, state["prev"].astype(embed.dtype)))
+    new = dict(
+      force=force,
+      step=state["step"] + 1,
+      cache=cache,
+      image=image,
+      prev=jnp.where(use_embed[:, None], embed, state["prev"].astype(embed.dtype)),
+    )
     return token, embed, use_embed, new
 
 
@@ -154,7 +168,7 @@ def image_positions(input_ids: np.ndarray, tokens: ImageTokens, num_images: int)
     if len(starts) > num_images:
       raise ValueError(f"prompt row {r} has {len(starts)} images but only {num_images} were given")
     for n, s in enumerate(starts):
-      if not np.array_equal(input_ids[r, s:s + q], tokens.image):
+      if not np.array_equal(input_ids[r, s : s + q], tokens.image):
         raise ValueError(f"prompt row {r}: the image run at {s} is not <img_00000>..<img_{q - 1:05d}>")
       out[r, n] = np.arange(s, s + q)
   return out
@@ -184,22 +198,42 @@ def _detokenize(model, features, key, sampling: ImageSampling, height: int, widt
   elif added is not None and sampling.time_ids != "zeros":
     raise ValueError(f"ImageSampling.time_ids={sampling.time_ids!r}; choose 'sizes' or 'zeros'")
   guidance = NoGuidance()
-  if sampling.guidance_scale != 1.0:   # branches [uncond, cond]: zero features and pooled features
-    guidance = ClassifierFree(sampling.guidance_scale)   # (SDXL's force_zeros_for_empty_prompt), same time_ids
+  if sampling.guidance_scale != 1.0:  # branches [uncond, cond]: zero features and pooled features
+    guidance = ClassifierFree(sampling.guidance_scale)  # (SDXL's force_zeros_for_empty_prompt), same time_ids
     cond = jnp.concatenate([jnp.zeros_like(cond), cond])
     if added is not None:
-      added = {"text_embeds": jnp.concatenate([jnp.zeros_like(added["text_embeds"]), added["text_embeds"]]),
-               "time_ids": jnp.concatenate([added["time_ids"]] * 2)}
-  c = Conditioning(cond, None if added is None else added["text_embeds"],
-                   None if added is None else added["time_ids"])
-  return np.asarray(diffusion_generate(model.unet, model.vae, model.cfg.sampler(), c, key,
-                                       num_steps=sampling.num_steps, height=height, width=width,
-                                       guidance=guidance))
+      added = {
+        "text_embeds": jnp.concatenate([jnp.zeros_like(added["text_embeds"]), added["text_embeds"]]),
+        "time_ids": jnp.concatenate([added["time_ids"]] * 2),
+      }
+  c = Conditioning(cond, None if added is None else added["text_embeds"], None if added is None else added["time_ids"])
+  return np.asarray(
+    diffusion_generate(
+      model.unet,
+      model.vae,
+      model.cfg.sampler(),
+      c,
+      key,
+      num_steps=sampling.num_steps,
+      height=height,
+      width=width,
+      guidance=guidance,
+    )
+  )
 
 
-def generate(model, input_ids, *, tokens: ImageTokens, attention_mask=None, pixel_values=None,
-             sampling: SamplingConfig = SamplingConfig(), var_cfg_scale: float = 1.0,
-             image_sampling: ImageSampling = ImageSampling(), rng=None) -> WeGenOutput:
+def generate(
+  model,
+  input_ids,
+  *,
+  tokens: ImageTokens,
+  attention_mask=None,
+  pixel_values=None,
+  sampling: SamplingConfig = SamplingConfig(),
+  var_cfg_scale: float = 1.0,
+  image_sampling: ImageSampling = ImageSampling(),
+  rng=None,
+) -> WeGenOutput:
   """Continues left-padded prompts [B, P]; pixel_values [B, N, 3, S, S] are the prompt's input
   images in order of appearance (zeros for unused slots). Returns tokens, text tokens and the
   generated images (uint8 [k, H, W, 3] per row)."""
@@ -217,8 +251,9 @@ def generate(model, input_ids, *, tokens: ImageTokens, attention_mask=None, pixe
   positions = image_positions(input_ids, tokens, pixel_values.shape[1])
   valid = (positions != 0).any(-1)
   if pixel_values.shape[1]:
-    embeds = _prompt_embeds(model, jnp.asarray(input_ids), jnp.asarray(pixel_values), jnp.asarray(positions),
-                            jnp.asarray(valid))
+    embeds = _prompt_embeds(
+      model, jnp.asarray(input_ids), jnp.asarray(pixel_values), jnp.asarray(positions), jnp.asarray(valid)
+    )
   else:
     embeds = model.llm.embed_tokens(jnp.asarray(input_ids))
 
@@ -228,14 +263,21 @@ def generate(model, input_ids, *, tokens: ImageTokens, attention_mask=None, pixe
     hook = ForcedTokensHook(tokens.boi, forced, _Feedback(model), feedback)
   else:
     hook = VARGuidanceHook(model, tokens.boi, forced, feedback, var_cfg_scale, sampling.max_new_tokens)
-  out = decode(_LLMWithPrompt(model.llm, embeds), input_ids, attention_mask=attention_mask,
-               sampling=sampling, rng=k_text, hook=hook)
+  out = decode(
+    _LLMWithPrompt(model.llm, embeds),
+    input_ids,
+    attention_mask=attention_mask,
+    sampling=sampling,
+    rng=k_text,
+    hook=hook,
+  )
   ids = np.asarray(out.tokens)
   hidden = out.hidden_states
 
   # Image j of a row: the hidden states that chose its 64 `<img_i>` tokens (at `<img>`..`<img_00062>`).
-  spans = [[i + 1 for i in np.flatnonzero(row == tokens.boi) if np.array_equal(row[i + 1:i + 2 + q], forced)]
-           for row in ids]
+  spans = [
+    [i + 1 for i in np.flatnonzero(row == tokens.boi) if np.array_equal(row[i + 1 : i + 2 + q], forced)] for row in ids
+  ]
   flat = [(r, s0) for r, row in enumerate(spans) for s0 in row]
   size = model.cfg.vae.sample_size
   size = size if isinstance(size, int) else size[0]
@@ -243,7 +285,7 @@ def generate(model, input_ids, *, tokens: ImageTokens, attention_mask=None, pixe
   images = [np.zeros((0, height, width, 3), np.uint8) for _ in range(b)]
   feats = [np.zeros((0, q, model.cfg.vision.width), np.float32) for _ in range(b)]
   if flat:
-    h = jnp.stack([hidden[r, s0:s0 + q] for r, s0 in flat])
+    h = jnp.stack([hidden[r, s0 : s0 + q] for r, s0 in flat])
     f = _features(model, h)
     pics = _detokenize(model, f, k_image, image_sampling, height, width)
     for r in range(b):
@@ -253,4 +295,3 @@ def generate(model, input_ids, *, tokens: ImageTokens, attention_mask=None, pixe
   drop = set(tokens.image) | {tokens.boi, tokens.eoi}
   text = [[int(t) for t in row[:n] if int(t) not in drop] for row, n in zip(ids, np.asarray(out.lengths))]
   return WeGenOutput(ids, text, images, feats)
-

@@ -4,6 +4,7 @@ SDXLAdapter.train_pipeline).
 Batches have fixed shapes: every image slot [B, N] is computed and the losses are masked
 means over the valid (target) slots, so one compiled step serves every batch.
 """
+
 from __future__ import annotations
 
 import jax
@@ -33,8 +34,9 @@ def image_diffusion_loss(model, features, vae_pixels, mask, key):
   latents = model.latents(vae_pixels, k_vae)
   cond, added = model.condition(features)
   sched = model.cfg.train_noise_scheduler()
-  _, aux = diffusion_loss(model.unet, sched, latents, cond, k_noise, added_cond_kwargs=added,
-                          snr_gamma=model.cfg.snr_gamma, return_aux=True)
+  _, aux = diffusion_loss(
+    model.unet, sched, latents, cond, k_noise, added_cond_kwargs=added, snr_gamma=model.cfg.snr_gamma, return_aux=True
+  )
   per_image = aux["mse"] * min_snr_weights(sched, aux["t"], model.cfg.snr_gamma)
   return _masked_mean(per_image, mask)
 
@@ -64,8 +66,9 @@ def diffusion_on_slots(model, features, vae_pixels, mask, key):
   features [B, N, Q, C], vae_pixels [B, N, 3, V, V], mask [B, N]. Also returns how many masked
   slots did not fit (to log: raise the limit if it is not 0)."""
   idx, picked = select_slots(mask, model.cfg.diffusion_images_per_example)
-  loss = image_diffusion_loss(model, _flat(_take_slots(features, idx)), _flat(_take_slots(vae_pixels, idx)),
-                              picked.reshape(-1), key)
+  loss = image_diffusion_loss(
+    model, _flat(_take_slots(features, idx)), _flat(_take_slots(vae_pixels, idx)), picked.reshape(-1), key
+  )
   return loss, (jnp.sum(mask) - jnp.sum(picked)).astype(jnp.float32)
 
 
@@ -83,25 +86,28 @@ def mllm_loss(model, batch, rng):
   target images the hidden states one position earlier (`<img>`..`<img_00062>`) go through the
   output projector and are regressed onto the stop-gradient avg-pooled target features."""
   cfg = model.cfg
-  features = model.image_features(batch["pixel_values"])            # [B, N, Q, C], no gradient
-  embeds = model.embed_inputs(batch["input_ids"], features, batch["image_token_positions"],
-                              batch["image_valid"])
+  features = model.image_features(batch["pixel_values"])  # [B, N, Q, C], no gradient
+  embeds = model.embed_inputs(batch["input_ids"], features, batch["image_token_positions"], batch["image_valid"])
   out = model.llm.forward(inputs_embeds=embeds, positions=batch["positions"], segment_ids=batch["segment_ids"])
   ce, _ = cross_entropy(out.logits, batch["labels"])
 
   b = embeds.shape[0]
   prev = jnp.maximum(batch["image_token_positions"] - 1, 0)
-  hidden = out.hidden_states[jnp.arange(b)[:, None, None], prev]   # [B, N, Q, E]
-  pred = model.output_proj(hidden).astype(jnp.float32)               # [B, N, Q, C]
-  is_target = batch["image_valid"] & batch["image_is_target"]                 # [B, N]
+  hidden = out.hidden_states[jnp.arange(b)[:, None, None], prev]  # [B, N, Q, E]
+  pred = model.output_proj(hidden).astype(jnp.float32)  # [B, N, Q, C]
+  is_target = batch["image_valid"] & batch["image_is_target"]  # [B, N]
   flat_pred, flat_target, flat_mask = _flat(pred), _flat(features), is_target.reshape(-1)
   mse = _masked_mean(jnp.mean(jnp.square(flat_pred - flat_target), axis=(1, 2)), flat_mask)
   cos = _masked_mean(cosine_loss(flat_pred, flat_target), flat_mask)
   diff, skipped = diffusion_on_slots(model, pred, batch["vae_pixels"], is_target, rng)
-  loss = (cfg.weight("ce") * ce + cfg.weight("mse") * mse + cfg.weight("cos") * cos
-          + cfg.weight("diffusion") * diff)
-  return loss, {"loss_ce": ce, "loss_mse": mse, "loss_cos": cos, "loss_diffusion": diff,
-                "diffusion_images_skipped": skipped}
+  loss = cfg.weight("ce") * ce + cfg.weight("mse") * mse + cfg.weight("cos") * cos + cfg.weight("diffusion") * diff
+  return loss, {
+    "loss_ce": ce,
+    "loss_mse": mse,
+    "loss_cos": cos,
+    "loss_diffusion": diff,
+    "diffusion_images_skipped": skipped,
+  }
 
 
 def wegen_loss(model, batch, rng, stage: int):

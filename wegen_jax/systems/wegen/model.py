@@ -4,6 +4,7 @@ plus the SDXL-style UNet detokenizer and the VAE (SYSTEMS.md §1).
 Attribute names are the optimizer groups (`vision`, `input_proj`, `llm`, `output_proj`,
 `unet`, `vae`): the task freezes and unfreezes parts by them.
 """
+
 from __future__ import annotations
 
 import jax
@@ -20,17 +21,16 @@ from wegen_jax.systems.wegen.config import WeGenConfig
 
 
 class WeGen(nnx.Module):
-
   def __init__(self, cfg: WeGenConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     width, hidden = cfg.vision.width, cfg.llm.hidden_size
     pdt = jnp.dtype(cfg.llm.param_dtype)
     self.vision = EVAVisionTower(cfg.vision, rngs=rngs)
-    self.input_proj = InputProjector(width, hidden, cfg.num_image_tokens, dtype=jnp.dtype(cfg.llm.dtype),
-                                     param_dtype=pdt, rngs=rngs)
+    self.input_proj = InputProjector(
+      width, hidden, cfg.num_image_tokens, dtype=jnp.dtype(cfg.llm.dtype), param_dtype=pdt, rngs=rngs
+    )
     self.llm = LLM(cfg.llm, rngs=rngs)
-    self.output_proj = OutputProjector(hidden, width, dtype=jnp.dtype(cfg.llm.dtype), param_dtype=pdt,
-                                       rngs=rngs)
+    self.output_proj = OutputProjector(hidden, width, dtype=jnp.dtype(cfg.llm.dtype), param_dtype=pdt, rngs=rngs)
     self.unet = UNet2DConditionModel(cfg.unet, rngs=rngs)
     autoencoder = PatchAutoencoder if isinstance(cfg.vae, PatchAutoencoderConfig) else AutoencoderKL
     self.vae = autoencoder(cfg.vae, rngs=rngs)
@@ -57,7 +57,7 @@ class WeGen(nnx.Module):
     embeds = self.llm.embed_tokens(input_ids)
     b, length = input_ids.shape
     proj = self.project_in(features).astype(embeds.dtype)
-    pos = jnp.where(image_valid[..., None], image_token_positions, length)   # invalid -> dropped
+    pos = jnp.where(image_valid[..., None], image_token_positions, length)  # invalid -> dropped
     rows = jnp.broadcast_to(jnp.arange(b)[:, None, None], pos.shape)
     return embeds.at[rows, pos].set(proj, mode="drop")
 
@@ -79,8 +79,9 @@ class WeGen(nnx.Module):
       posterior = self.vae.encode(vae_pixels)
     else:
       if m % n:
-        raise ValueError(f"{m} images per step do not split into vae_encode_slices={n} passes; "
-                         "choose a divisor of the images per step")
+        raise ValueError(
+          f"{m} images per step do not split into vae_encode_slices={n} passes; choose a divisor of the images per step"
+        )
       slices = jnp.swapaxes(vae_pixels.reshape((m // n, n) + vae_pixels.shape[1:]), 0, 1)
       posterior = jax.lax.map(self.vae.encode, slices)
       posterior = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((m,) + x.shape[2:]), posterior)

@@ -13,6 +13,7 @@
 Later entries overwrite earlier ones. The trainer applies them only when a run starts (a resumed
 run has its own weights), before `init_from`. Each tensor goes to its parameter's sharding.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,12 +29,12 @@ SOURCES = ("llm", "vision", "unet", "vae", "detokenizer", "mllm")
 
 
 _LOADERS = {
-    "llm": lambda m, p: fill_hf_llm(m.llm, p, grow_vocab=True),
-    "vision": lambda m, p: fill_timm_eva(m.vision, p),
-    "unet": lambda m, p: fill_diffusers_unet(m.unet, p, on_mismatch="keep_init"),
-    "vae": lambda m, p: fill_diffusers_vae(m.vae, p),
-    "detokenizer": lambda m, p: load_authors_detokenizer(m, str(p)),
-    "mllm": lambda m, p: load_authors_mllm(m, str(p)),
+  "llm": lambda m, p: fill_hf_llm(m.llm, p, grow_vocab=True),
+  "vision": lambda m, p: fill_timm_eva(m.vision, p),
+  "unet": lambda m, p: fill_diffusers_unet(m.unet, p, on_mismatch="keep_init"),
+  "vae": lambda m, p: fill_diffusers_vae(m.vae, p),
+  "detokenizer": lambda m, p: load_authors_detokenizer(m, str(p)),
+  "mllm": lambda m, p: load_authors_mllm(m, str(p)),
 }
 
 
@@ -48,8 +49,10 @@ def load_pretrained(model, paths: Mapping[str, str]) -> list[str]:
     if not path:
       continue
     if not Path(path).exists():
-      raise CheckpointError(f"config.pretrained.{name} = {path!r} does not exist; point it at a local "
-                            "copy of the weights (nothing is downloaded)")
+      raise CheckpointError(
+        f"config.pretrained.{name} = {path!r} does not exist; point it at a local "
+        "copy of the weights (nothing is downloaded)"
+      )
     _LOADERS[name](model, path)
     print(f"loaded pretrained {name} from {path}", flush=True)
     loaded.append(name)

@@ -5,6 +5,7 @@ of the run's dataset, cuts each before its first generated image, and lets the m
 it prints the generated text, the cosine between the generated image features and the target
 image's, and writes DIR/samples/{row}_{generated,target}.png.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,14 +52,15 @@ def prompts_from_batch(batch, pad_id: int):
       continue
     cut = int(batch["image_token_positions"][b, slots[0], 0]) - 1
     rows.append(batch["input_ids"][b, :cut])
-    pixels.append(np.where((np.arange(batch["pixel_values"].shape[1]) < slots[0])[:, None, None, None],
-                           batch["pixel_values"][b], 0))
+    pixels.append(
+      np.where((np.arange(batch["pixel_values"].shape[1]) < slots[0])[:, None, None, None], batch["pixel_values"][b], 0)
+    )
     targets.append((batch["pixel_values"][b, slots[0]], batch["vae_pixels"][b, slots[0]]))
   width = max(len(r) for r in rows)
   ids = np.full((len(rows), width), pad_id, np.int32)
   mask = np.zeros_like(ids)
   for i, r in enumerate(rows):
-    ids[i, width - len(r):], mask[i, width - len(r):] = r, 1
+    ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
   return ids, mask, np.stack(pixels), targets
 
 
@@ -66,17 +68,25 @@ def main(_):
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   config = _CONFIG.value
   from wegen_jax.data.wegen_pipeline import make_dataset
+
   tok = load_tokenizer(config.data.tokenizer)
   model = load_run(config, _WORKDIR.value)
   batch = next(iter(make_dataset(config, "validation", seed=0, global_batch=_NUM.value)))
   ids, mask, pixels, targets = prompts_from_batch(batch, tok.pad_id)
   s = config.sample
-  out = generate(model, ids, tokens=ImageTokens.from_tokenizer(tok, model.cfg.num_image_tokens),
-                 attention_mask=mask, pixel_values=pixels, var_cfg_scale=s.var_cfg_scale,
-                 sampling=SamplingConfig(max_new_tokens=2 * model.cfg.num_image_tokens, stop_tokens=(tok.eos_id,),
-                                         pad_token=tok.pad_id),
-                 image_sampling=ImageSampling(num_steps=s.num_steps, guidance_scale=s.guidance_scale),
-                 rng=jax.random.key(config.seed))
+  out = generate(
+    model,
+    ids,
+    tokens=ImageTokens.from_tokenizer(tok, model.cfg.num_image_tokens),
+    attention_mask=mask,
+    pixel_values=pixels,
+    var_cfg_scale=s.var_cfg_scale,
+    sampling=SamplingConfig(
+      max_new_tokens=2 * model.cfg.num_image_tokens, stop_tokens=(tok.eos_id,), pad_token=tok.pad_id
+    ),
+    image_sampling=ImageSampling(num_steps=s.num_steps, guidance_scale=s.guidance_scale),
+    rng=jax.random.key(config.seed),
+  )
   out_dir = Path(_WORKDIR.value) / "samples"
   out_dir.mkdir(parents=True, exist_ok=True)
   for i, (target_pixels, target_vae) in enumerate(targets):

@@ -4,6 +4,7 @@ Stage 1 trains the UNet only (the trainer delays it with optimizer.freeze_until=
 stages 2 and 3 train the LLM and both projectors while the vision tower, UNet and VAE stay
 frozen (the diffusion loss still back-propagates through the UNet into the LLM).
 """
+
 from __future__ import annotations
 
 import jax
@@ -19,7 +20,6 @@ TRAINABLE = {1: ("unet",), 2: ("llm", "input_proj", "output_proj"), 3: ("llm", "
 
 
 class WeGenTask(Task):
-
   def __init__(self, config):
     super().__init__(config)
     self.stage = int(config.get("stage", 2))
@@ -32,6 +32,7 @@ class WeGenTask(Task):
 
   def init_pretrained(self, model):
     from wegen_jax.systems.wegen.pretrained import load_pretrained
+
     load_pretrained(model, dict(self.config.get("pretrained", {})))
 
   def trainable(self):
@@ -41,16 +42,19 @@ class WeGenTask(Task):
     return wegen_loss(model, batch, rng, self.stage)
 
   def dataset(self, split, *, seed, global_batch):
-    from wegen_jax.data.wegen_pipeline import make_dataset   # the lead's Grain pipeline; imported lazily
+    from wegen_jax.data.wegen_pipeline import make_dataset  # the lead's Grain pipeline; imported lazily
+
     return make_dataset(self.config, split, seed=seed, global_batch=global_batch)
 
   def batch_counts(self, batch):
     # Slots computed (padding included), from shapes only: no device-to-host copy, and it works
     # when a process does not hold the whole global batch.
-    return {"tokens": float(np.prod(batch["input_ids"].shape)),
-            "images": float(np.prod(batch["image_valid"].shape))}
+    return {"tokens": float(np.prod(batch["input_ids"].shape)), "images": float(np.prod(batch["image_valid"].shape))}
 
   def batch_spec(self, global_batch):
-    from wegen_jax.data.wegen_pipeline import empty_example   # the pipeline's own fixed shapes
-    return {k: jax.ShapeDtypeStruct((global_batch,) + v.shape, v.dtype)
-            for k, v in empty_example(self.config.data, pad_id=0).items()}
+    from wegen_jax.data.wegen_pipeline import empty_example  # the pipeline's own fixed shapes
+
+    return {
+      k: jax.ShapeDtypeStruct((global_batch,) + v.shape, v.dtype)
+      for k, v in empty_example(self.config.data, pad_id=0).items()
+    }
