@@ -1,12 +1,28 @@
 """wegen_jax: unified multimodal generation (WeGen, GoT, MGCC/GILL) in JAX.
 
-The top-level kernels/ folder installs as `wegen_jax.kernels`.
+The top-level kernels/ and configs/ folders install as `wegen_jax.kernels` and `wegen_jax.configs`.
 Extras: `torch` (PyTorch references and conversion: install torch==2.13.0 CPU first, see
 the Makefile), `dev` (tests), `tpu` (libtpu: the TPU runtime on TPU VMs, and ahead-of-time
 TPU compilation on any host for `python -m wegen_jax.tools.aot`), `gpu` (CUDA 12 plugin).
 """
 
+import os
+
 from setuptools import find_packages, setup
+
+
+def _subpackages(folder: str, name: str) -> dict[str, str]:
+  """{package name: folder} for `folder` and each of its subfolders with an __init__.py."""
+  return {
+    name + dirpath[len(folder) :].replace(os.sep, "."): dirpath
+    for dirpath, _, files in os.walk(folder)
+    if "__init__.py" in files
+  }
+
+
+# The top-level kernels/ and configs/ folders install inside the package, so that
+# `wegen_jax.kernels` imports and `--config configs/x.py` resolves from any directory.
+PACKAGE_DIRS = {**_subpackages("kernels", "wegen_jax.kernels"), **_subpackages("configs", "wegen_jax.configs")}
 
 JAX_STACK = [
   "jax==0.10.2",
@@ -42,8 +58,8 @@ setup(
   version="0.1.0",
   description="JAX/TPU-native unified multimodal generation: WeGen, GoT, MGCC/GILL",
   python_requires=">=3.11",
-  packages=find_packages(include=["wegen_jax", "wegen_jax.*"]) + ["wegen_jax.kernels"],
-  package_dir={"wegen_jax.kernels": "kernels"},
+  packages=find_packages(include=["wegen_jax", "wegen_jax.*"]) + sorted(PACKAGE_DIRS),
+  package_dir=PACKAGE_DIRS,
   install_requires=JAX_STACK,
   extras_require={
     "torch": TORCH,

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from wegen_jax.data import synthetic  # noqa: E402
 from wegen_jax.config_utils import load_config  # noqa: E402
-from wegen_jax.data.curate import pipeline, runner  # noqa: E402
+from wegen_jax.curation import pipeline, runner  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

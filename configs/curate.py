@@ -1,16 +1,16 @@
-"""python -m wegen_jax.data.curate --videos DIR --out DATA_DIR --config configs/curate.py[:PRESET] [--label]
+"""python -m wegen_jax.curation --videos DIR --out DATA_DIR --config configs/curate.py[:PRESET] [--label]
 
 DIIC curation of a folder of videos into DATA_DIR/wegen_dynamics (TFDS array_record, pairs and triples) plus
-DATA_DIR/curation_stats.json. Fields are documented in wegen_jax/data/curate/defaults.py. Presets:
+DATA_DIR/curation_stats.json. Fields are documented in wegen_jax/curation/defaults.py. Presets:
   (none)     real videos: 4 fps, 256 px records, built-in identity encoder, labeller 'synthetic' for --label
   synthetic  the generator's clips (python -m wegen_jax.data.synthetic --out DIR): 64 px, 6 fps; --label uses
-             the exact ground truth, e.g. `python -m wegen_jax.data.curate --videos /tmp/syn --out /tmp/dyn
+             the exact ground truth, e.g. `python -m wegen_jax.curation --videos /tmp/syn --out /tmp/dyn
              --config configs/curate.py:synthetic --label` prints "videos seen 16, kept ..." and the failed files
   clip       identity filter with the project's CLIP image tower; set encoder.clip_dir to a local HF CLIP dir
   vlm        --label with a local transformers VLM; set labeller.hf_vlm.path
 """
 
-from wegen_jax.data.curate.defaults import get_config as _defaults
+from wegen_jax.curation.defaults import get_config as _defaults
 
 
 def get_config(arg=None):

@@ -8,16 +8,16 @@ tokens, 2-layer LLM, 32-px target frames folded into 16x16x12 latents); stage 1 
 terms (loss_ce, loss_mse, loss_cos, loss_diffusion). size=7b holds the real dimensions:
 Llama-2-7B-chat (vocab 32330), EVA-CLIP-E-14-plus at 448 px, the SDXL-base UNet with
 cross_attention_dim 1792 and a 1792 + 6*256 = 3328 add-embedding input, the SDXL VAE.
-Data: wegen_jax.data.wegen_pipeline over the TFDS dir `data.dir` (dataset wegen_dynamics), e.g.
+Data: wegen_jax.systems.wegen.pipeline over the TFDS dir `data.dir` (dataset wegen_dynamics), e.g.
   python -m wegen_jax.data.synthetic --out /tmp/syn --num 16 --config configs/synthetic.py
-  python -m wegen_jax.data.curate --videos /tmp/syn --out /tmp/dyn --config configs/curate.py:synthetic --label
+  python -m wegen_jax.curation --videos /tmp/syn --out /tmp/dyn --config configs/curate.py:synthetic --label
 arg: size=tiny|7b, stage=1|2|3.
 """
 
 import ml_collections
 
-from configs import llm as llm_configs
 from wegen_jax.config_utils import parse_arg
+from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS
 from wegen_jax.parallel.sharding import DEFAULT_RULES
 from wegen_jax.systems.wegen.config import SDXL_SCHEDULER
 
@@ -49,7 +49,7 @@ _SDXL_VAE = dict(
 SIZES = {
   "7b": dict(
     model=dict(
-      llm=dict(llm_configs.MODEL_DEFAULTS, **llm_configs.PRESETS["wegen_llama2_7b"], remat="full"),
+      llm=dict(LLM_DEFAULTS, **LLM_PRESETS["wegen_llama2_7b"], remat="full"),
       vision=dict(),  # EVAConfig defaults = EVA-CLIP-E-14-plus at 448 px
       unet=_SDXL_UNET,
       vae=_SDXL_VAE,
@@ -71,7 +71,7 @@ SIZES = {
   ),
   "tiny": dict(
     model=dict(
-      llm=dict(llm_configs.MODEL_DEFAULTS, **dict(llm_configs.PRESETS["tiny_llama"], vocab_size=384)),
+      llm=dict(LLM_DEFAULTS, **dict(LLM_PRESETS["tiny_llama"], vocab_size=384)),
       # pre-norm blocks: the random frozen tower's post-norm (EVA-E) blocks add unit-variance
       # image-independent vectors (16% of the features' variance is across images,
       # 46% pre-norm); end to end that took held-out frame MAE from 31.0 to 27.0 /255

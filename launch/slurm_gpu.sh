@@ -5,7 +5,7 @@
 #
 #   sbatch --nodes=4 launch/slurm_gpu.sh --workdir /shared/wegen7b -- \
 #       --config configs/wegen.py:size=7b,stage=2 --config.data.dir=/shared/data
-#   bash launch/slurm_gpu.sh --dry-run --nodes 4 --workdir /shared/run -- --config configs/lm.py
+#   bash launch/slurm_gpu.sh --dry-run --nodes 4 --workdir /shared/run -- --config configs/lm_train.py
 #
 # Runs from the repository root on a shared filesystem, with .venv installed on the GPU nodes
 # (pip install -e '.[gpu]' there, i.e. jax[cuda12]). The job first runs

@@ -9,10 +9,10 @@ from pathlib import Path
 import jax
 import pytest
 
-from configs import lm as lm_config
+from configs import lm_train as lm_config
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--config", "configs/lm.py", "--config.model.num_layers=1", "--config.data.seq_len=32"]
+TINY = ["--config", "configs/lm_train.py", "--config.model.num_layers=1", "--config.data.seq_len=32"]
 
 
 def aot(*args):

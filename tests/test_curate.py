@@ -12,9 +12,10 @@ import av
 import numpy as np
 import pytest
 
-from wegen_jax.data import labellers, schema, source, synthetic as S, video_io
+from wegen_jax.curation import labellers
+from wegen_jax.data import schema, source, synthetic as S, video_io
 from wegen_jax.config_utils import load_config
-from wegen_jax.data.curate import __main__ as cli, encoders, runner
+from wegen_jax.curation import __main__ as cli, encoders, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (seed, spec, codec): two static clips, three with hard cuts, the rest plain; every codec appears.
@@ -399,7 +400,7 @@ def test_chunked_decoding_finds_the_same_shots(curated, corpus, tmp_path):
 
 
 def test_command_line_entry_points(tmp_path):
-  """`python -m wegen_jax.data.synthetic` then `python -m wegen_jax.data.curate` with 2 worker processes."""
+  """`python -m wegen_jax.data.synthetic` then `python -m wegen_jax.curation` with 2 worker processes."""
   import subprocess
   import sys
 
@@ -410,7 +411,7 @@ def test_command_line_entry_points(tmp_path):
   )
   assert gen.returncode == 0 and "wrote 3 clips" in gen.stdout, gen.stderr
   cur = run(
-    "wegen_jax.data.curate",
+    "wegen_jax.curation",
     "--videos",
     str(tmp_path / "v"),
     "--out",

@@ -181,7 +181,7 @@ def test_gke_jobset_template_renders_to_a_jobset():
     CHIPS_PER_VM="4",
     PVC="shared",
     WORKDIR="/mnt/shared/r",
-    ARGS="--config configs/lm.py",
+    ARGS="--config configs/lm_train.py",
   )
   assert "${" not in "".join(l for l in text.splitlines() if not l.lstrip().startswith("#"))
   doc = yaml.safe_load(text)

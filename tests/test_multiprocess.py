@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ARGS = [
   "--config",
-  "configs/lm.py",
+  "configs/lm_train.py",
   "--config.total_steps=3",
   "--config.log_every=1",
   "--config.ckpt_every=3",

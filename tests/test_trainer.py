@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs import lm as lm_config
+from configs import lm_train as lm_config
 from wegen_jax.training.trainer import NonFiniteLossError, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def test_stop_and_resume_is_exact(uninterrupted, tmp_path):
 def test_data_iterator_resumes_without_repeating_or_skipping():
   import grain
   from wegen_jax.data.loader import DeviceLoader, process_batches
-  from wegen_jax.training.lm_task import ProgressionSource
+  from wegen_jax.systems.lm.task import ProgressionSource
   import jax
 
   source = grain.MapDataset.source(ProgressionSource(20, 4, 32, 0)).shuffle(seed=1)
@@ -110,7 +110,7 @@ def test_sigkill_mid_run_resumes_exactly(uninterrupted, tmp_path):
     "-m",
     "wegen_jax.train",
     "--config",
-    "configs/lm.py",
+    "configs/lm_train.py",
     "--workdir",
     str(tmp_path),
     "--config.total_steps=12",

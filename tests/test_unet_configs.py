@@ -9,7 +9,8 @@ diffusers = pytest.importorskip("diffusers")
 from flax import nnx  # noqa: E402
 
 from wegen_jax.convert.diffusers import unet_config_from_diffusers, unet_config_to_diffusers, unet_rules  # noqa: E402
-from wegen_jax.convert.mapping import CONV, LINEAR, match_rules, param_paths  # noqa: E402
+from wegen_jax.convert.mapping import CONV, LINEAR, match_rules  # noqa: E402
+from wegen_jax.layers.paths import param_paths  # noqa: E402
 from wegen_jax.models.unet import UNet2DConditionModel  # noqa: E402
 
 SD15 = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)

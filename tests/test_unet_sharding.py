@@ -74,7 +74,7 @@ def test_sharded_output_and_grads_match_single_device(shape, setup):
 
 def test_every_parameter_has_logical_axes(setup):
   path = setup[0]
-  from wegen_jax.convert.mapping import param_paths
+  from wegen_jax.layers.paths import param_paths
 
   for name, var in param_paths(convert.load_diffusers_unet(path)).items():
     axes = var.get_metadata().get("logical_axes")

@@ -5,8 +5,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from wegen_jax.data.sequences import Turn, build_sequence, dynamics_turns
-from wegen_jax.data.tokenizer import load_tokenizer
+from wegen_jax.systems.wegen.sequences import Turn, build_sequence, dynamics_turns
+from wegen_jax.systems.wegen.tokenizer import load_tokenizer
 from wegen_jax.training.losses import IGNORE_INDEX
 
 Q = 4  # image tokens per image in these tests (WeGen: 64)
@@ -97,7 +97,7 @@ def fake_record(dynamics, labelled=True, k=2):
 
 
 def test_examples_pad_to_fixed_shapes_and_invalid_become_empty(tok):
-  from wegen_jax.data.wegen_pipeline import record_to_example
+  from wegen_jax.systems.wegen.pipeline import record_to_example
 
   d = data_config()
   ex = record_to_example(fake_record(["the square turns"]), tok, d)
@@ -115,7 +115,7 @@ def test_examples_pad_to_fixed_shapes_and_invalid_become_empty(tok):
 def curated_dir(tmp_path_factory):
   """Three generator clips curated and labelled with the synthetic ground truth."""
   from wegen_jax.data import synthetic as S
-  from wegen_jax.data.curate import __main__ as curate_cli
+  from wegen_jax.curation import __main__ as curate_cli
 
   root = tmp_path_factory.mktemp("wegen_data")
   (root / "videos").mkdir()
@@ -143,7 +143,7 @@ def curated_dir(tmp_path_factory):
 def test_pipeline_batches_from_curated_data(curated_dir, tok):
   import jax
   from wegen_jax.data.loader import DeviceLoader
-  from wegen_jax.data.wegen_pipeline import make_dataset
+  from wegen_jax.systems.wegen.pipeline import make_dataset
 
   config = ml_collections.ConfigDict(
     {"data": dict(data_config(max_len=512, num_image_tokens=64), dir=str(curated_dir))}

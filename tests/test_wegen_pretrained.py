@@ -10,7 +10,7 @@ from wegen_batches import random_model, tiny_config
 from wegen_jax.convert.checkpoint_io import CheckpointError, save_safetensors
 from wegen_jax.convert.diffusers import unet_config_to_diffusers, vae_config_to_diffusers
 from wegen_jax.convert.hf_llm import hf_config
-from wegen_jax.convert.mapping import param_paths
+from wegen_jax.layers.paths import param_paths
 from wegen_jax.convert.timm_eva import export_timm_eva
 from wegen_jax.systems.wegen import WeGenConfig
 from wegen_jax.systems.wegen.pretrained import load_pretrained

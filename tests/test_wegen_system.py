@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from wegen_batches import make_batch, random_model, tiny_config
-from wegen_jax.data.tokenizer import load_tokenizer
+from wegen_jax.systems.wegen.tokenizer import load_tokenizer
 from wegen_jax.generation import SamplingConfig
 from wegen_jax.systems.wegen import WeGenConfig
 from wegen_jax.systems.wegen.generate import ImageSampling, ImageTokens, generate, images_to_pixels

@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 
-from wegen_jax.data.tokenizer import load_tokenizer
+from wegen_jax.systems.wegen.tokenizer import load_tokenizer
 
 Q = 64
 

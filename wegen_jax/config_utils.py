@@ -1,10 +1,17 @@
-"""Helpers for `get_config(arg)` files: loading one by path, and parsing `key=value` args."""
+"""Helpers for `get_config(arg)` files: finding and loading one, and parsing `key=value` args.
+
+The repository's configs/ folder is installed as `wegen_jax.configs`, so a path such as
+`configs/wegen.py` works from any directory: a file of that name under the working directory
+wins, else the installed copy is used (`config_path`, `resolve_config_argv`).
+"""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import importlib.resources
 import os
+import sys
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -24,11 +31,58 @@ def parse_arg(arg: str | None, **defaults):
   return out
 
 
+def config_path(path: str) -> str:
+  """`path` if it is a file, else the installed copy of `configs/<rest>` (e.g. configs/wegen.py)."""
+  if os.path.isfile(path):
+    return path
+  head, _, rest = os.path.normpath(path).partition(os.sep)
+  if head == "configs" and rest:
+    packaged = importlib.resources.files("wegen_jax.configs").joinpath(rest)
+    if packaged.is_file():
+      return str(packaged)
+  raise FileNotFoundError(
+    f"config file not found: {path} (neither under {os.getcwd()} nor among the installed configs/: "
+    f"{', '.join(sorted(packaged_configs()))})"
+  )
+
+
+def packaged_configs() -> list[str]:
+  """Paths (as `configs/...`) of the installed config files."""
+  root = importlib.resources.files("wegen_jax.configs")
+  found, stack = [], [(root, "configs")]
+  while stack:
+    node, name = stack.pop()
+    for child in node.iterdir():
+      if child.is_dir() and child.name != "__pycache__":
+        stack.append((child, f"{name}/{child.name}"))
+      elif child.name.endswith(".py") and child.name != "__init__.py":
+        found.append(f"{name}/{child.name}")
+  return found
+
+
+def resolve_config_argv(argv: list[str] | None = None, flag: str = "config") -> list[str]:
+  """argv with `--config PATH[:arg]` pointed at an existing file (see config_path), for absl's
+  config_flags, which open the path as given. Missing files are left for the flag to report."""
+  argv = list(sys.argv if argv is None else argv)
+  for i, item in enumerate(argv):
+    if item == f"--{flag}" and i + 1 < len(argv):
+      j, prefix, value = i + 1, "", argv[i + 1]
+    elif item.startswith(f"--{flag}="):
+      j, prefix, value = i, f"--{flag}=", item[len(flag) + 3 :]
+    else:
+      continue
+    path, sep, arg = value.partition(":")
+    try:
+      argv[j] = prefix + config_path(path) + sep + arg
+    except FileNotFoundError:
+      pass
+  return argv
+
+
 def load_config(spec: str):
   """The config of `path/to/config.py` or `path/to/config.py:arg` (for CLIs without absl flags)."""
   path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"config file not found: {path}")
+  path = config_path(path)
   mod_spec = importlib.util.spec_from_file_location(f"_cfg_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(mod_spec)
   mod_spec.loader.exec_module(module)

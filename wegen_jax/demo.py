@@ -17,11 +17,8 @@ import json
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
-from PIL import Image
 
-from configs import wegen as wegen_configs
+from wegen_jax.config_utils import load_config
 
 
 def write_videos(out: Path, num: int, seed: int) -> None:
@@ -37,7 +34,7 @@ def write_videos(out: Path, num: int, seed: int) -> None:
 
 
 def curate(videos: Path, data: Path) -> None:
-  from wegen_jax.data.curate import __main__ as curate_cli
+  from wegen_jax.curation import __main__ as curate_cli
 
   code = curate_cli.main(
     ["--videos", str(videos), "--out", str(data), "--config", "configs/curate.py:synthetic", "--label", "--no-progress"]
@@ -47,7 +44,7 @@ def curate(videos: Path, data: Path) -> None:
 
 
 def stage_config(stage: int, workdir: Path, steps: int | None, init_from: Path | None):
-  c = wegen_configs.get_config(f"size=tiny,stage={stage}")
+  c = load_config(f"configs/wegen.py:size=tiny,stage={stage}")
   c.data.dir = str(workdir / "data")
   c.compilation_cache_dir = str(workdir / "jax_cache")  # stages 1 and 2 reuse the initialiser
   if steps:
@@ -55,49 +52,6 @@ def stage_config(stage: int, workdir: Path, steps: int | None, init_from: Path |
   if init_from is not None:
     c.init_from = str(init_from)  # the components come from configs/wegen.py
   return c
-
-
-def validation_samples(config, model, num: int, seed: int):
-  """(grid rows, metric inputs) for `num` validation pairs, sampled with the config's guidance."""
-  from wegen_jax.data.image_preprocess import preprocess_image
-  from wegen_jax.data.sequences import Turn, build_sequence
-  from wegen_jax.data.source import dynamics_dataset
-  from wegen_jax.data.tokenizer import load_tokenizer
-  from wegen_jax.generation import SamplingConfig
-  from wegen_jax.systems.wegen.generate import ImageSampling, ImageTokens, generate
-
-  tok = load_tokenizer(config.data.tokenizer)
-  records = dynamics_dataset(config.data.dir, "validation", num_frames=2)
-  picked = [r for r in (records[i] for i in range(len(records))) if r is not None and r["labelled"]][:num]
-  samples = []
-  for i, record in enumerate(picked):
-    prompt = build_sequence(tok, [Turn(user_text=record["dynamics"][0], user_images=1)], config.model.num_image_tokens)
-    ids = prompt.input_ids[:-1][None]  # drop the turn's </s>: the model answers
-    pixels = preprocess_image(record["frames"][0], config.data.image_size)[None, None]
-    out = generate(
-      model,
-      ids,
-      tokens=ImageTokens.from_tokenizer(tok, config.model.num_image_tokens),
-      pixel_values=pixels,
-      rng=jax.random.key(seed + i),
-      sampling=SamplingConfig(max_new_tokens=config.model.num_image_tokens + 4, stop_tokens=(tok.eos_id,)),
-      image_sampling=ImageSampling(num_steps=config.sample.num_steps, guidance_scale=config.sample.guidance_scale),
-    )
-    source, target = record["frames"][0], record["frames"][1]
-    generated = out.images[0][0] if len(out.images[0]) else None
-    if generated is not None and generated.shape != target.shape:
-      generated = np.asarray(Image.fromarray(generated).resize(target.shape[1::-1], Image.BICUBIC))
-    samples.append(dict(record=record, source=source, target=target, generated=generated, text=record["dynamics"][0]))
-  return samples
-
-
-def write_grids(samples, out: Path) -> None:
-  out.mkdir(parents=True, exist_ok=True)
-  for i, s in enumerate(samples):
-    gen = s["generated"] if s["generated"] is not None else np.zeros_like(s["target"])
-    grid = np.concatenate([s["source"], s["target"], gen], axis=1)
-    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(out / f"{i:02d}.png")
-  (out / "instructions.txt").write_text("\n".join(f"{i:02d}: {s['text']}" for i, s in enumerate(samples)) + "\n")
 
 
 def main(argv=None):
@@ -131,22 +85,23 @@ def main(argv=None):
   train(stage2, workdir / "stage2")
   times["stage 2"] = time.perf_counter() - start - sum(times.values())
 
-  from wegen_jax.systems.wegen.sample import load_run
+  from wegen_jax.sample import write_grids
+  from wegen_jax.systems.base import get_system
 
-  model = load_run(stage2, workdir / "stage2")
-  samples = validation_samples(stage2, model, args.samples, args.seed)
+  system = get_system(stage2).from_run(stage2, workdir / "stage2")
+  samples = system.validation_samples(args.samples, args.seed)
   write_grids(samples, workdir / "samples")
   with_image = [
     dict(
-      generated=s["generated"],
-      source=s["source"],
-      target=s["target"],
-      boxes=s["record"]["boxes"],
-      box_frame=s["record"]["box_frame"],
-      box_label=s["record"]["box_label"],
+      generated=s.generated,
+      source=s.inputs[0],
+      target=s.target,
+      boxes=s.record["boxes"],
+      box_frame=s.record["box_frame"],
+      box_label=s.record["box_label"],
     )
     for s in samples
-    if s["generated"] is not None
+    if s.generated is not None
   ]
   metrics = evaluate(with_image) if with_image else {}
   metrics["images_generated"] = f"{len(with_image)}/{len(samples)}"

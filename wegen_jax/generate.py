@@ -1,4 +1,4 @@
-"""Decode with an LLM from a config: `python -m wegen_jax.generate --config configs/llm.py:model=tiny_llama --workdir DIR`.
+"""Decode with an LLM from a config: `python -m wegen_jax.generate --config configs/lm_generate.py:model=tiny_llama --workdir DIR`.
 
 Without `config.checkpoint` the model is randomly initialised, written as an HF directory
 (WORKDIR/hf_model) and read back through the converter, so the demo exercises the same
@@ -17,12 +17,14 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
+from wegen_jax.config_utils import resolve_config_argv
+
 from wegen_jax import convert
 from wegen_jax.generation import SamplingConfig, generate
 from wegen_jax.models import LLM, LLMConfig
 from wegen_jax.parallel import make_mesh, shard_module
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/llm.py[:arg]", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/lm_generate.py[:arg]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/wegen_llm", "where outputs are written")
 
 
@@ -104,4 +106,4 @@ def main(_):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, argv=resolve_config_argv())

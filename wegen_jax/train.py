@@ -1,4 +1,4 @@
-"""`python -m wegen_jax.train --config configs/lm.py --workdir DIR`: train from a config.
+"""`python -m wegen_jax.train --config configs/lm_train.py --workdir DIR`: train from a config.
 
 Rerunning the same command resumes from the newest checkpoint in DIR/checkpoints.
 """
@@ -9,6 +9,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from wegen_jax.config_utils import resolve_config_argv
 
 from wegen_jax.parallel import distributed
 from wegen_jax.training.trainer import NonFiniteLossError, train
@@ -39,4 +41,4 @@ def main(_):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, argv=resolve_config_argv())

@@ -236,7 +236,7 @@ def load_hf_llm(path: str | os.PathLike, *, mesh=None, sharding_rules=None, **co
   model = nnx.eval_shape(lambda: LLM(cfg, rngs=nnx.Rngs(0)))
   shardings = None
   if mesh is not None:
-    from wegen_jax.convert.mapping import param_paths
+    from wegen_jax.layers.paths import param_paths
     from wegen_jax.parallel.sharding import logical_to_spec
 
     shardings = {

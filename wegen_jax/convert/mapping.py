@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from wegen_jax.convert.checkpoint_io import CheckpointError
+from wegen_jax.layers.paths import param_paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +49,6 @@ def _template_regex(template: str) -> re.Pattern:
     else:
       out.append(re.escape(p))
   return re.compile("^" + "".join(out) + "$")
-
-
-def param_paths(model: nnx.Module) -> dict[str, nnx.Variable]:
-  """'layers.0.attn.q.kernel' -> Variable for every parameter."""
-  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-  return {".".join(str(p) for p in path): var for path, var in flat}
 
 
 def match_rules(paths: Iterable[str], rules: Sequence[Rule]) -> dict[str, tuple[str, Transform]]:

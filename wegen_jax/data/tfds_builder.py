@@ -31,7 +31,7 @@ class WegenDynamics(tfds.core.GeneratorBasedBuilder):
   """Curated frame pairs/triples with dynamics texts. Build it with `build_dataset`."""
 
   VERSION = tfds.core.Version(schema.VERSION)
-  RELEASE_NOTES = {schema.VERSION: "Pairs and triples from DIIC curation (wegen_jax.data.curate)."}
+  RELEASE_NOTES = {schema.VERSION: "Pairs and triples from DIIC curation (wegen_jax.curation)."}
   # TFDS would locate this file through importlib_resources (not installed without TensorFlow's extras);
   # giving the path directly skips that lookup.
   code_path = epath.Path(__file__)

@@ -15,6 +15,8 @@ decoding with left-padded prompts.
 
 from __future__ import annotations
 
+import importlib
+
 from typing import Callable
 
 import jax
@@ -32,7 +34,16 @@ def register_attention(name: str, fn: AttentionFn) -> None:
   _REGISTRY[name] = fn
 
 
+# Packages that register more implementations when imported: the Pallas kernels ("flash",
+# "auto"). Looked up by name on first use, so layers never import the kernels that build on them.
+PLUGINS = ("wegen_jax.kernels",)
+
+
 def get_attention(name: str) -> AttentionFn:
+  for plugin in PLUGINS:
+    if name in _REGISTRY:
+      break
+    importlib.import_module(plugin)
   if name not in _REGISTRY:
     raise ValueError(f"unknown attention implementation {name!r}; known: {sorted(_REGISTRY)}")
   return _REGISTRY[name]
@@ -158,6 +169,3 @@ class Attention(nnx.Module):
     )
     out = self.o(out.reshape(b, t, self.num_heads * self.head_dim))
     return out if cache is None else (out, cache)
-
-
-import wegen_jax.kernels  # noqa: E402,F401  registers "flash"/"auto" (Pallas loads on first call)

@@ -22,15 +22,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wegen_jax.layers import Attention, Dense, Embed, GatedMLP, LayerNorm, MLP, RMSNorm, RopeConfig, cos_sin
+from wegen_jax.layers.remat import remat_call, remat_policy
 from wegen_jax.layers.scan import scan_blocks
 from wegen_jax.parallel.sharding import constrain
-
-REMAT_POLICIES = {
-  "none": None,
-  "full": jax.checkpoint_policies.nothing_saveable,
-  "dots": jax.checkpoint_policies.checkpoint_dots,
-  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +57,7 @@ class LLMConfig:
   tie_word_embeddings: bool = False
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
-  remat: str = "none"  # see REMAT_POLICIES
+  remat: str = "none"  # a policy of layers/remat.py
   attention_impl: str = "xla"
   scan_layers: bool = False  # one scanned layer body (layers/scan.py): fast compiles at 7B
 
@@ -78,8 +72,7 @@ class LLMConfig:
       object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
     if self.num_heads % self.kv_heads:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.kv_heads}")
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"remat={self.remat!r}; choose from {sorted(REMAT_POLICIES)}")
+    remat_policy(self.remat)  # validates the name
 
   @property
   def kv_heads(self) -> int:
@@ -236,7 +229,7 @@ class LLM(nnx.Module):
       kv_segment_ids = jax.lax.dynamic_update_slice(cache["segment_ids"], seg, (0, cache_index))
       segment_ids = seg
     new_layers = []
-    policy = REMAT_POLICIES[cfg.remat]
+    policy = remat_policy(cfg.remat)
     if cache is None and cfg.scan_layers:  # decoding keeps the loop: its cache is per layer
       x = scan_blocks(
         self.layers,
@@ -249,8 +242,7 @@ class LLM(nnx.Module):
       for i, layer in enumerate(self.layers):
         layer_cache = None if cache is None else cache["layers"][i]
         if cache is None and cfg.remat != "none":
-          call = nnx.remat(lambda l, *a: l(*a), policy=policy)
-          x, _ = call(layer, x, rope, cache_index, segment_ids, kv_segment_ids)
+          x, _ = remat_call(layer, x, rope, cache_index, segment_ids, kv_segment_ids, remat=cfg.remat)
         else:
           x, layer_cache = layer(x, rope, cache_index, segment_ids, kv_segment_ids, layer_cache)
         new_layers.append(layer_cache)

@@ -27,6 +27,7 @@ from wegen_jax.layers import (
   timestep_features,
 )
 from wegen_jax.layers.conv import NHWC_AXES
+from wegen_jax.layers.remat import remat_call
 from wegen_jax.layers.scan import scan_blocks
 from wegen_jax.parallel.sharding import constrain
 
@@ -291,14 +292,8 @@ class Upsample2D(nnx.Module):
 
 
 def _call(cfg: UNetConfig, module, *args):
-  """module(*args), rematerialised in the backward pass when cfg.remat (saves activation memory).
-  Functional (split -> jax.checkpoint -> merge) rather than nnx.remat: nnx.remat writes the
-  variables back and fails when the UNet is frozen under an outer grad (WeGen stage 2/3);
-  the blocks mutate no state, so nothing needs writing back."""
-  if not cfg.remat:
-    return module(*args)
-  graphdef, state = nnx.split(module)
-  return jax.checkpoint(lambda st, *a: nnx.merge(graphdef, st)(*a))(state, *args)
+  """module(*args), rematerialised in the backward pass when cfg.remat (saves activation memory)."""
+  return remat_call(module, *args, remat="full" if cfg.remat else "none")
 
 
 class DownBlock(nnx.Module):

@@ -13,6 +13,7 @@ from flax import nnx
 
 from wegen_jax.layers import MLP, Attention, LayerNorm, param
 from wegen_jax.layers.linear import default_kernel_init
+from wegen_jax.layers.remat import remat_call, remat_policy
 from wegen_jax.layers.scan import scan_blocks
 from wegen_jax.parallel.sharding import constrain
 
@@ -120,21 +121,13 @@ class ViTBlock(nnx.Module):
 
 
 def run_blocks(blocks, x, *, remat: str = "none", scan: bool = False, **kwargs):
-  """Applies `blocks` in order, rematerialising each under the named policy (models.llm);
+  """Applies `blocks` in order, rematerialising each under the named policy (layers/remat.py);
   scan: as one scanned body (layers/scan.py)."""
-  from wegen_jax.models.llm import REMAT_POLICIES
-
-  if remat not in REMAT_POLICIES:
-    raise ValueError(f"remat={remat!r}; choose from {sorted(REMAT_POLICIES)}")
+  policy = remat_policy(remat)
   if scan:
-    return scan_blocks(
-      blocks, x, lambda b, h: b(h, **kwargs), remat=remat != "none", remat_policy=REMAT_POLICIES[remat]
-    )
+    return scan_blocks(blocks, x, lambda b, h: b(h, **kwargs), remat=remat != "none", remat_policy=policy)
   for block in blocks:
-    if remat == "none":
-      x = block(x, **kwargs)
-    else:
-      x = nnx.remat(lambda b, h: b(h, **kwargs), policy=REMAT_POLICIES[remat])(block, x)
+    x = remat_call(block, x, remat=remat, **kwargs)
   return x
 
 

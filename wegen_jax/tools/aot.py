@@ -25,6 +25,8 @@ from wegen_jax.parallel.sharding import terse_tracer_errors  # noqa: E402
 from wegen_jax.training.flops import jaxpr_flops  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from wegen_jax.config_utils import resolve_config_argv  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:arg]", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p-64, v6e-64 (or libtpu's v5p:2x4x4)")
 _MFU = flags.DEFINE_float("mfu", 0.4, "model-FLOPs utilisation assumed for the step-time estimate")
@@ -94,15 +96,11 @@ def describe(config, task, mesh, args) -> dict:
   """Static facts of the run: sizes, batch, mesh, remat, and the 6*N*tokens analytic FLOPs."""
   params, frozen, _, batch, _, _ = args
   tokens = task.batch_counts(batch).get("tokens", 0.0)
-  # 6*N*tokens counts the token-wise matmuls of the trainable LLM: the whole model for the LM,
-  # the LLM part of WeGen stage 2/3; WeGen stage 1 trains a conv UNet, where it does not apply.
-  llm_prefix = "llm" if config.task == "wegen" else None
-  n_token = count_params(params, llm_prefix)
+  # 6*N*tokens counts the token-wise matmuls of the trainable parameters under the task's
+  # token_params_prefix (the whole LM; WeGen's LLM part); None where it does not apply.
+  prefix = task.token_params_prefix()
+  n_token = count_params(params, prefix or None) if prefix is not None else 0
   model = config.model
-  if config.task == "wegen":
-    remat = dict(llm=model.llm.get("remat"), unet=model.get("unet_remat"))
-  else:
-    remat = dict(model=model.get("remat"))
   return dict(
     trainable_params=count_params(params),
     frozen_params=count_params(frozen),
@@ -110,7 +108,7 @@ def describe(config, task, mesh, args) -> dict:
     grad_accum=int(config.get("grad_accum", 1)),
     tokens_per_step=tokens,
     mesh=dict(mesh.shape),
-    remat=remat,
+    remat=task.remat_summary(),
     dtype=model.get("dtype"),
     analytic_flops=6.0 * n_token * tokens if n_token and tokens else None,
   )
@@ -192,7 +190,7 @@ def run(config, topology: str, mfu: float, hbm_gib: float | None = None) -> dict
   report["flops_per_chip"] = jaxpr_flops(traced.jaxpr) / sl.chips
   # MFU counts model FLOPs: 6*N*tokens where it covers the whole model (the LM), else the
   # program's matmul/conv count (which also holds remat recomputation: a pessimistic estimate).
-  whole = config.task == "lm" and report["analytic_flops"]
+  whole = task.analytic_flops_cover_model and report["analytic_flops"]
   report["step_flops_basis"] = "6*N*tokens" if whole else "program"
   model_flops = report["analytic_flops"] if whole else report["flops_per_chip"] * sl.chips
   report["step_s"] = model_flops / (sl.chips * sl.peak_flops * mfu) if model_flops else None
@@ -347,4 +345,4 @@ def main(_):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, argv=resolve_config_argv())

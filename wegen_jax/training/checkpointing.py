@@ -19,6 +19,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from wegen_jax.layers.paths import param_paths, path_string
+
 log = logging.getLogger(__name__)
 
 
@@ -89,19 +91,49 @@ def abstract_like(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   return jax.tree.map(spec, tree)
 
 
-def latest_parameters(directory: str | os.PathLike) -> tuple[int, dict[str, Any]]:
-  """(step, {'layers.0.attn.q.kernel': array, ...}) of the newest step of a training run,
-  trainable and frozen parameters alike; used to start one stage from another."""
+def latest_parameters(directory: str | os.PathLike, step: int | None = None) -> tuple[int, dict[str, Any]]:
+  """(step, {'layers.0.attn.q.kernel': array, ...}) of the newest (or the given) step of a training
+  run, trainable and frozen parameters alike, as host arrays (no training mesh needed)."""
   directory = Path(directory).absolute()
   manager = ocp.CheckpointManager(directory, item_names=("state", "data", "config"))
-  step = manager.latest_step()
+  steps = sorted(manager.all_steps())
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {directory}: run the previous stage first")
+    step = steps[-1] if steps else None
+  if step is None:
+    manager.close()
+    raise FileNotFoundError(f"no checkpoint in {directory}: train the run first (or run the previous stage)")
+  if step not in steps:
+    manager.close()
+    raise FileNotFoundError(f"{directory} has no step {step}; it has {steps}")
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   manager.close()
   flat = {}
   for part in ("params", "frozen"):
     for path, value in jax.tree_util.tree_flatten_with_path(state.get(part, {}))[0]:
-      keys = [str(getattr(k, "key", k)) for k in path]
-      flat[".".join(keys[:-1] if keys and keys[-1] == "value" else keys)] = value
+      flat[path_string(path)] = value
   return step, flat
+
+
+def load_run_parameters(
+  model, run_dir: str | os.PathLike, *, step: int | None = None, prefixes: tuple[str, ...] | None = None
+) -> int:
+  """Sets the parameters of `model` (concrete or from nnx.eval_shape; those under `prefixes`, or
+  all) from a training run's checkpoint; returns the step. Concrete parameters keep their
+  sharding. One loader for stage-to-stage initialisation and for inference on a run."""
+  step, saved = latest_parameters(Path(run_dir) / "checkpoints", step)
+  copied = 0
+  for path, var in param_paths(model).items():
+    if prefixes is not None and path.split(".")[0] not in prefixes:
+      continue
+    if path not in saved:
+      raise KeyError(f"{run_dir} (step {step}) has no parameter {path!r}: was it trained with this config?")
+    current = var.get_value()
+    if tuple(saved[path].shape) != tuple(current.shape):
+      raise ValueError(f"{path}: shape {tuple(saved[path].shape)} in {run_dir} vs {tuple(current.shape)} here")
+    sharding = getattr(current, "sharding", None)
+    value = jax.numpy.asarray(saved[path], current.dtype)
+    var.set_value(jax.device_put(value, sharding) if isinstance(sharding, jax.sharding.Sharding) else value)
+    copied += 1
+  if not copied:
+    raise ValueError(f"no parameter of the model matched {prefixes} in {run_dir}")
+  return step

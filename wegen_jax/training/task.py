@@ -9,16 +9,14 @@ MGCC and the plain LM share one loop.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any, Mapping
 
 import grain
 import jax
 from flax import nnx
 
-TASKS = {
-  "lm": "wegen_jax.training.lm_task:LMTask",
-  "wegen": "wegen_jax.systems.wegen.task:WeGenTask",
-}
+SYSTEMS_PACKAGE = "wegen_jax.systems"
 
 
 class Task:
@@ -62,10 +60,42 @@ class Task:
     """Logical axes of a batch field (default: batch-sharded first dim)."""
     return ("batch",)
 
+  def trainable_rows(self, path: str) -> Any:
+    """For a trainable parameter that trains only in part: a boolean array broadcastable to
+    it, True where it trains (e.g. GILL's new `[IMG]` embedding rows); None = all of it."""
+    return None
+
+  def after_update(self, params: Any, step: jax.Array) -> Any:
+    """Runs inside the jitted step on the updated trainable parameters (nnx State), e.g. to
+    renormalise embedding rows; returns the parameters to keep (default: unchanged)."""
+    return params
+
+  # For tools.aot's analytic FLOPs (6 * N * tokens): the parameter-path prefix whose count is N
+  # ("" = all trainable parameters, None = the estimate does not apply), and whether that
+  # covers the whole model's work (else the compiled program's FLOPs are the basis).
+  def token_params_prefix(self) -> str | None:
+    return ""
+
+  analytic_flops_cover_model = True
+
+  def remat_summary(self) -> dict:
+    """The rematerialisation settings of the model, for reports."""
+    return {"model": self.config.model.get("remat")}
+
+
+def known_systems() -> list[str]:
+  package = importlib.import_module(SYSTEMS_PACKAGE)
+  return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.ispkg)
+
+
+def system_module(name: str):
+  """`wegen_jax.systems.<name>` (config.task names it, as big_vision resolves models.<name>):
+  a new system is a new package there, with no registry to edit."""
+  if name not in known_systems():
+    raise ValueError(f"unknown task {name!r}: there is no package {SYSTEMS_PACKAGE}.{name}; known: {known_systems()}")
+  return importlib.import_module(f"{SYSTEMS_PACKAGE}.{name}")
+
 
 def get_task(config) -> Task:
-  name = config.task
-  if name not in TASKS:
-    raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
-  module, cls = TASKS[name].split(":")
-  return getattr(importlib.import_module(module), cls)(config)
+  """The training task of `config.task` (the system package's `Task` class)."""
+  return system_module(config.task).Task(config)

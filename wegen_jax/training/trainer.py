@@ -24,7 +24,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from wegen_jax.data.loader import DeviceLoader
 from wegen_jax.parallel import activation_sharding, create_sharded, logical_to_spec, make_mesh
-from wegen_jax.training.checkpointing import Checkpointer, abstract_like, latest_parameters
+from wegen_jax.layers.paths import path_string
+from wegen_jax.training.checkpointing import Checkpointer, abstract_like, load_run_parameters
 from wegen_jax.training.compile_cache import use_compilation_cache
 from wegen_jax.training.flops import jaxpr_flops
 from wegen_jax.training.metrics import MetricsWriter, device_peak_flops
@@ -43,10 +44,6 @@ class TrainResult:
   workdir: Path
 
 
-def _keystr(path) -> str:
-  return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def _micro_batches(batch, accum: int):
   """[B, ...] -> [accum, B/accum, ...] with micro-batch k = rows k, k+accum, ... so every
   micro-batch stays spread over all data shards."""
@@ -62,21 +59,8 @@ def _micro_batches(batch, accum: int):
 def init_components(model, run_dir: str | Path, prefixes: tuple[str, ...]) -> None:
   """Copies the parameters under `prefixes` (e.g. 'unet') from another run's newest checkpoint,
   as stage 2 starts from stage 1's detokenizer. The trainer skips this when resuming."""
-  step, saved = latest_parameters(Path(run_dir) / "checkpoints")
-  from wegen_jax.convert.mapping import param_paths
-
-  copied = 0
-  for path, var in param_paths(model).items():
-    if path.split(".")[0] in prefixes:
-      if path not in saved:
-        raise KeyError(f"{run_dir} (step {step}) has no parameter {path!r} to initialise from")
-      if saved[path].shape != var.get_value().shape:
-        raise ValueError(f"{path}: shape {saved[path].shape} in {run_dir} vs {var.get_value().shape} here")
-      var.set_value(jax.device_put(saved[path], var.get_value().sharding))
-      copied += 1
-  if not copied:
-    raise ValueError(f"init_components {prefixes} matched no parameter")
-  print(f"initialised {copied} parameters of {', '.join(prefixes)} from {run_dir} step {step}", flush=True)
+  step = load_run_parameters(model, run_dir, prefixes=prefixes)
+  print(f"initialised {', '.join(prefixes)} from {run_dir} step {step}", flush=True)
 
 
 def build_train_step(task, graphdef, tx, accum: int, schedule):
@@ -144,7 +128,7 @@ class TrainStep:
 def make_train_step(task, config, mesh, graphdef, params) -> TrainStep:
   """params: the trainable nnx State, concrete or abstract (ShapeDtypeStructs with shardings)."""
   rules = config.get("sharding_rules")
-  labels = jax.tree_util.tree_map_with_path(lambda p, _: task.param_group(_keystr(p)), params)
+  labels = jax.tree_util.tree_map_with_path(lambda p, _: task.param_group(path_string(p)), params)
   tx = make_optimizer(config.optimizer, labels)
   schedule = make_schedule(config.optimizer)
   param_shardings = jax.tree.map(lambda x: x.sharding, params)

@@ -42,7 +42,7 @@ class WeGenTask(Task):
     return wegen_loss(model, batch, rng, self.stage)
 
   def dataset(self, split, *, seed, global_batch):
-    from wegen_jax.data.wegen_pipeline import make_dataset  # the lead's Grain pipeline; imported lazily
+    from wegen_jax.systems.wegen.pipeline import make_dataset  # the lead's Grain pipeline; imported lazily
 
     return make_dataset(self.config, split, seed=seed, global_batch=global_batch)
 
@@ -51,8 +51,16 @@ class WeGenTask(Task):
     # when a process does not hold the whole global batch.
     return {"tokens": float(np.prod(batch["input_ids"].shape)), "images": float(np.prod(batch["image_valid"].shape))}
 
+  def token_params_prefix(self):
+    return "llm"  # 6*N*tokens covers the LLM's matmuls; stage 1 trains none of them
+
+  analytic_flops_cover_model = False
+
+  def remat_summary(self):
+    return dict(llm=self.config.model.llm.get("remat"), unet=self.config.model.get("unet_remat"))
+
   def batch_spec(self, global_batch):
-    from wegen_jax.data.wegen_pipeline import empty_example  # the pipeline's own fixed shapes
+    from wegen_jax.systems.wegen.pipeline import empty_example  # the pipeline's own fixed shapes
 
     return {
       k: jax.ShapeDtypeStruct((global_batch,) + v.shape, v.dtype)

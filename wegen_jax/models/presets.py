@@ -1,19 +1,7 @@
-"""LLM backbones: real dimensions for pods, tiny variants for CPU.
+"""Model dimension tables of the LLM family: the real models' sizes for pods, tiny variants for CPU.
 
-  python -m wegen_jax.generate --config configs/llm.py:model=tiny_llama --workdir /tmp/llm
-
-Random-initialises the model (or loads `--config.checkpoint=HF_DIR`), round-trips it through
-the HF export/import, and decodes `prompt_ids` (or `prompt`, with the checkpoint's
-tokenizer.json); prints tokens and tokens/s and writes WORKDIR/generations.jsonl.
-
-arg: model=<preset> (see PRESETS), e.g. configs/llm.py:model=llama3_8b. Any field can be
-overridden, e.g. --config.model.dtype=bfloat16 --config.mesh.tensor=4.
+Configs build `config.model` as dict(LLM_DEFAULTS, **LLM_PRESETS[name]); the keys are LLMConfig fields.
 """
-
-import ml_collections
-
-from wegen_jax.config_utils import parse_arg
-from wegen_jax.parallel.sharding import DEFAULT_RULES
 
 _LLAMA2_7B = dict(
   family="llama",
@@ -26,7 +14,7 @@ _LLAMA2_7B = dict(
   norm_eps=1e-5,
   max_position_embeddings=4096,
 )
-PRESETS = {
+LLM_PRESETS = {
   "llama2_7b": _LLAMA2_7B,
   # WeGen's LLM: Llama-2-7B-chat with the SEED-X vocabulary (32000 + image/location tokens).
   "wegen_llama2_7b": dict(_LLAMA2_7B, vocab_size=32330),
@@ -126,21 +114,4 @@ PRESETS = {
 }
 
 # Defaults every preset gets, so overrides like --config.model.dtype=bfloat16 always work.
-MODEL_DEFAULTS = dict(dtype="float32", param_dtype="float32", remat="none", attention_impl="xla", scan_layers=False)
-
-
-def get_config(arg=None):
-  args = parse_arg(arg, model="tiny_llama")
-  if args["model"] not in PRESETS:
-    raise ValueError(f"unknown model {args['model']!r}; presets: {sorted(PRESETS)}")
-  c = ml_collections.ConfigDict()
-  c.model_name = args["model"]
-  c.model = dict(MODEL_DEFAULTS, **PRESETS[args["model"]])
-  c.checkpoint = ""  # HF directory; empty = random init
-  c.seed = 0
-  c.mesh = dict(data=1, fsdp=-1, tensor=1)
-  c.sharding_rules = [list(r) for r in DEFAULT_RULES]
-  c.prompt = ""  # text; needs tokenizer.json next to the checkpoint
-  c.prompt_ids = [[1, 17, 42, 99, 7], [1, 5, 64]]
-  c.sampling = dict(max_new_tokens=32, temperature=0.0, top_k=0, top_p=1.0, stop_tokens=(), pad_token=0)
-  return c
+LLM_DEFAULTS = dict(dtype="float32", param_dtype="float32", remat="none", attention_impl="xla", scan_layers=False)

@@ -89,14 +89,14 @@ _STATE: dict[str, Any] = {}
 
 
 def _init_worker(cfg) -> None:
-  from wegen_jax.data.curate import encoders
+  from wegen_jax.curation import encoders
 
   _STATE["cfg"], _STATE["encoder"] = cfg, encoders.build_encoder(cfg.encoder)
 
 
 def _work(path: str, video_id: str, out_path: str, chash: str) -> dict[str, Any]:
   """Processes one video in a worker and writes its result; returns a small summary."""
-  from wegen_jax.data.curate import pipeline
+  from wegen_jax.curation import pipeline
 
   try:
     res = pipeline.process_video(path, video_id, _STATE["cfg"], _STATE["encoder"])
@@ -162,7 +162,7 @@ def _run_pool(todo, cfg, counts, bar) -> None:
     except cf.process.BrokenProcessPool:
       ex.shutdown()
       ex = None
-      from wegen_jax.data.curate import pipeline
+      from wegen_jax.curation import pipeline
 
       res = pipeline.failed(job[1], job[0], "worker process crashed while processing this file")
       write_atomic(job[2], dict(res, config_hash=job[3]))
@@ -177,7 +177,7 @@ def _run_pool(todo, cfg, counts, bar) -> None:
 
 def run_labelling(data_dir: str, cfg, host_index: int = 0, host_count: int = 1, progress: bool = True) -> dict:
   """Fills caption/dynamics of every unlabelled record of this host's results, one video file at a time."""
-  from wegen_jax.data import labellers
+  from wegen_jax.curation import labellers
 
   labeller = labellers.build_labeller(cfg.labeller)
   d = os.path.join(data_dir, WORK, "results")

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from wegen_jax.data.tokenizer import WeGenTokenizer
+from wegen_jax.systems.wegen.tokenizer import WeGenTokenizer
 from wegen_jax.training.losses import IGNORE_INDEX
 
 

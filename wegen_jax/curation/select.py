@@ -15,7 +15,7 @@ import collections
 
 import numpy as np
 
-from wegen_jax.data.curate import filters
+from wegen_jax.curation import filters
 
 STAGES = ("candidates", "quality", "motion", "identity", "duplicate", "cap")
 

@@ -1,4 +1,4 @@
-"""Default curation config (what `python -m wegen_jax.data.curate` uses without --config).
+"""Default curation config (what `python -m wegen_jax.curation` uses without --config).
 
 configs/curate.py starts from this and adds presets; every field is explained here once.
 """

@@ -20,8 +20,8 @@ import numpy as np
 
 from wegen_jax.data.image_preprocess import preprocess_image, sd_preprocess
 from wegen_jax.data.loader import process_batches
-from wegen_jax.data.sequences import TokenSequence, build_sequence, dynamics_turns
-from wegen_jax.data.tokenizer import WeGenTokenizer, load_tokenizer
+from wegen_jax.systems.wegen.sequences import TokenSequence, build_sequence, dynamics_turns
+from wegen_jax.systems.wegen.tokenizer import WeGenTokenizer, load_tokenizer
 from wegen_jax.training.losses import IGNORE_INDEX
 
 

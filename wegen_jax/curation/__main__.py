@@ -1,4 +1,4 @@
-"""CLI: python -m wegen_jax.data.curate --videos DIR --out DATA_DIR [--config configs/curate.py[:arg]] [--label]
+"""CLI: python -m wegen_jax.curation --videos DIR --out DATA_DIR [--config configs/curate.py[:arg]] [--label]
 
 Pass 1 (always): select pairs/triples from every video not yet done and write unlabelled records.
 Pass 2 (--label): fill in caption/dynamics with config.labeller (or --labeller NAME).
@@ -15,7 +15,7 @@ import sys
 
 
 def parse(argv):
-  p = argparse.ArgumentParser(prog="python -m wegen_jax.data.curate", description=__doc__.splitlines()[0])
+  p = argparse.ArgumentParser(prog="python -m wegen_jax.curation", description=__doc__.splitlines()[0])
   p.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
   p.add_argument("--out", required=True, help="DATA_DIR for the TFDS dataset, results and stats")
   p.add_argument("--config", default=None, help="config file, e.g. configs/curate.py or configs/curate.py:test")
@@ -33,12 +33,12 @@ def parse(argv):
 def main(argv=None) -> int:
   args = parse(argv)
   from wegen_jax.config_utils import load_config
-  from wegen_jax.data.curate import runner
+  from wegen_jax.curation import runner
 
   if args.config:
     cfg = load_config(args.config)
   else:
-    from wegen_jax.data.curate.defaults import get_config
+    from wegen_jax.curation.defaults import get_config
 
     cfg = get_config()
   with cfg.unlocked():

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from wegen_jax.data import schema, video_io
-from wegen_jax.data.curate import filters, select, shots
+from wegen_jax.curation import filters, select, shots
 
 TIMED_STAGES = ("decode", "shots", "features", "select", "encode_png")
 

@@ -1,16 +1,16 @@
 """Next-token training of an LLM backbone (the trainer's simplest task).
 
-  python -m wegen_jax.train --config configs/lm.py:model=tiny_llama --workdir /tmp/lm
+  python -m wegen_jax.train --config configs/lm_train.py:model=tiny_llama --workdir /tmp/lm
 
 On the synthetic progression corpus the tiny model's loss falls from ~5.5 to < 1 within
 200 steps on a laptop CPU. Rerunning the command resumes from the last checkpoint.
-arg: model=<preset from configs/llm.py>.
+arg: model=<preset from wegen_jax/models/presets.py>.
 """
 
 import ml_collections
 
-from configs import llm as llm_configs  # noqa: F401  (run from the repository root)
 from wegen_jax.config_utils import parse_arg
+from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS
 from wegen_jax.parallel.sharding import DEFAULT_RULES
 
 
@@ -27,7 +27,7 @@ def get_config(arg=None):
   c.compilation_cache_dir = ""  # e.g. ~/.cache/wegen_jax/xla: restarts and later stages skip compiling
   c.batch_size = 8
   c.grad_accum = 1
-  c.model = dict(llm_configs.MODEL_DEFAULTS, **llm_configs.PRESETS[args["model"]])
+  c.model = dict(LLM_DEFAULTS, **LLM_PRESETS[args["model"]])
   # Real sizes train with one scanned layer body: Llama-2-7B on v5p-64 compiles in 92 s and
   # needs 31 GiB per chip, against 300 s and 98 GiB unrolled (docs/SCALING.md).
   c.model.scan_layers = not args["model"].startswith("tiny")

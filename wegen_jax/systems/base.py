@@ -1,0 +1,127 @@
+"""What every entry point that runs a trained model needs from a system: the `System` interface.
+
+The trainer sees a system through its `Task` (training/task.py); demo, sample, eval and chat see
+it through its `System`: load a training run or released weights, generate, and the predict
+functions evaluators call. `wegen_jax.systems.<name>` exposes both (`Task`, `System`), and
+`config.task` names the package, so a new system is a new package and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from flax import nnx
+
+
+@dataclasses.dataclass
+class Request:
+  """One generation request: the user's text, input images (uint8 [H, W, 3]: references or an
+  earlier result to refine), earlier turns, and per-request options."""
+
+  text: str
+  images: Sequence[np.ndarray] = ()
+  history: Sequence["Turn"] = ()
+  num_samples: int = 1
+  seed: int = 0
+  options: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Turn:
+  """A finished turn of a conversation, as the model saw and answered it."""
+
+  text: str
+  images: Sequence[np.ndarray] = ()
+  reply_text: str = ""
+  reply_images: Sequence[np.ndarray] = ()
+
+
+@dataclasses.dataclass
+class Response:
+  """What the model answered: text and generated images (uint8 [H, W, 3])."""
+
+  text: str
+  images: list[np.ndarray]
+  extras: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Sample:
+  """A held-out example continued by the model, for demos, sample grids and metrics."""
+
+  text: str
+  inputs: list[np.ndarray]
+  target: np.ndarray | None
+  generated: np.ndarray | None
+  record: dict = dataclasses.field(default_factory=dict)
+
+
+class System:
+  """A trained model of one system and the config it was built from (subclass per system)."""
+
+  def __init__(self, config, model: nnx.Module):
+    self.config = config
+    self.model = model
+
+  @classmethod
+  def build_model(cls, config) -> nnx.Module:
+    """The model with abstract parameters (nnx.eval_shape): no memory until weights are set."""
+    from wegen_jax.training.task import get_task
+
+    task = get_task(config)
+    return nnx.eval_shape(lambda: task.build_model(nnx.Rngs(config.get("seed", 0))))
+
+  @classmethod
+  def from_run(cls, config, workdir: str | Path, step: int | None = None) -> "System":
+    """The newest (or the given) checkpoint of a training run in `workdir`."""
+    from wegen_jax.training.checkpointing import load_run_parameters
+
+    model = cls.build_model(config)
+    loaded = load_run_parameters(model, workdir, step=step)
+    system = cls(config, model)
+    system.step = loaded
+    return system
+
+  @classmethod
+  def from_pretrained(cls, config) -> "System":
+    """Released weights named in `config.pretrained` (local files), without a training run."""
+    from wegen_jax.training.task import get_task
+
+    task = get_task(config)
+    model = task.build_model(nnx.Rngs(config.get("seed", 0)))
+    task.init_pretrained(model)
+    system = cls(config, model)
+    system.step = 0
+    return system
+
+  step: int | None = None
+
+  def generate(self, requests: Sequence[Request]) -> list[Response]:
+    """Answers each request (text and/or images)."""
+    raise NotImplementedError(f"{type(self).__name__} does not generate")
+
+  def validation_samples(self, num: int, seed: int = 0) -> list[Sample]:
+    """`num` held-out examples of the run's validation data, continued by the model."""
+    raise NotImplementedError(f"{type(self).__name__} has no validation samples")
+
+  def predict_fns(self) -> dict[str, Callable[..., Any]]:
+    """The functions evaluators call (wegen_jax/evaluators): by name, those this system has.
+
+    generate_images(prompts: list[dict], rng_seed: int) -> list of uint8 [H, W, 3], one per
+      prompt; a prompt has 'text' and optionally 'images' (uint8 context images, in order)
+    score_text(texts: list[str]) -> (sum of token NLL, number of tokens)
+    """
+    return {}
+
+
+def get_system(config) -> type[System]:
+  """The System class of `config.task` (`wegen_jax.systems.<task>.System`)."""
+  from wegen_jax.training.task import system_module
+
+  module = system_module(config.task)
+  if not hasattr(module, "System"):
+    raise ValueError(f"system {config.task!r} has no inference interface (wegen_jax.systems.{config.task}.System)")
+  return module.System

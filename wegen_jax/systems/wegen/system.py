@@ -1,0 +1,113 @@
+"""WeGen behind the System interface: requests in (text, references, earlier turns), images out.
+
+A request becomes SEED-X turns: earlier turns' texts and images form the prompt (an earlier
+result is an input image of the next turn, which is how refinement keeps what was liked), the
+new turn's images go before its text, and the model continues after `[/INST]`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import numpy as np
+from PIL import Image
+
+from wegen_jax.generation import SamplingConfig
+from wegen_jax.systems import base
+from wegen_jax.systems.wegen.generate import ImageSampling, ImageTokens, generate, images_to_pixels
+from wegen_jax.systems.wegen.sequences import Turn, build_sequence
+from wegen_jax.systems.wegen.tokenizer import load_tokenizer
+
+
+class WeGenSystem(base.System):
+  def __init__(self, config, model):
+    super().__init__(config, model)
+    self.tokenizer = load_tokenizer(config.data.tokenizer)
+    self.image_tokens = ImageTokens.from_tokenizer(self.tokenizer, model.cfg.num_image_tokens)
+
+  def image_sampling(self, **overrides) -> ImageSampling:
+    s = self.config.sample
+    return ImageSampling(num_steps=s.num_steps, guidance_scale=s.guidance_scale, **overrides)
+
+  def _prompt(self, request: base.Request) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(prompt ids ending after `[/INST]\\n`, input images in order of appearance)."""
+    turns, images = [], []
+    for past in request.history:
+      turns.append(
+        Turn(
+          user_text=past.text,
+          user_images=len(past.images),
+          response_text=past.reply_text,
+          response_images=len(past.reply_images),
+        )
+      )
+      images += [*past.images, *past.reply_images]
+    turns.append(Turn(user_text=request.text, user_images=len(request.images)))
+    images += list(request.images)
+    ids = build_sequence(self.tokenizer, turns, self.model.cfg.num_image_tokens).input_ids[:-1]  # no last </s>
+    return ids, images
+
+  def generate(self, requests: Sequence[base.Request]) -> list[base.Response]:
+    responses = []
+    for request in requests:
+      ids, images = self._prompt(request)
+      size = self.model.cfg.vision.image_size
+      pixels = images_to_pixels(images, size)[None] if images else None
+      text, out_images = [], []
+      for k in range(request.num_samples):
+        out = generate(
+          self.model,
+          ids[None],
+          tokens=self.image_tokens,
+          pixel_values=pixels,
+          rng=jax.random.key(request.seed + k),
+          var_cfg_scale=self.config.sample.get("var_cfg_scale", 1.0),
+          sampling=SamplingConfig(
+            max_new_tokens=int(request.options.get("max_new_tokens", 2 * self.model.cfg.num_image_tokens)),
+            temperature=float(request.options.get("temperature", 0.0)),
+            stop_tokens=(self.tokenizer.eos_id,),
+          ),
+          image_sampling=self.image_sampling(),
+        )
+        text.append(self.tokenizer.decode(out.text_tokens[0]).strip())
+        out_images += list(out.images[0])
+      responses.append(base.Response(text="\n".join(t for t in text if t), images=out_images))
+    return responses
+
+  def validation_samples(self, num: int, seed: int = 0) -> list[base.Sample]:
+    """The first `num` labelled validation pairs: `[INST] <A> d1 [/INST]` -> the model's frame
+    next to the ground-truth B (resized to B's size)."""
+    from wegen_jax.data.source import dynamics_dataset
+
+    records = dynamics_dataset(self.config.data.dir, "validation", num_frames=2)
+    picked = [r for r in (records[i] for i in range(len(records))) if r is not None and r["labelled"]][:num]
+    samples = []
+    for i, record in enumerate(picked):
+      source, target = record["frames"][0], record["frames"][1]
+      request = base.Request(text=record["dynamics"][0], images=[source], seed=seed + i)
+      (response,) = self.generate([request])
+      generated = _resized(response.images[0], target.shape[:2]) if response.images else None
+      samples.append(base.Sample(request.text, [source], target, generated, record))
+    return samples
+
+  def predict_fns(self):
+    def generate_images(prompts, rng_seed=0):
+      out = []
+      for i, p in enumerate(prompts):
+        request = base.Request(text=p["text"], images=list(p.get("images", ())), seed=rng_seed + i)
+        (response,) = self.generate([request])
+        out.append(response.images[0] if response.images else _black(self.config.data.vae_image_size))
+      return out
+
+    return {"generate_images": generate_images}
+
+
+def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  if image.shape[:2] == tuple(size):
+    return image
+  return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BICUBIC))
+
+
+def _black(size: int) -> np.ndarray:
+  return np.zeros((size, size, 3), np.uint8)
