@@ -28,7 +28,7 @@ ALLOWED = {
   "convert": MODELS | {"diffusion"},
   "data": BASE,
   "evaluators": BELOW_TRAINING,
-  "training": BELOW_TRAINING,
+  "training": BELOW_TRAINING | {"evaluators"},
   "systems": BELOW_TRAINING | {"convert", "training", "evaluators"},
   "curation": BELOW_TRAINING | {"convert", "training", "evaluators", "systems"},
 }

@@ -263,3 +263,64 @@ def test_each_loss_is_read_after_the_next_step_is_dispatched(tmp_path, monkeypat
   for k in (3,):  # checkpoint at step 3: checked before step 4 is dispatched
     assert first_read[k] < dispatched[k + 1], events
   assert saved_steps(tmp_path) == [3, 6] and sorted(result.losses) == list(range(1, 7))
+
+
+class _HalfEmbeddingTask:
+  """The LM task training only embedding rows >= 128 and keeping those rows at unit norm."""
+
+  @staticmethod
+  def make(base):
+    import jax.numpy as jnp
+
+    class Task(base):
+      def trainable_rows(self, path):
+        if path == "embed.embedding":
+          return (np.arange(self.config.model.vocab_size) >= 128)[:, None]
+        return None
+
+      def after_update(self, params, step):
+        table = params["embed"]["embedding"]
+        rows = table[...][128:]
+        table[...] = table[...].at[128:].set(rows / jnp.linalg.norm(rows, axis=-1, keepdims=True))
+        return params
+
+    return Task
+
+
+def test_row_masks_and_the_post_update_hook(tmp_path, monkeypatch):
+  from flax import nnx
+
+  import wegen_jax.systems.lm as lm_system
+  from wegen_jax.training.checkpointing import load_run_parameters
+  from wegen_jax.training.task import get_task
+
+  monkeypatch.setattr(lm_system, "Task", _HalfEmbeddingTask.make(lm_system.Task))
+  c = config(total_steps=4, ckpt_every=4)
+  train(c, tmp_path)
+  task = get_task(c)
+  initial = task.build_model(nnx.Rngs(c.seed)).embed.embedding[...]
+  trained = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(c.seed)))
+  load_run_parameters(trained, tmp_path)
+  table = np.asarray(trained.embed.embedding[...])
+  # masked rows: no update, no decay (eager vs jitted init differ by an ulp; an Adam step is ~1e-4)
+  np.testing.assert_allclose(table[:128], np.asarray(initial[:128]), rtol=0, atol=1e-7)
+  assert np.abs(table[128:] - np.asarray(initial[128:])).max() > 1e-3
+  np.testing.assert_allclose(np.linalg.norm(table[128:], axis=-1), 1.0, rtol=1e-5)
+
+
+def test_periodic_evaluators_write_metrics_and_eval_files(tmp_path):
+  c = config(total_steps=8, ckpt_every=8)
+  c.evals = {"text": {"type": "perplexity", "every": 4, "num_rows": 8, "batch_size": 4}}
+  train(c, tmp_path)
+  assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["4.json", "8.json"]
+  first, last = (json.loads((tmp_path / "eval" / f"{s}.json").read_text())["text"] for s in (4, 8))
+  assert first["tokens"] == 8 * 31 and last["ce"] < first["ce"]
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "eval/text/ce" in r] == [4, 8]
+
+
+def test_an_unknown_evaluator_fails_before_compiling(tmp_path):
+  c = config()
+  c.evals = {"oops": {"type": "no_such_metric"}}
+  with pytest.raises(ValueError, match="no module wegen_jax.evaluators.no_such_metric"):
+    train(c, tmp_path)

@@ -70,6 +70,11 @@ class Task:
     renormalise embedding rows; returns the parameters to keep (default: unchanged)."""
     return params
 
+  def predict_fns(self, model: nnx.Module) -> dict:
+    """The functions config.evals evaluators call during training, for this model (the
+    system's System.predict_fns; default: none)."""
+    return {}
+
   # For tools.aot's analytic FLOPs (6 * N * tokens): the parameter-path prefix whose count is N
   # ("" = all trainable parameters, None = the estimate does not apply), and whether that
   # covers the whole model's work (else the compiled program's FLOPs are the basis).

@@ -2,7 +2,8 @@
 
 Sharded init straight onto the mesh, trainable/frozen split (frozen parameters get no
 gradients and no optimizer state), gradient accumulation over micro-batches inside one
-jitted step, AdamW per config, async Orbax checkpoints with the data-iterator state, exact
+jitted step, parameter-row masks and a post-update hook from the task, periodic evaluators
+from config.evals, AdamW per config, async Orbax checkpoints with the data-iterator state, exact
 resume, metrics, and a hard stop on a non-finite loss that keeps the last good checkpoint.
 """
 
@@ -27,6 +28,7 @@ from wegen_jax.parallel import activation_sharding, create_sharded, logical_to_s
 from wegen_jax.layers.paths import path_string
 from wegen_jax.training.checkpointing import Checkpointer, abstract_like, load_run_parameters
 from wegen_jax.training.compile_cache import use_compilation_cache
+from wegen_jax.training.evals import build_evaluators, due, run_evaluators
 from wegen_jax.training.flops import jaxpr_flops
 from wegen_jax.training.metrics import MetricsWriter, device_peak_flops
 from wegen_jax.training.optim import make_optimizer, make_schedule
@@ -63,7 +65,35 @@ def init_components(model, run_dir: str | Path, prefixes: tuple[str, ...]) -> No
   print(f"initialised {', '.join(prefixes)} from {run_dir} step {step}", flush=True)
 
 
-def build_train_step(task, graphdef, tx, accum: int, schedule):
+def row_masks(task, params):
+  """Per-leaf boolean masks from task.trainable_rows (None where the whole leaf trains)."""
+
+  def mask(path, leaf):
+    rows = task.trainable_rows(path_string(path))
+    if rows is None:
+      return None
+    rows = jnp.asarray(rows, bool)
+    try:
+      jnp.broadcast_shapes(rows.shape, leaf.shape)
+    except ValueError:
+      raise ValueError(
+        f"trainable_rows({path_string(path)!r}) has shape {rows.shape}, not broadcastable to the parameter's {leaf.shape}"
+      ) from None
+    return rows
+
+  return jax.tree_util.tree_map_with_path(mask, params)
+
+
+def _masked(tree, masks):
+  return jax.tree.map(
+    lambda x, m: x if m is None else jnp.where(m, x, 0).astype(x.dtype), tree, masks, is_leaf=lambda x: x is None
+  )
+
+
+def build_train_step(task, graphdef, tx, accum: int, schedule, masks=None):
+  """masks (row_masks): rows outside a mask get no gradient (clipping and grad_norm see only
+  what trains) and no update (so weight decay leaves them alone either)."""
+
   def loss_of(params, frozen, batch, rng):
     return task.loss_fn(nnx.merge(graphdef, params, frozen), batch, rng)
 
@@ -85,8 +115,12 @@ def build_train_step(task, graphdef, tx, accum: int, schedule):
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (l0, a0, g0))
       (loss, aux, grads), _ = jax.lax.scan(body, zeros, (_micro_batches(batch, accum), jax.random.split(rng, accum)))
       loss, aux, grads = jax.tree.map(lambda x: x / accum, (loss, aux, grads))
+    if masks is not None:
+      grads = _masked(grads, masks)
     updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    if masks is not None:
+      updates = _masked(updates, masks)
+    params = task.after_update(optax.apply_updates(params, updates), step)
     metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(step))
     return params, opt_state, metrics
 
@@ -133,7 +167,10 @@ def make_train_step(task, config, mesh, graphdef, params) -> TrainStep:
   schedule = make_schedule(config.optimizer)
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   opt_shardings = optimizer_shardings(jax.eval_shape(tx.init, params), params, mesh)
-  step = build_train_step(task, graphdef, tx, int(config.get("grad_accum", 1)), schedule)
+  masks = row_masks(task, params)
+  if all(m is None for m in jax.tree.leaves(masks, is_leaf=lambda x: x is None)):
+    masks = None
+  step = build_train_step(task, graphdef, tx, int(config.get("grad_accum", 1)), schedule, masks)
 
   def step_in_mesh(*args):  # activations are annotated for this mesh while the step traces
     with activation_sharding(mesh, rules):
@@ -170,6 +207,7 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
   train_step = make_train_step(task, config, mesh, graphdef, params)
   opt_state = jax.jit(train_step.tx.init, out_shardings=train_step.opt_shardings)(params)
 
+  evaluators = build_evaluators(config.get("evals"))  # before compiling: a bad spec fails at once
   data = task.dataset("train", seed=config.seed, global_batch=config.batch_size)
   loader = DeviceLoader(data, lambda name, local: train_step.batch_sharding(name))
 
@@ -235,9 +273,16 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
           record(*pending)
         pending = (step, metrics, task.batch_counts(batch))
         stopping = stop["signal"] or step == stop_at
-        if step % config.ckpt_every == 0 or step == config.total_steps or stopping:
-          record(*pending)  # never save a state whose loss has not been checked
+        due_now = [n for n, e in evaluators.items() if due(e, step, config.total_steps)]
+        if due_now:
+          record(*pending)  # evaluate only a state whose loss has been checked
           pending = None
+          model_now = nnx.merge(graphdef, params, frozen)
+          writer.write(step, run_evaluators(evaluators, task.predict_fns(model_now), step, workdir, due_now))
+        if step % config.ckpt_every == 0 or step == config.total_steps or stopping:
+          if pending is not None:
+            record(*pending)  # never save a state whose loss has not been checked
+            pending = None
           ckpt.save(step, {"params": params, "frozen": frozen, "opt": opt_state}, loader.get_state(), config.to_dict())
           last_saved = step
         if stopping:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import grain
 import jax
 import numpy as np
+from flax import nnx
 
 from wegen_jax.data.loader import process_batches
 from wegen_jax.models import LLM, LLMConfig
@@ -44,6 +45,27 @@ class LMTask(Task):
     d = self.config.data
     source = ProgressionSource(d.num_records, d.seq_len, self.config.model.vocab_size, d.seed + (split != "train"))
     return process_batches(grain.MapDataset.source(source).shuffle(seed=seed), global_batch)
+
+  def predict_fns(self, model):
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def nll(state, tokens):
+      loss, count = cross_entropy(nnx.merge(graphdef, state)(tokens), next_token_labels(tokens))
+      return loss * count, count
+
+    def score_tokens(tokens):
+      """int [N, T] token rows -> (sum of next-token NLL, number of predicted tokens)."""
+      total, count = nll(state, np.asarray(tokens, np.int32))
+      return float(total), float(count)
+
+    def heldout_tokens(num):
+      """The first `num` rows of the validation corpus (a different seed from training)."""
+      d = self.config.data
+      source = ProgressionSource(num, d.seq_len, self.config.model.vocab_size, d.seed + 1)
+      return np.stack([source[i]["tokens"] for i in range(num)])
+
+    return {"score_tokens": score_tokens, "heldout_tokens": heldout_tokens}
 
   def batch_counts(self, batch):
     return {"tokens": float(np.prod(batch["tokens"].shape))}

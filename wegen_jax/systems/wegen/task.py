@@ -51,6 +51,11 @@ class WeGenTask(Task):
     # when a process does not hold the whole global batch.
     return {"tokens": float(np.prod(batch["input_ids"].shape)), "images": float(np.prod(batch["image_valid"].shape))}
 
+  def predict_fns(self, model):
+    from wegen_jax.systems.wegen.system import WeGenSystem
+
+    return WeGenSystem(self.config, model).predict_fns()
+
   def token_params_prefix(self):
     return "llm"  # 6*N*tokens covers the LLM's matmuls; stage 1 trains none of them
 
