@@ -1,4 +1,4 @@
-"""Hand-built WeGen batches in the pipeline's batch contract (until wegen_pipeline lands), and
+"""Hand-built WeGen batches in the pipeline's batch contract (the contract of systems/wegen/pipeline.py), and
 fast random tiny models."""
 
 import functools

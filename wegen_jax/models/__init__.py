@@ -1,3 +1,3 @@
-"""Backbones: the LLM family (and, in later modules, vision towers, UNet, VAE)."""
+"""Backbones: the LLM family, vision towers, UNet, VAE (and their presets, models/presets.py)."""
 
 from wegen_jax.models.llm import LLM, LLMConfig, LLMOutput

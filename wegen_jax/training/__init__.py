@@ -1,3 +1,3 @@
-"""Training: losses, (later) train state, steps, optimisers, checkpointing, metrics."""
+"""Training: the shared trainer, the Task interface, losses, optimizer, checkpointing, metrics, evaluator hooks."""
 
 from wegen_jax.training.losses import IGNORE_INDEX, cross_entropy, next_token_labels
