@@ -1,0 +1,248 @@
+"""Every config in configs/ builds its model abstractly (nnx.eval_shape: shapes only, no memory), 7B sizes
+included, with the parameter counts of the real checkpoints.
+
+Cases: configs/lm_train.py and configs/lm_generate.py for every preset of wegen_jax/models/presets.py, and
+configs/wegen.py for size=tiny|7b x stage=1|2|3; curate.py and synthetic.py build no model and are only loaded.
+Specs that give the same model are built once: the key is the task and `config.model` without the fields that
+only the loss and the samplers read (the WeGen stages differ in those alone; test_training_only_fields_... checks
+that they leave the parameters unchanged), so the 20 specs make 16 builds.
+
+Speed: abstractly tracing a model costs a lookup per RNG draw over the whole jaxpr traced so far (flax's
+Variable.set_value compares `getattr(new, "sharding", None)` of the RNG counter on every draw; on a tracer
+that raises an AttributeError whose message jax builds by walking the jaxpr for the value's origin). That is
+quadratic in model size: WeGen-7B's ~3000 draws took 92 s, ~5 s without that message. `_abstract` therefore
+leaves the message out while it builds (and rebuilds with it, for the full error text, if the build fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+
+import jax
+import pytest
+from flax import nnx
+
+from wegen_jax.config_utils import load_config, packaged_configs, parse_arg
+from wegen_jax.models import LLM, LLMConfig
+from wegen_jax.models.presets import LLM_PRESETS
+from wegen_jax.systems.wegen.config import WeGenConfig
+from wegen_jax.systems.wegen.model import WeGen
+from wegen_jax.training.task import get_task
+
+MODEL_SPECS = (
+  [f"configs/lm_train.py:model={m}" for m in LLM_PRESETS]
+  + [f"configs/lm_generate.py:model={m}" for m in LLM_PRESETS]
+  + [f"configs/wegen.py:size={size},stage={stage}" for size in ("tiny", "7b") for stage in (1, 2, 3)]
+)
+# Configs without a model (curation and the synthetic corpus), with their presets: they only have to load.
+OTHER_SPECS = [f"configs/curate.py{p}" for p in ("", ":synthetic", ":clip", ":vlm")] + [
+  "configs/synthetic.py",
+  "configs/synthetic.py:large",
+]
+
+# config.model fields that no module constructor reads (loss terms, noise schedules, VAE encoder passes).
+TRAINING_ONLY = {
+  "wegen": (
+    "train_scheduler",
+    "sample_scheduler",
+    "snr_gamma",
+    "loss_weights",
+    "diffusion_images_per_example",
+    "vae_encode_slices",
+  )
+}
+
+# Parameter counts of the real checkpoints (HF transformers / diffusers), which the presets reproduce.
+KNOWN_LLM_PARAMS = {
+  "llama2_7b": 6_738_415_616,  # meta-llama/Llama-2-7b-hf
+  "wegen_llama2_7b": 6_738_415_616 + 2 * 330 * 4096,  # 330 more rows in embed_tokens and lm_head
+  "llama3_8b": 8_030_261_248,  # meta-llama/Meta-Llama-3-8B
+  "qwen2_5_vl_3b": 3_085_938_688,  # Qwen2.5-VL-3B's text model (the Qwen2.5-3B layout, tied embeddings)
+  "opt_6_7b": 6_658_473_984,  # facebook/opt-6.7b
+}
+SDXL_UNET_PARAMS = 2_567_463_684  # stabilityai/stable-diffusion-xl-base-1.0 unet
+# WeGen's UNet attends to 1792-wide EVA features instead of SDXL's 2048-wide text: 10 transformer blocks at
+# 640 channels and 60 at 1280 each lose 256 input rows in to_k and to_v, and add_embedding.linear_1 takes
+# 1792 + 6 * 256 = 3328 inputs instead of 2816 (1280 outputs).
+WEGEN_7B_UNET_PARAMS = SDXL_UNET_PARAMS - 2 * 256 * (10 * 640 + 60 * 1280) + (3328 - 2816) * 1280
+SDXL_VAE_PARAMS = 83_653_863  # stabilityai/stable-diffusion-xl-base-1.0 vae (AutoencoderKL)
+WEGEN_PARTS = ("vision", "input_proj", "llm", "output_proj", "unet", "vae")
+
+
+def llm_param_count(c: LLMConfig) -> int:
+  """Parameters of the HF layout of `c` (Llama / Qwen2 / OPT; no word_embed_proj_dim)."""
+  h, d, inter = c.hidden_size, c.dim_per_head, c.intermediate_size
+  q, kv = c.num_heads * d, c.kv_heads * d
+  norm = h * (2 if c.norm == "layer" and c.norm_bias else 1)
+  attn = h * (q + 2 * kv) + q * h + ((q + 2 * kv) if c.qkv_bias else 0) + (h if c.out_bias else 0)
+  if c.gated_mlp:
+    mlp = 3 * h * inter + ((2 * inter + h) if c.mlp_bias else 0)
+  else:
+    mlp = 2 * h * inter + ((inter + h) if c.mlp_bias else 0)
+  total = c.vocab_size * h * (1 if c.tie_word_embeddings else 2) + c.num_layers * (attn + mlp + 2 * norm)
+  if c.final_norm:
+    total += norm
+  if c.position_embedding == "learned":
+    total += (c.max_position_embeddings + c.learned_position_offset) * h
+  return total
+
+
+def _model_key(spec: str):
+  """Specs with equal keys build the same model; a spec that does not load is its own case."""
+  try:
+    config = load_config(spec)
+    model = config.model.to_dict()
+  except Exception:
+    return ("unloadable", spec)
+  for name in TRAINING_ONLY.get(config.get("task"), ()):
+    model.pop(name, None)
+  return (config.get("task"), json.dumps(model, sort_keys=True, default=repr))
+
+
+def _groups() -> list[tuple[str, ...]]:
+  groups: dict = {}
+  for spec in MODEL_SPECS:
+    groups.setdefault(_model_key(spec), []).append(spec)
+  return [tuple(specs) for specs in groups.values()]
+
+
+def _short(spec: str) -> str:
+  path, _, arg = spec.partition(":")
+  return path.removeprefix("configs/").removesuffix(".py") + (f":{arg}" if arg else "")
+
+
+GROUPS = _groups()
+
+
+@contextlib.contextmanager
+def _without_tracer_origin_messages():
+  """Tracer errors without jax's 'this value became a tracer due to ...' lines (see the module docstring)."""
+  try:
+    from jax._src.interpreters.partial_eval import DynamicJaxprTracer
+  except ImportError:  # a jax without this class: builds are just slower
+    yield
+    return
+  saved = DynamicJaxprTracer.__dict__.get("_origin_msg")
+  if saved is None:
+    yield
+    return
+  DynamicJaxprTracer._origin_msg = lambda self: ""
+  try:
+    yield
+  finally:
+    DynamicJaxprTracer._origin_msg = saved
+
+
+def _abstract(build):
+  """nnx.eval_shape(build): the module with ShapeDtypeStruct parameters."""
+  try:
+    with _without_tracer_origin_messages():
+      return nnx.eval_shape(build)
+  except Exception:
+    return nnx.eval_shape(build)  # again, for jax's full error message
+
+
+def _build(config):
+  """The model as its entry point builds it: the trainer's task (`config.task`), else generate.py's LLM."""
+  if "task" in config:
+    task = get_task(config)
+    return _abstract(lambda: task.build_model(nnx.Rngs(config.seed)))
+  return _abstract(lambda: LLM(LLMConfig(**config.model), rngs=nnx.Rngs(config.seed)))
+
+
+def _param_count(module) -> int:
+  leaves = jax.tree.leaves(nnx.state(module, nnx.Param))
+  assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves), "parameters are not abstract"
+  return sum(math.prod(x.shape) for x in leaves)
+
+
+def _shapes(module) -> dict:
+  leaves = jax.tree.leaves_with_path(nnx.state(module))
+  return {jax.tree_util.keystr(path): (tuple(x.shape), str(x.dtype)) for path, x in leaves}
+
+
+def test_every_config_is_covered():
+  listed = {spec.partition(":")[0] for spec in MODEL_SPECS + OTHER_SPECS}
+  assert listed == set(packaged_configs()), "add new configs/ files to MODEL_SPECS or OTHER_SPECS"
+
+
+@pytest.mark.parametrize("spec", OTHER_SPECS, ids=_short)
+def test_config_without_a_model_loads(spec):
+  config = load_config(spec)
+  assert "model" not in config and "task" not in config
+
+
+@pytest.mark.parametrize("specs", GROUPS, ids=lambda specs: "+".join(map(_short, specs)))
+def test_config_builds_its_model(specs):
+  configs = [load_config(spec) for spec in specs]
+  for config in configs:  # every spec's task, also those whose model is built once for the group
+    if "task" in config:
+      get_task(config)
+  config, args = configs[0], parse_arg(specs[0].partition(":")[2], model=None, size=None, stage=None)
+  start = time.perf_counter()
+  model = _build(config)
+  seconds = time.perf_counter() - start
+  total = _param_count(model)
+  assert total > 0
+
+  if config.get("task") == "wegen":
+    assert isinstance(model, WeGen)
+    parts = {name: _param_count(getattr(model, name)) for name in WEGEN_PARTS}
+    assert sum(parts.values()) == total, f"parameters outside {WEGEN_PARTS}"
+    assert parts["llm"] == llm_param_count(get_task(config).model_config.llm), parts
+    assert all(parts[name] > 0 for name in WEGEN_PARTS if name != "vae"), parts
+    if args["size"] == "7b":
+      assert parts["llm"] == KNOWN_LLM_PARAMS["wegen_llama2_7b"], parts
+      assert abs(parts["llm"] / 6.7e9 - 1) < 0.01, parts
+      assert 4.3e9 < parts["vision"] < 4.45e9, parts  # EVA-CLIP-E/14-plus's visual tower: 4.4B
+      assert parts["unet"] == WEGEN_7B_UNET_PARAMS, parts
+      assert parts["vae"] == SDXL_VAE_PARAMS, parts
+    else:
+      assert parts["vae"] == 0, parts  # the tiny size folds pixels (PatchAutoencoder): nothing to learn
+  else:
+    assert isinstance(model, LLM)
+    assert total == llm_param_count(LLMConfig(**config.model))
+    if args["model"] in KNOWN_LLM_PARAMS:
+      assert total == KNOWN_LLM_PARAMS[args["model"]]
+  print(f"{'+'.join(map(_short, specs))}: {total:,} parameters, built in {seconds:.2f} s")
+
+
+def test_training_only_fields_do_not_change_the_model():
+  """The dedup above is sound: changing every TRAINING_ONLY field leaves the parameters as they were."""
+  config = load_config("configs/wegen.py:size=tiny,stage=2")
+  other = load_config("configs/wegen.py:size=tiny,stage=2")
+  other.model.update(
+    train_scheduler=dict(other.model.train_scheduler, prediction_type="epsilon", num_train_timesteps=10),
+    sample_scheduler=dict(other.model.sample_scheduler, _class_name="EulerDiscreteScheduler"),
+    snr_gamma=None,
+    loss_weights=dict(ce=0.5, mse=2.0, cos=0.0, diffusion=3.0),
+    diffusion_images_per_example=1,
+    vae_encode_slices=2,
+  )
+  assert set(TRAINING_ONLY["wegen"]) <= {f.name for f in dataclasses.fields(WeGenConfig)}
+  assert get_task(config).model_config != get_task(other).model_config
+  assert _shapes(_build(config)) == _shapes(_build(other))
+
+
+def test_dedup_merges_only_the_wegen_stages():
+  merged = sorted(tuple(map(_short, g)) for g in GROUPS if len(g) > 1)
+  assert merged == [tuple(f"wegen:size={s},stage={t}" for t in (1, 2, 3)) for s in ("7b", "tiny")]
+  assert not any(key[0] == "unloadable" for key in map(_model_key, MODEL_SPECS))
+
+
+@pytest.mark.parametrize(
+  "field,value,error",
+  [("llm.hidden_sise", 64, "hidden_sise"), ("unet.norm_num_groups", 7, "not divisible into 7 groups")],
+  ids=["typo", "bad-value"],
+)
+def test_a_broken_model_config_fails_to_build(field, value, error):
+  """A typo'd field fails in the config (LLMConfig), an impossible value inside the traced build (GroupNorm)."""
+  config = load_config("configs/wegen.py:size=tiny,stage=1")
+  part, name = field.split(".")
+  config.model[part][name] = value
+  with pytest.raises((TypeError, ValueError), match=error):
+    _build(config)
