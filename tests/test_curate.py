@@ -6,7 +6,12 @@ import contextlib
 import io
 import json
 import os
+import pickle
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import av
 import numpy as np
@@ -15,7 +20,7 @@ import pytest
 from wegen_jax.curation import labellers
 from wegen_jax.data import schema, source, synthetic as S, video_io
 from wegen_jax.config_utils import load_config
-from wegen_jax.curation import __main__ as cli, encoders, runner
+from wegen_jax.curation import __main__ as cli, encoders, resultfile, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (seed, spec, codec): two static clips, three with hard cuts, the rest plain; every codec appears.
@@ -401,9 +406,6 @@ def test_chunked_decoding_finds_the_same_shots(curated, corpus, tmp_path):
 
 def test_command_line_entry_points(tmp_path):
   """`python -m wegen_jax.data.synthetic` then `python -m wegen_jax.curation` with 2 worker processes."""
-  import subprocess
-  import sys
-
   env = dict(os.environ, PYTHONPATH=REPO)
   run = lambda *a: subprocess.run([sys.executable, "-m", *a], env=env, capture_output=True, text=True, timeout=120)
   gen = run(
@@ -449,3 +451,150 @@ def test_crashing_worker_names_its_file(corpus, tmp_path, monkeypatch):
   assert counts["failed"] == 1 and counts["ok"] == 3
   failed = [r for r in runner.iter_results(str(tmp_path / "d")) if r["status"] == "failed"]
   assert [(r["video_id"], "crashed" in r["reason"]) for r in failed] == [("crash.mp4", True)]
+
+
+class _Planted:
+  """Unpickling this creates `marker`: what a file planted in the results folder could do to a pickle reader."""
+
+  def __init__(self, marker):
+    self.marker = str(marker)
+
+  def __reduce__(self):
+    return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def test_planted_result_files_are_never_executed(curated, corpus, tmp_path, caplog):
+  """Results are data only: a pickle planted where a result is expected (bare, or as an object array inside an
+  .npz), a truncated result, a foreign .npz and a legacy .pkl are never unpickled; resume curates those videos
+  again, and a planted file no video maps to is skipped and counted by merge and labelling."""
+  out = tmp_path / "data"
+  shutil.copytree(curated[0], out, symlinks=True)
+  marker = tmp_path / "pwned"
+  evil = pickle.dumps(_Planted(marker))
+  ids = sorted(v for v, r in _results(curated[0]).items() if r["status"] == "ok")
+  paths = [runner.result_path(str(out), v) for v in ids[:5]]
+  good = open(paths[2], "rb").read()
+  open(paths[0], "wb").write(evil)
+  with open(paths[1], "wb") as f:  # a well-formed archive whose array member is a pickled object array
+    meta = {"format": resultfile.FORMAT, "version": resultfile.VERSION, "result": {"records": {"__nd__": "a0"}}}
+    np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), a0=np.array([_Planted(marker)]))
+  open(paths[2], "wb").write(good[: len(good) // 2])
+  with open(paths[3], "wb") as f:
+    np.savez(f, x=np.arange(3))
+  open(paths[4][: -len(resultfile.SUFFIX)] + ".pkl", "wb").write(evil)  # old format, next to its new result
+  stray = out / runner.WORK / "results" / f"planted{resultfile.SUFFIX}"
+  stray.write_bytes(evil)
+  cfg = load_config(corpus[2])
+  n = len(CLIPS) + len(BAD)
+  with caplog.at_level("WARNING", logger=runner.__name__):
+    again = runner.run_selection(str(corpus[1]), str(out), cfg, progress=False)
+    assert not marker.exists()
+    assert again == {"assigned": n, "skipped_done": n - 4, "recomputed_unreadable": 4, "ok": 4}
+    for p in paths[:4]:
+      assert any(p in r.getMessage() and "not usable" in r.getMessage() for r in caplog.records), p
+    assert any("old pickle format" in r.getMessage() for r in caplog.records)
+    stats = runner.merge(str(out), cfg)
+    counts = runner.run_labelling(str(out), cfg, progress=False)
+  assert not marker.exists()
+  assert stats["splits"] == curated[1]["splits"] and _record_keys(out) == _record_keys(curated[0])
+  assert len(stats["unreadable_results"]) == 1 and str(stray) in stats["unreadable_results"][0]
+  assert counts["unreadable"] == 1 and counts["labelled"] > 0
+  with pytest.raises(resultfile.BadResultFile, match="pickled data"):
+    resultfile.load(str(stray))
+  assert not marker.exists()
+
+
+def _children():
+  """pid -> parent pid of every process, from /proc (Linux) or psutil."""
+  if os.path.isdir("/proc/self"):
+    out = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+      try:
+        with open(f"/proc/{p}/stat") as f:
+          stat = f.read()
+      except (OSError, ValueError):
+        continue
+      fields = stat.rsplit(")", 1)[1].split()
+      if fields[0] != "Z":  # a zombie has exited already
+        out[int(p)] = int(fields[1])
+    return out
+  psutil = pytest.importorskip("psutil")
+  return {p.pid: p.ppid() for p in psutil.process_iter() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
+
+
+def _descendants(pid):
+  procs = _children()
+  found, todo = set(), [pid]
+  while todo:
+    p = todo.pop()
+    kids = [c for c, parent in procs.items() if parent == p and c not in found]
+    found.update(kids)
+    todo += kids
+  return found
+
+
+def _finished(results_dir):
+  return [n for n in os.listdir(results_dir) if not n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_killed_curation_takes_its_workers_with_it(corpus, tmp_path, start_method):
+  """SIGKILL of the curation process (no clean-up runs in it) ends its pool workers at once instead of leaving
+  them decoding and writing results; a re-run then resumes from what they had written."""
+  if sys.platform == "win32":
+    pytest.skip("no SIGKILL")
+  hook = tmp_path / "hook"
+  hook.mkdir()
+  # imported by every process of the run: in pool workers each video opens slowly, so the run lasts seconds
+  (hook / "sitecustomize.py").write_text(
+    "import multiprocessing, time\nimport av\n_open = av.open\n"
+    "def _slow_open(*a, **k):\n"
+    "    if multiprocessing.parent_process() is not None:\n        time.sleep(0.5)\n    return _open(*a, **k)\n"
+    "av.open = _slow_open\n"
+  )
+  vids = tmp_path / "videos"
+  vids.mkdir()
+  for i in range(8):
+    shutil.copy(corpus[1] / "clip_00.mp4", vids / f"copy_{i}.mp4")
+  out = tmp_path / "d"
+  script = (
+    "import sys\nfrom wegen_jax.curation import __main__ as cli, runner\nrunner.START_METHOD = sys.argv[1]\n"
+    "sys.exit(cli.main(['--videos', sys.argv[2], '--out', sys.argv[3], '--config', sys.argv[4], "
+    "'--workers', '2', '--no-progress']))\n"
+  )
+  env = dict(os.environ, PYTHONPATH=f"{hook}{os.pathsep}{REPO}")
+  with open(tmp_path / "stderr", "wb") as err:
+    proc = subprocess.Popen(
+      [sys.executable, "-c", script, start_method, str(vids), str(out), corpus[2]],
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=err,
+    )
+  results = out / runner.WORK / "results"
+  workers = set()
+  try:
+    deadline = time.monotonic() + 60
+    while not (results.is_dir() and _finished(results)):
+      assert proc.poll() is None, (tmp_path / "stderr").read_text()
+      assert time.monotonic() < deadline, "no result written"
+      time.sleep(0.05)
+    workers = _descendants(proc.pid)  # pool workers (+ resource tracker, forkserver), mid-run
+    assert len(workers) >= 2, workers
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while workers & set(_children()) and time.monotonic() < deadline:
+      time.sleep(0.1)
+    left = workers & set(_children())
+    assert not left, f"processes of the killed run still alive: {sorted(left)}"
+  finally:
+    proc.kill()
+    proc.wait()
+    for pid in workers & set(_children()):  # only when the test failed: do not leak them
+      with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+  done = len(_finished(results))
+  assert 0 < done < 8
+  cfg = load_config(corpus[2])
+  counts = runner.run_selection(str(vids), str(out), cfg, progress=False)
+  assert counts == {"assigned": 8, "skipped_done": done, "ok": 8 - done}

@@ -13,7 +13,7 @@ def get_config(arg=None):
   c.seed = 0  # per-video rng = f(seed, video id): independent of workers and hosts
   c.workers = max(1, min(8, os.cpu_count() or 1))  # processes (1 = in-process)
   c.progress = True
-  c.ignore_extensions = (".json", ".txt", ".md", ".csv", ".tmp", ".pkl")  # sidecars and notes, not videos
+  c.ignore_extensions = (".json", ".txt", ".md", ".csv", ".tmp", ".pkl", ".npz")  # sidecars, notes, results
   # decoding
   c.sample_fps = 4.0  # frames kept per second of video (0 = every frame)
   c.frame_size = 256  # records hold size x size centre crops

@@ -1,9 +1,11 @@
 """Runs the curation over a folder of videos: sharded, process-parallel, resumable, then merged into TFDS.
 
 Layout of DATA_DIR:
-  _work/results/<video key>.pkl    one result per video (records or the failure reason), written atomically by
+  _work/results/<video key>.npz    one result per video (records or the failure reason), written atomically by
                                    the worker that processed it: a killed run loses only its in-flight videos,
-                                   and a re-run skips every video that has a result made with the same config
+                                   and a re-run skips every video that has a result made with the same config.
+                                   Data only (resultfile.py: JSON + arrays, never pickle): a planted, corrupt or
+                                   foreign file is reported and treated as missing (recomputed), never run
   wegen_dynamics/1.0.0/...         the TFDS array_record dataset, rebuilt from all results by `merge`
   curation_stats.json              videos seen/kept/failed (each failed file named with its reason), shots,
                                    the per-filter funnel, records per split, labelled counts, time per stage
@@ -15,22 +17,29 @@ import collections
 import concurrent.futures as cf
 import hashlib
 import json
+import logging
 import multiprocessing as mp
 import os
-import pickle
 import re
+import signal
 import sys
+import threading
 import time
 from typing import Any, Iterator
 
 import numpy as np
 
+from wegen_jax.curation import resultfile
 from wegen_jax.data import schema
+
+log = logging.getLogger(__name__)
 
 WORK = "_work"
 STATS = "curation_stats.json"
 # Config parts that do not change which records are selected (resume keeps results across them).
 NOT_SELECTION = ("labeller", "workers", "progress", "validation_fraction")
+START_METHOD = "spawn"  # of the worker pool: spawn (safe with FFmpeg threads) or forkserver
+PARENT_POLL_S = 0.5  # how often a worker checks that the curation process is still alive
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -51,31 +60,115 @@ def discover(videos_dir: str, ignore_extensions) -> list[str]:
 def result_path(data_dir: str, video_id: str) -> str:
   safe = re.sub(r"[^A-Za-z0-9._-]+", "_", video_id)[-80:]
   h = hashlib.sha1(video_id.encode()).hexdigest()[:10]
-  return os.path.join(data_dir, WORK, "results", f"{safe}.{h}.pkl")
+  return os.path.join(data_dir, WORK, "results", f"{safe}.{h}{resultfile.SUFFIX}")
 
 
-def write_atomic(path: str, obj: Any) -> None:
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "wb") as f:
-    pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-  os.replace(tmp, path)
+def write_atomic(path: str, obj: dict[str, Any]) -> None:
+  resultfile.write_atomic(path, obj)
 
 
-def read_result(path: str) -> dict[str, Any] | None:
+def _check_result(res: Any, video_id: str | None = None) -> dict[str, Any]:
+  """The fields the runner uses, with their types: a well-formed archive of the wrong content is rejected
+  here instead of failing later in the middle of a merge."""
+
+  def need(ok: bool, what: str) -> None:
+    if not ok:
+      raise resultfile.BadResultFile(f"not a curation result: {what}")
+
+  is_str_list = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)
+  need(isinstance(res, dict), f"top level is {type(res).__name__}")
+  for k in ("video_id", "path", "reason", "config_hash"):
+    need(isinstance(res.get(k), str), f"{k} is {type(res.get(k)).__name__}")
+  need(video_id is None or res["video_id"] == video_id, f"video_id {res['video_id']!r}, expected {video_id!r}")
+  need(res.get("status") in ("ok", "failed"), f"status {res.get('status')!r}")
+  for k in ("records", "shots"):
+    need(isinstance(res.get(k), list), f"{k} is {type(res.get(k)).__name__}")
+  for k in ("funnel", "times"):
+    need(isinstance(res.get(k), dict), f"{k} is {type(res.get(k)).__name__}")
+  need(all(isinstance(v, (int, float)) for v in res["times"].values()), "times are not numbers")
+  need(
+    all(isinstance(f, dict) and all(isinstance(n, int) for n in f.values()) for f in res["funnel"].values()),
+    "funnel is not counts",
+  )
+  need(is_str_list(res.get("label_errors", [])), "label_errors are not texts")
+  if res["status"] == "ok":
+    need(isinstance(res.get("num_sampled"), int), "num_sampled is not an int")
+    need(isinstance(res.get("crop"), list) and len(res["crop"]) == 4, "crop is not 4 numbers")
+  for rec in res["records"]:
+    need(isinstance(rec, dict), "a record is not a dict")
+    fi = rec.get("frame_indices")
+    need(isinstance(fi, np.ndarray) and fi.ndim == 1 and fi.dtype.kind in "iu", "frame_indices")
+    fr = rec.get("frames")
+    need(isinstance(fr, list) and len(fr) == len(fi) and all(isinstance(b, bytes) for b in fr), "frames")
+    for k in ("boxes", "box_frame"):
+      need(isinstance(rec.get(k), np.ndarray) and rec[k].dtype.kind in "iuf", k)
+    for k in ("video_id", "caption", "labeller"):
+      need(isinstance(rec.get(k), str), k)
+    need(is_str_list(rec.get("dynamics")) and is_str_list(rec.get("box_label")), "dynamics/box_label")
+    need(isinstance(rec.get("labelled"), bool), "labelled")
+  return res
+
+
+def load_result(path: str, video_id: str | None = None) -> dict[str, Any]:
+  """The result stored at path; FileNotFoundError when there is none, resultfile.BadResultFile when the
+  file is not a well-formed result (of video_id, when given). Nothing in the file is ever executed."""
   try:
-    with open(path, "rb") as f:
-      return pickle.load(f)
-  except (OSError, EOFError, pickle.UnpicklingError):
+    return _check_result(resultfile.load(path), video_id)
+  except resultfile.BadResultFile as e:
+    msg = str(e)
+    raise resultfile.BadResultFile(msg if msg.startswith(path) else f"{path}: {msg}") from None
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str, *args) -> None:
+  """A merge reads every result three times: each bad file is reported once per process."""
+  text = msg % args
+  if text not in _WARNED:
+    _WARNED.add(text)
+    log.warning("%s", text)
+
+
+def read_result(path: str, video_id: str | None = None) -> dict[str, Any] | None:
+  """load_result, or None when the file is missing or bad (a bad one is logged as a warning)."""
+  try:
+    return load_result(path, video_id)
+  except FileNotFoundError:
+    return None
+  except resultfile.BadResultFile as e:
+    _warn_once("ignoring a result file that is not usable: %s", e)
     return None
 
 
-def iter_results(data_dir: str) -> Iterator[dict[str, Any]]:
+def result_names(data_dir: str) -> list[str]:
+  """Sorted file names of the results in DATA_DIR; warns once about files of the old pickle format, which are
+  never loaded (their videos are curated again)."""
   d = os.path.join(data_dir, WORK, "results")
-  for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-    if name.endswith(".pkl"):
-      res = read_result(os.path.join(d, name))
-      if res is not None:
-        yield res
+  names = sorted(os.listdir(d)) if os.path.isdir(d) else []
+  legacy = [n for n in names if n.endswith(".pkl")]
+  if legacy:
+    _warn_once(
+      "%d result files in %s use the old pickle format and are not loaded (a pickle can run code); "
+      "their videos count as not done. Delete them once the run has finished.",
+      len(legacy),
+      d,
+    )
+  return [n for n in names if n.endswith(resultfile.SUFFIX)]
+
+
+def iter_results(data_dir: str, bad: list[str] | None = None) -> Iterator[dict[str, Any]]:
+  """Every readable result; unreadable ones are logged, skipped and appended (path: reason) to `bad`."""
+  d = os.path.join(data_dir, WORK, "results")
+  for name in result_names(data_dir):
+    try:
+      res = load_result(os.path.join(d, name))
+    except (FileNotFoundError, resultfile.BadResultFile) as e:  # FileNotFoundError: deleted since listdir
+      _warn_once("skipping a result file that is not usable: %s", e)
+      if bad is not None:
+        bad.append(str(e))
+      continue
+    yield res
 
 
 def config_hash(cfg) -> str:
@@ -94,6 +187,60 @@ def _init_worker(cfg) -> None:
   _STATE["cfg"], _STATE["encoder"] = cfg, encoders.build_encoder(cfg.encoder)
 
 
+def _init_pool_worker(cfg, main_pid: int) -> None:
+  _exit_with_parent(main_pid)
+  _init_worker(cfg)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # exists, owned by someone else (the pid was reused)
+    return False
+  return True
+
+
+def _exit_with_parent(main_pid: int, poll_s: float | None = None) -> None:
+  """Makes this pool worker end when the curation process `main_pid` dies, even by SIGKILL (which runs no
+  clean-up in the parent): otherwise the orphaned worker goes on decoding and writing results, and then waits
+  forever on its task queue.
+
+  On Linux, prctl(PR_SET_PDEATHSIG, SIGKILL) has the kernel kill this process when its parent dies: the
+  curation process itself with spawn, the forkserver with forkserver (which exits when the curation process
+  dies). Everywhere, a daemon thread also polls: it ends the process (os._exit, no clean-up: another run may
+  already own the files) when it has been re-parented or, under a forkserver, when main_pid is gone. The
+  thread also covers the race of a parent that died before prctl was called. (For the kernel the parent is the
+  thread that started the worker: the one calling run_selection, which outlives its pool.)"""
+  parent = os.getppid()
+  if sys.platform.startswith("linux"):
+    try:
+      import ctypes
+
+      libc = ctypes.CDLL(None, use_errno=True)
+      PR_SET_PDEATHSIG = 1
+      if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    except (OSError, AttributeError) as e:
+      log.warning("prctl(PR_SET_PDEATHSIG) unavailable (%s); polling the parent instead", e)
+  poll_s = PARENT_POLL_S if poll_s is None else poll_s
+
+  def orphaned() -> bool:
+    if os.getppid() != parent:
+      return True
+    return parent != main_pid and not _alive(main_pid)
+
+  def watch() -> None:
+    while not orphaned():
+      time.sleep(poll_s)
+    os._exit(1)
+
+  if orphaned():  # the parent died before we got here
+    os._exit(1)
+  threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _work(path: str, video_id: str, out_path: str, chash: str) -> dict[str, Any]:
   """Processes one video in a worker and writes its result; returns a small summary."""
   from wegen_jax.curation import pipeline
@@ -103,7 +250,11 @@ def _work(path: str, video_id: str, out_path: str, chash: str) -> dict[str, Any]
   except Exception as e:  # noqa: BLE001  any bug or odd file must not stop the run
     res = pipeline.failed(video_id, path, f"error: {type(e).__name__}: {e}")
   res["config_hash"] = chash
-  write_atomic(out_path, res)
+  try:
+    write_atomic(out_path, res)
+  except TypeError as e:  # a value the data-only format cannot hold: a bug, named in the stats
+    res = pipeline.failed(video_id, path, f"error: result not storable: {e}", res.get("times"))
+    write_atomic(out_path, dict(res, config_hash=chash))
   return {"status": res["status"], "reason": res["reason"], "records": len(res["records"])}
 
 
@@ -121,13 +272,22 @@ def run_selection(
   os.makedirs(os.path.join(data_dir, WORK, "results"), exist_ok=True)
   files = discover(videos_dir, set(cfg.ignore_extensions))[host_index::host_count]
   chash = config_hash(cfg)
-  todo = []
+  result_names(data_dir)  # warns about results in the old pickle format
+  todo, unreadable = [], 0
   for rel in files:
     out = result_path(data_dir, rel)
-    prev = read_result(out) if os.path.exists(out) else None
-    if prev is None or prev.get("config_hash") != chash:
+    try:
+      prev = load_result(out, rel)
+    except FileNotFoundError:
+      prev = None
+    except resultfile.BadResultFile as e:
+      log.warning("curating %s again, its result file is not usable: %s", rel, e)
+      prev, unreadable = None, unreadable + 1
+    if prev is None or prev["config_hash"] != chash:
       todo.append((os.path.join(videos_dir, rel), rel, out, chash))
   counts = collections.Counter(assigned=len(files), skipped_done=len(files) - len(todo))
+  if unreadable:
+    counts["recomputed_unreadable"] = unreadable
   bar = _progress(len(todo), progress)
   if cfg.workers <= 1:
     _init_worker(cfg)
@@ -141,10 +301,12 @@ def run_selection(
 
 
 def _run_pool(todo, cfg, counts, bar) -> None:
-  """Process pool (spawn: safe with FFmpeg threads). If a worker dies (a decoder crash), the videos it left
-  unfinished are rerun one at a time in a single worker, so a crash names its own file and nothing else."""
-  ctx = mp.get_context("spawn")
-  make = lambda n: cf.ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(cfg,))
+  """Process pool (START_METHOD; not fork: safe with FFmpeg threads). If a worker dies (a decoder crash), the
+  videos it left unfinished are rerun one at a time in a single worker, so a crash names its own file and
+  nothing else. Workers end when this process dies (_exit_with_parent)."""
+  ctx = mp.get_context(START_METHOD)
+  main_pid = os.getpid()
+  make = lambda n: cf.ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_pool_worker, initargs=(cfg, main_pid))
   suspects = []
   with make(cfg.workers) as ex:
     futs = {ex.submit(_work, *job): job for job in todo}
@@ -181,12 +343,17 @@ def run_labelling(data_dir: str, cfg, host_index: int = 0, host_count: int = 1, 
 
   labeller = labellers.build_labeller(cfg.labeller)
   d = os.path.join(data_dir, WORK, "results")
-  names = sorted(n for n in os.listdir(d) if n.endswith(".pkl"))[host_index::host_count] if os.path.isdir(d) else []
+  names = result_names(data_dir)[host_index::host_count]
   counts = collections.Counter()
   for name in _progress_iter(names, progress, "label"):
     path = os.path.join(d, name)
-    res = read_result(path)
-    if res is None or not any(not r["labelled"] for r in res["records"]):
+    try:
+      res = load_result(path)
+    except (FileNotFoundError, resultfile.BadResultFile) as e:
+      log.warning("not labelling a result file that is not usable: %s", e)
+      counts["unreadable"] += 1
+      continue
+    if not any(not r["labelled"] for r in res["records"]):
       continue
     errors, new = [], []
     for rec in res["records"]:
@@ -225,7 +392,8 @@ def collect_stats(data_dir: str) -> dict[str, Any]:
   funnel: dict[str, collections.Counter] = {}
   times = collections.Counter()
   recs = collections.Counter()
-  for res in iter_results(data_dir):
+  bad: list[str] = []
+  for res in iter_results(data_dir, bad):
     videos["seen"] += 1
     for k, v in res.get("times", {}).items():
       times[k] += v
@@ -256,6 +424,7 @@ def collect_stats(data_dir: str) -> dict[str, Any]:
     "funnel": {k: dict(v) for k, v in funnel.items()},
     "records": dict(recs),
     "label_errors": label_errors,
+    "unreadable_results": bad,
     "time_s": {k: round(v, 4) for k, v in times.items()},
     "time_share": {k: round(v / total, 4) for k, v in times.items()},
   }
