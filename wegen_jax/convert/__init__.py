@@ -8,7 +8,14 @@
 CLI: `python -m wegen_jax.convert --help`.
 """
 
-from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict, save_safetensors, save_state_dict
+from wegen_jax.convert.checkpoint_io import (
+  CheckpointError,
+  CheckpointFormatError,
+  NonFiniteWeightsWarning,
+  read_state_dict,
+  save_safetensors,
+  save_state_dict,
+)
 from wegen_jax.convert.hf_llm import config_from_hf, hf_config, load_hf_llm, save_hf_llm
 from wegen_jax.convert.diffusers import load_diffusers_unet, load_diffusers_vae, save_diffusers_unet, save_diffusers_vae
 from wegen_jax.convert.hf_clip import load_hf_clip, save_hf_clip

@@ -36,28 +36,96 @@ class CheckpointError(ValueError):
   """A checkpoint file or directory is missing, corrupt, or does not fit the model."""
 
 
+class CheckpointFormatError(CheckpointError):
+  """A checkpoint file is malformed: its safetensors header (or shard index) breaks the format.
+  The message names the file, the tensor where there is one, and what is wrong."""
+
+
+class NonFiniteWeightsWarning(UserWarning):
+  """Converted weights contain NaN or inf (a diverged or corrupt checkpoint)."""
+
+
+# safetensors' own reader refuses headers over 100 MB; real ones are a few hundred kB at most
+MAX_HEADER_BYTES = 100_000_000
+
+
+def _is_count(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _check_entry(path: Path, name: str, e, data_size: int, file_size: int) -> None:
+  """Raises CheckpointFormatError unless header entry `e` describes a readable tensor."""
+
+  def bad(what: str) -> CheckpointFormatError:
+    return CheckpointFormatError(f"{path}: tensor {name!r}: {what}")
+
+  if not isinstance(e, dict):
+    raise bad(f"header entry is a JSON {type(e).__name__}, not an object with dtype, shape and data_offsets")
+  for field in ("dtype", "shape", "data_offsets"):
+    if field not in e:
+      raise bad(f"header entry has no {field!r}")
+  dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
+  if not isinstance(dtype, str) or dtype not in _DTYPES:
+    raise bad(f"unsupported dtype {dtype!r} (supported: {', '.join(_DTYPES)})")
+  if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+    raise bad(f"shape {shape!r} is not a list of non-negative integers")
+  if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+    raise bad(f"data_offsets {offsets!r} is not a pair of non-negative integers")
+  begin, end = offsets
+  if begin > end:
+    raise bad(f"data_offsets {offsets} begin after they end (begin {begin} > end {end})")
+  if end > data_size:
+    raise CheckpointFormatError(
+      f"{path} is truncated: tensor {name!r} ends at byte {file_size - data_size + end} but the file has "
+      f"{file_size} bytes (data_offsets {offsets} run past the {data_size}-byte data section)"
+    )
+  want = int(np.prod(shape, dtype=object)) * np.dtype(_DTYPES[dtype]).itemsize
+  if end - begin != want:
+    raise bad(f"data_offsets {offsets} hold {end - begin} bytes but shape {shape} of {dtype} needs {want}")
+
+
 class SafetensorsFile(Mapping[str, np.ndarray]):
-  """Lazy, read-only mapping name -> np.ndarray over one .safetensors file."""
+  """Lazy, read-only mapping name -> np.ndarray over one .safetensors file.
+
+  The header is validated when the file is opened (CheckpointFormatError on any violation),
+  so a bad file fails before any tensor is read."""
 
   def __init__(self, path: str | os.PathLike):
     self.path = Path(path)
     if not self.path.is_file():
       raise CheckpointError(f"safetensors file not found: {self.path}")
     size = self.path.stat().st_size
+
+    def bad(what: str) -> CheckpointFormatError:
+      return CheckpointFormatError(f"{self.path}: not a valid safetensors file: {what}")
+
     with open(self.path, "rb") as f:
       head = f.read(8)
       if len(head) < 8:
-        raise CheckpointError(f"{self.path} is truncated ({size} bytes): not a safetensors file")
+        raise CheckpointFormatError(f"{self.path} is truncated ({size} bytes): not a safetensors file")
       (n,) = struct.unpack("<Q", head)
       if n > size - 8:
-        raise CheckpointError(f"{self.path} is corrupt: header claims {n} bytes but the file has {size}")
+        raise bad(
+          f"header length {n} is larger than the {size - 8} bytes after the length field (corrupt or truncated)"
+        )
+      if n < 2 or n > MAX_HEADER_BYTES:
+        raise bad(f"header length {n} is outside 2..{MAX_HEADER_BYTES} bytes")
       try:
         header = json.loads(f.read(n))
-      except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{self.path} is corrupt: unreadable header ({e})") from None
-    self.metadata = header.pop("__metadata__", {}) or {}
-    self._entries = header
+      except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise bad(f"header is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(header, dict):
+      raise bad(f"header is a JSON {type(header).__name__}, not an object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+      metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+      raise bad(f"__metadata__ {str(metadata)[:200]} is not an object of string values")
     self._data_start = 8 + n
+    for name, entry in header.items():
+      _check_entry(self.path, name, entry, size - self._data_start, size)
+    self.metadata = metadata
+    self._entries = header
     self._size = size
     self._mmap = None
 
@@ -65,16 +133,12 @@ class SafetensorsFile(Mapping[str, np.ndarray]):
     if name not in self._entries:
       raise KeyError(name)
     e = self._entries[name]
-    if e["dtype"] not in _DTYPES:
-      raise CheckpointError(f"{self.path}: tensor {name!r} has unsupported dtype {e['dtype']}")
     begin, end = e["data_offsets"]
-    if self._data_start + end > self._size:
-      raise CheckpointError(
-        f"{self.path} is truncated: tensor {name!r} ends at byte {self._data_start + end} but the file has {self._size}"
-      )
     if self._mmap is None:
       self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
     raw = self._mmap[self._data_start + begin : self._data_start + end]
+    if raw.size != end - begin:  # the file shrank after it was opened
+      raise CheckpointFormatError(f"{self.path} is truncated: tensor {name!r} ends past the end of the file")
     return raw.view(_DTYPES[e["dtype"]]).reshape(e["shape"])
 
   def shape(self, name: str) -> tuple[int, ...]:
@@ -166,7 +230,12 @@ def read_state_dict(path: str | os.PathLike) -> Mapping[str, np.ndarray]:
   for index_name in ("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json"):
     index = path / index_name
     if index.is_file():
-      weight_map = json.loads(index.read_text())["weight_map"]
+      try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+      except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointFormatError(f"{index}: not a shard index with a weight_map ({type(e).__name__}: {e})") from None
+      if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointFormatError(f"{index}: weight_map is not an object of shard file names")
       shards = sorted(set(weight_map.values()))
       return MergedCheckpoint({s: SafetensorsFile(path / s) for s in shards})
   for name in ("model.safetensors", "diffusion_pytorch_model.safetensors"):

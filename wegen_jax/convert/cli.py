@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Callable
 
 import numpy as np
 
-from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict
+from wegen_jax.convert.checkpoint_io import CheckpointError, NonFiniteWeightsWarning, read_state_dict
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
 
@@ -84,9 +85,20 @@ def main(argv=None) -> int:
   for name, (help_text, add_args, _) in COMMANDS.items():
     add_args(sub.add_parser(name, help=help_text, description=help_text))
   args = parser.parse_args(argv)
-  try:
-    COMMANDS[args.mode][2](args)
-  except CheckpointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  with warnings.catch_warnings():
+    warnings.simplefilter("always", NonFiniteWeightsWarning)
+    show = warnings.showwarning
+
+    def one_line(message, category, *rest, **kw):  # our warnings as `warning: ...`, no source line
+      if issubclass(category, NonFiniteWeightsWarning):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+      else:
+        show(message, category, *rest, **kw)
+
+    warnings.showwarning = one_line
+    try:
+      COMMANDS[args.mode][2](args)
+    except CheckpointError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
   return 0

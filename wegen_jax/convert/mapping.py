@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from typing import Callable, Iterable, Mapping, Sequence
 
 import jax
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wegen_jax.convert.checkpoint_io import CheckpointError
+from wegen_jax.convert.checkpoint_io import CheckpointError, NonFiniteWeightsWarning
 from wegen_jax.layers.paths import param_paths
 
 
@@ -91,12 +92,15 @@ def load_state_dict(
   grow: regex of our path -> axis along which the checkpoint may be smaller: its tensor fills
   the leading entries and the rest keep their current values (a vocabulary extended with new
   tokens, as HF resize_token_embeddings).
+  Tensors with NaN/inf values (after the cast to the parameter dtype) are loaded as they are,
+  with one NonFiniteWeightsWarning naming each and its count.
   """
   if on_mismatch not in ("error", "keep_init"):
     raise ValueError(f"on_mismatch={on_mismatch!r}; choose 'error' or 'keep_init'")
   grow = [(re.compile(k), axis) for k, axis in (grow or {}).items()]
   variables = param_paths(model)
   table = match_rules(variables, rules)
+  nonfinite = {}
   missing = sorted({k for k, _ in table.values() if k not in state_dict})
   if missing:
     raise CheckpointError(
@@ -129,6 +133,9 @@ def load_state_dict(
           f"which maps to {tuple(value.shape)} but parameter {path!r} is {tuple(want)}"
         )
     value = np.asarray(value).astype(target_dtype)
+    bad = _nonfinite_count(value)
+    if bad:
+      nonfinite[key] = (bad, value.size)
     current = var.get_value()
     if shardings and path in shardings:
       array = jax.device_put(value, shardings[path])
@@ -137,6 +144,14 @@ def load_state_dict(
     else:
       array = jnp.asarray(value)
     var.set_value(array)
+  if nonfinite:
+    names = ", ".join(f"{k!r} ({n} of {size} values)" for k, (n, size) in list(nonfinite.items())[:10])
+    more = f" and {len(nonfinite) - 10} more" if len(nonfinite) > 10 else ""
+    warnings.warn(
+      f"{source}: {len(nonfinite)} tensor(s) hold non-finite values (NaN/inf): {names}{more}",
+      NonFiniteWeightsWarning,
+      stacklevel=2,
+    )
   used = {k for k, _ in table.values()}
   patterns = [re.compile(p) for p in ignore]
   extra = sorted(k for k in state_dict if k not in used and not any(p.search(k) for p in patterns))
@@ -146,6 +161,16 @@ def load_state_dict(
       f"{extra[:5]}; check the config (or pass strict=False)"
     )
   return model
+
+
+def _nonfinite_count(a: np.ndarray) -> int:
+  """How many entries of a are NaN or inf (0 for integer and bool arrays)."""
+  if a.dtype.kind in "biu":
+    return 0
+  try:
+    return int(a.size - np.count_nonzero(np.isfinite(a)))
+  except TypeError:  # a dtype without isfinite
+    return 0
 
 
 def _grows_along(have, want, axis: int) -> bool:
