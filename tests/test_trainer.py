@@ -13,39 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs import lm_train as lm_config
+from lm_runs import config, logged_losses, saved_steps
 from wegen_jax.training.trainer import NonFiniteLossError, train
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def config(**overrides):
-  c = lm_config.get_config()
-  c.total_steps, c.log_every, c.ckpt_every = 12, 1, 4
-  c.async_checkpoints = False
-  c.data.seq_len = 32
-  c.model.num_layers = 1
-  for k, v in overrides.items():
-    target = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = v
-  return c
-
-
-def saved_steps(workdir) -> list[int]:
-  root = Path(workdir) / "checkpoints"
-  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
-
-
-def logged_losses(workdir) -> dict[int, float]:
-  """Last logged loss per step (a resumed run re-logs steps after its checkpoint)."""
-  out = {}
-  for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
-    r = json.loads(line)
-    out[r["step"]] = r["loss"]
-  return out
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ wins, else the installed copy is used (`config_path`, `resolve_config_argv`).
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import importlib.resources
 import os
@@ -60,10 +61,13 @@ def packaged_configs() -> list[str]:
   return found
 
 
-def resolve_config_argv(argv: list[str] | None = None, flag: str = "config") -> list[str]:
+def resolve_config_argv(argv: list[str] | None = None, flag: str = "config", check: bool = True) -> list[str]:
   """argv with `--config PATH[:arg]` pointed at an existing file (see config_path), for absl's
-  config_flags, which open the path as given. Missing files are left for the flag to report."""
+  config_flags, which open the path as given. Missing files are left for the flag to report.
+  check: exit 2 with one line for a config that does not load or an override of an unknown field
+  (check_overrides), before absl would print a traceback."""
   argv = list(sys.argv if argv is None else argv)
+  resolved = None
   for i, item in enumerate(argv):
     if item == f"--{flag}" and i + 1 < len(argv):
       j, prefix, value = i + 1, "", argv[i + 1]
@@ -74,9 +78,43 @@ def resolve_config_argv(argv: list[str] | None = None, flag: str = "config") -> 
     path, sep, arg = value.partition(":")
     try:
       argv[j] = prefix + config_path(path) + sep + arg
+      resolved = argv[j][len(prefix) :]
     except FileNotFoundError:
       pass
+  if check and resolved is not None:
+    try:
+      check_overrides(load_config(resolved), argv, flag)
+    except (ValueError, KeyError, TypeError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
   return argv
+
+
+def flat_keys(config, prefix: str = "") -> list[str]:
+  """Dotted names of every field of a ConfigDict (nested dicts included)."""
+  out = []
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    out.append(name)
+    if hasattr(value, "items"):
+      out += flat_keys(value, name + ".")
+  return out
+
+
+def check_overrides(config, argv: list[str], flag: str = "config") -> None:
+  """Raises KeyError naming an unknown `--config.a.b=` field and the closest known names."""
+  known = flat_keys(config)
+  for item in argv:
+    if not item.startswith(f"--{flag}."):
+      continue
+    name = item[len(flag) + 3 :].partition("=")[0]
+    node, parts = config, name.split(".")
+    for depth, part in enumerate(parts):
+      if not hasattr(node, "items") or part not in node:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else "; see the config file for its fields"
+        raise ValueError(f"--{flag}.{name}: {'.'.join(parts[: depth + 1])!r} is not a field of the config{hint}")
+      node = node[part]
 
 
 def load_config(spec: str):

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from wegen_jax.training.metrics import strict_json_value
 
 EVALUATORS_PACKAGE = "wegen_jax.evaluators"
 
@@ -69,8 +70,8 @@ def run_evaluators(
     path = Path(workdir) / "eval" / f"{step}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     merged = json.loads(path.read_text()) if path.exists() else {}
-    merged.update({k: {m: (v if math.isfinite(v) else None) for m, v in r.items()} for k, r in results.items()})
+    merged.update({k: {m: strict_json_value(v) for m, v in r.items()} for k, r in results.items()})
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(merged, indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(merged, indent=2, sort_keys=True, allow_nan=False))
     tmp.replace(path)
   return flat

@@ -84,6 +84,8 @@ def make_optimizer(cfg, labels: Any = None) -> optax.GradientTransformation:
     tx = optax.multi_transform(transforms, labels)
   else:
     tx = _adamw(cfg, schedule)
-  if cfg.get("grad_clip", 0.0):  # one global norm over all trainable parameters
-    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
-  return tx
+  # One global norm over all trainable parameters. Always in the chain (an infinite bound leaves
+  # finite gradients exactly as they are), so the optimizer state, and so a checkpoint, has the
+  # same structure whether or not clipping is on: a rerun may change it.
+  clip = float(cfg.get("grad_clip", 0.0) or 0.0)
+  return optax.chain(optax.clip_by_global_norm(clip if clip > 0 else float("inf")), tx)

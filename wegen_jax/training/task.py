@@ -16,6 +16,8 @@ import grain
 import jax
 from flax import nnx
 
+from wegen_jax.training.validation import ConfigError
+
 SYSTEMS_PACKAGE = "wegen_jax.systems"
 
 
@@ -27,6 +29,10 @@ class Task:
 
   def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
     raise NotImplementedError
+
+  def check_config(self) -> None:
+    """Raises training.validation.ConfigError for a config this system cannot train on (e.g. no
+    dataset at data.dir), before the trainer builds anything (default: nothing to check)."""
 
   def init_pretrained(self, model: nnx.Module) -> None:
     """Fills parts of a freshly built (sharded) model from local weight files, in place; the
@@ -97,7 +103,7 @@ def system_module(name: str):
   """`wegen_jax.systems.<name>` (config.task names it, as big_vision resolves models.<name>):
   a new system is a new package there, with no registry to edit."""
   if name not in known_systems():
-    raise ValueError(f"unknown task {name!r}: there is no package {SYSTEMS_PACKAGE}.{name}; known: {known_systems()}")
+    raise ConfigError(f"unknown task {name!r}: there is no package {SYSTEMS_PACKAGE}.{name}; known: {known_systems()}")
   return importlib.import_module(f"{SYSTEMS_PACKAGE}.{name}")
 
 

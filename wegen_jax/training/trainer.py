@@ -33,6 +33,8 @@ from wegen_jax.training.flops import jaxpr_flops
 from wegen_jax.training.metrics import MetricsWriter, device_peak_flops
 from wegen_jax.training.optim import make_optimizer, make_schedule
 from wegen_jax.training.task import get_task
+from wegen_jax.training.validation import check_training_config
+from wegen_jax.training.workdir_lock import WorkdirLock
 
 
 class NonFiniteLossError(RuntimeError):
@@ -181,16 +183,34 @@ def make_train_step(task, config, mesh, graphdef, params) -> TrainStep:
   return TrainStep(step_fn, tx, schedule, param_shardings, opt_shardings, batch_sharding)
 
 
+def _all_finite(tree) -> jax.Array:
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.array(True)
+
+
+all_finite = jax.jit(_all_finite)
+
+
 def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainResult:
   """Trains `config.task` to `config.total_steps`, resuming from WORKDIR/checkpoints.
 
   stop_at: save and return after this step (as a preempted job would), schedules unchanged.
   config.num_devices (optional): use only the first N devices (e.g. 1 for a reference run).
+  Raises ConfigError (bad config or paths, before anything is built), WorkdirBusyError (another
+  trainer holds WORKDIR), CheckpointMismatchError (the checkpoint is of another model) and
+  NonFiniteLossError (a non-finite loss, gradient or state; nothing of it is saved).
   """
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  use_compilation_cache(config.get("compilation_cache_dir"))
   task = get_task(config)
+  check_training_config(config, workdir)
+  task.check_config()
+  workdir.mkdir(parents=True, exist_ok=True)
+  with WorkdirLock(workdir, jax.process_index()):
+    return _train(task, config, workdir, stop_at)
+
+
+def _train(task, config, workdir: Path, stop_at: int | None) -> TrainResult:
+  use_compilation_cache(config.get("compilation_cache_dir"))
   devices = jax.devices()[: config.get("num_devices", 0) or None]
   mesh = make_mesh(dict(config.mesh), devices=devices)
   rules = config.get("sharding_rules")
@@ -213,7 +233,7 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
 
   state = {"params": params, "frozen": frozen, "opt": opt_state}
   step = 0
-  restored = ckpt.restore_latest(abstract_like(state, mesh))
+  restored = ckpt.restore_latest(abstract_like(state, mesh), config=config.to_dict())
   if restored is not None:
     step, state, data_state = restored
     loader.set_state(data_state)
@@ -222,37 +242,69 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
 
   step_fn = train_step.step_fn
   base_rng = jax.random.key(config.seed)
-  writer = MetricsWriter(workdir, total_steps=config.total_steps)
+  writer = MetricsWriter(workdir, total_steps=config.total_steps, resumed_step=step if restored else None)
   (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
   stop = {"signal": None}
   previous = signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))  # preemption notice
 
   flops_per_step, peak = None, None
   losses: dict[int, float] = {}
-  window = {"start": time.perf_counter(), "counts": {}, "steps": 0}
-  last_saved = step
+  # Throughput windows exclude checkpoint and evaluation time (reported as checkpoint_s / eval_s).
+  window = {"start": time.perf_counter(), "counts": {}, "steps": 0, "paused": 0.0, "checkpoint_s": 0.0, "eval_s": 0.0}
+
+  # A checkpoint is good once the loss computed on its parameters (the next step's) is finite:
+  # `unconfirmed` is the newest saved (or restored) step whose next loss is not read yet.
+  unconfirmed = step if restored is not None else None
 
   def record(done: int, metrics: dict, counts: dict[str, float]):
     """Checks and logs a finished step's metrics (reading them waits for that step only)."""
-    loss = float(metrics["loss"])
+    nonlocal unconfirmed, peak
+    loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
     losses[done] = loss
-    if not math.isfinite(loss):
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+      if unconfirmed == done - 1:  # the saved state itself gives this loss: it is not a good one
+        ckpt.discard(unconfirmed, f"its parameters give loss {loss}, grad norm {grad_norm}")
+      good = ckpt.all_steps()
+      where = f"step {good[-1]} in {ckpt.directory}" if good else f"none (no step in {ckpt.directory} is good)"
       raise NonFiniteLossError(
-        f"loss is {loss} at step {done}: stopping without saving this state. The last good "
-        f"checkpoint is step {last_saved} in {ckpt.directory}; lower the learning rate or check "
-        "the data, then rerun to resume from it"
+        f"loss {loss}, grad norm {grad_norm} at step {done}: stopping without saving this state. The last good "
+        f"checkpoint is {where}; lower the learning rate or check the data, then rerun to resume from it"
       )
+    if unconfirmed == done - 1:
+      unconfirmed = None
     window["steps"] += 1
     for k, v in counts.items():
       window["counts"][k] = window["counts"].get(k, 0.0) + v
     if done % config.log_every == 0 or done == config.total_steps:
-      seconds = time.perf_counter() - window["start"]
+      seconds = time.perf_counter() - window["start"] - window["paused"]
       logged = {k: float(v) for k, v in metrics.items()}
       logged.update({f"{k}_per_s": v / seconds for k, v in window["counts"].items()})
       if flops_per_step:
-        logged["mfu"] = flops_per_step * window["steps"] / seconds / peak
+        achieved = flops_per_step * window["steps"] / seconds
+        if devices[0].platform == "cpu" and achieved > peak:  # the start-up matmul ran on a busier host
+          peak = achieved
+        logged["mfu"] = achieved / peak
+      logged.update({k: window[k] for k in ("checkpoint_s", "eval_s") if window[k]})
       writer.write(done, logged)
-      window.update(start=time.perf_counter(), counts={}, steps=0)
+      window.update(start=time.perf_counter(), counts={}, steps=0, paused=0.0, checkpoint_s=0.0, eval_s=0.0)
+
+  def paused(kind: str, began: float) -> None:
+    seconds = time.perf_counter() - began
+    window["paused"] += seconds
+    window[kind] += seconds
+
+  def save(done: int) -> None:
+    nonlocal unconfirmed
+    began = time.perf_counter()
+    if not bool(all_finite({"params": params, "opt": opt_state})):
+      raise NonFiniteLossError(
+        f"the parameters or optimizer state after step {done} are not finite: stopping without saving them. "
+        f"The newest checkpoint is step {ckpt.all_steps()[-1] if ckpt.all_steps() else None} in {ckpt.directory}; "
+        "lower the learning rate or check the data, then rerun to resume from it"
+      )
+    ckpt.save(done, {"params": params, "frozen": frozen, "opt": opt_state}, loader.get_state(), config.to_dict())
+    unconfirmed = done
+    paused("checkpoint_s", began)
 
   pending = None  # the last dispatched step's (step, metrics, counts), not yet read
   try:
@@ -262,8 +314,7 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
         rng = jax.random.fold_in(base_rng, step)
         if flops_per_step is None:  # global matmul/conv FLOPs (training/flops.py)
           flops_per_step = jaxpr_flops(step_fn.trace(params, frozen, opt_state, batch, rng, step).jaxpr)
-          # virtual CPU devices share one machine: its measured peak is the whole budget
-          peak = device_peak_flops() * (1 if devices[0].platform == "cpu" else len(devices))
+          peak = device_peak_flops(devices)
           window["start"] = time.perf_counter()  # throughput excludes compilation
         params, opt_state, metrics = step_fn(params, frozen, opt_state, batch, rng, step)
         step += 1
@@ -277,14 +328,15 @@ def train(config, workdir: str | Path, *, stop_at: int | None = None) -> TrainRe
         if due_now:
           record(*pending)  # evaluate only a state whose loss has been checked
           pending = None
+          began = time.perf_counter()
           model_now = nnx.merge(graphdef, params, frozen)
           writer.write(step, run_evaluators(evaluators, task.predict_fns(model_now), step, workdir, due_now))
+          paused("eval_s", began)
         if step % config.ckpt_every == 0 or step == config.total_steps or stopping:
           if pending is not None:
             record(*pending)  # never save a state whose loss has not been checked
             pending = None
-          ckpt.save(step, {"params": params, "frozen": frozen, "opt": opt_state}, loader.get_state(), config.to_dict())
-          last_saved = step
+          save(step)
         if stopping:
           print(
             f"stopping at step {step} ({'signal ' + str(stop['signal']) if stop['signal'] else 'stop_at'}); "

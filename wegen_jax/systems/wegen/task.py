@@ -7,6 +7,8 @@ frozen (the diffusion loss still back-propagates through the UNet into the LLM).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import numpy as np
 from flax import nnx
@@ -15,6 +17,13 @@ from wegen_jax.systems.wegen.config import WeGenConfig
 from wegen_jax.systems.wegen.loss import wegen_loss
 from wegen_jax.systems.wegen.model import WeGen
 from wegen_jax.training.task import Task
+from wegen_jax.training.validation import ConfigError
+
+BUILD_DATA = (
+  "build one with `python -m wegen_jax.data.synthetic --out VIDEOS --num 64` then "
+  "`python -m wegen_jax.curation --videos VIDEOS --out DATA_DIR --config configs/curate.py:synthetic --label` "
+  "(or from real videos), and pass --config.data.dir=DATA_DIR"
+)
 
 TRAINABLE = {1: ("unet",), 2: ("llm", "input_proj", "output_proj"), 3: ("llm", "input_proj", "output_proj")}
 
@@ -24,11 +33,28 @@ class WeGenTask(Task):
     super().__init__(config)
     self.stage = int(config.get("stage", 2))
     if self.stage not in TRAINABLE:
-      raise ValueError(f"config.stage={self.stage}; choose 1 (detokenizer), 2 or 3 (MLLM)")
+      raise ConfigError(f"config.stage={self.stage}; choose 1 (detokenizer), 2 or 3 (MLLM)")
     self.model_config = WeGenConfig.from_dict(config.model)
 
   def build_model(self, rngs):
     return WeGen(self.model_config, rngs=rngs)
+
+  def check_config(self):
+    from wegen_jax.data.schema import DATASET_NAME
+
+    data_dir = self.config.data.get("dir")
+    if not data_dir:
+      raise ConfigError(f"config.data.dir is not set: WeGen trains on a curated {DATASET_NAME} dataset; {BUILD_DATA}")
+    path = Path(data_dir)
+    if not path.is_dir():
+      raise ConfigError(f"config.data.dir={data_dir} does not exist; {BUILD_DATA}")
+    if not (path / DATASET_NAME).is_dir() or not any((path / DATASET_NAME).iterdir()):
+      raise ConfigError(
+        f"config.data.dir={data_dir} holds no {DATASET_NAME} dataset (no {path / DATASET_NAME}); {BUILD_DATA}"
+      )
+    tokenizer = self.config.data.get("tokenizer")
+    if tokenizer and not Path(tokenizer).exists():
+      raise ConfigError(f"config.data.tokenizer={tokenizer} does not exist: point it at a local HF tokenizer directory")
 
   def init_pretrained(self, model):
     from wegen_jax.systems.wegen.pretrained import load_pretrained
