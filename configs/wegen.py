@@ -10,7 +10,7 @@ Llama-2-7B-chat (vocab 32330), EVA-CLIP-E-14-plus at 448 px, the SDXL-base UNet 
 cross_attention_dim 1792 and a 1792 + 6*256 = 3328 add-embedding input, the SDXL VAE.
 Data: wegen_jax.systems.wegen.pipeline over the TFDS dir `data.dir` (dataset wegen_dynamics), e.g.
   python -m wegen_jax.data.synthetic --out /tmp/syn --num 16 --config configs/synthetic.py
-  python -m wegen_jax.curation --videos /tmp/syn --out /tmp/dyn --config configs/curate.py:synthetic --label
+  python -m wegen_jax.curation --videos /tmp/syn --out /tmp/dyn --config configs/curate.py:preset=synthetic --label
 arg: size=tiny|7b, stage=1|2|3.
 """
 
@@ -198,9 +198,13 @@ def get_config(arg=None):
   #   --config.init_from=/tmp/wegen1   (nothing is copied when the run resumes its own checkpoint)
   c.init_from = ""
   c.init_components = {1: (), 2: ("unet", "vae"), 3: ("llm", "input_proj", "output_proj", "unet", "vae")}[stage]
-  # generate() defaults. The tiny v-prediction detokenizer draws best unguided: held-out MAE
+  # Sampling defaults (every system's config calls them `sampling`; a Request's options override
+  # them): the image's diffusion steps and guidance, and the text decoding (max_new_tokens 0 =
+  # room for one image). The tiny v-prediction detokenizer draws best unguided: held-out MAE
   # 22.5/255 at scale 1, 32.6 at 2 (WeGen's 7B samples use 7).
-  c.sample = dict(num_steps=50, guidance_scale=1.0 if tiny else 7.0, var_cfg_scale=1.0)
+  c.sampling = dict(
+    num_steps=50, guidance_scale=1.0 if tiny else 7.0, var_cfg_scale=1.0, max_new_tokens=0, temperature=0.0
+  )
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.sharding_rules = [list(r) for r in DEFAULT_RULES]
   return c

@@ -39,9 +39,9 @@ MODEL_SPECS = (
   + [f"configs/wegen.py:size={size},stage={stage}" for size in ("tiny", "7b") for stage in (1, 2, 3)]
 )
 # Configs without a model (curation and the synthetic corpus), with their presets: they only have to load.
-OTHER_SPECS = [f"configs/curate.py{p}" for p in ("", ":synthetic", ":clip", ":vlm")] + [
+OTHER_SPECS = [f"configs/curate.py{p}" for p in ("", ":preset=synthetic", ":preset=clip", ":preset=vlm")] + [
   "configs/synthetic.py",
-  "configs/synthetic.py:large",
+  "configs/synthetic.py:preset=large",
 ]
 
 # config.model fields that no module constructor reads (loss terms, noise schedules, VAE encoder passes).

@@ -46,7 +46,7 @@ BAD = {  # file -> expected words of its reason
 CONFIG = f'''
 from wegen_jax.config_utils import load_config
 def get_config(arg=None):
-    c = load_config("{REPO}/configs/curate.py:synthetic")
+    c = load_config("{REPO}/configs/curate.py:preset=synthetic")
     c.max_pixels = 1920 * 1080
     c.workers = 1
     c.validation_fraction = 0.3
@@ -263,11 +263,9 @@ def test_parallel_and_sharded_runs_give_the_same_records(curated, corpus, tmp_pa
 
 
 def test_other_labellers_fail_clearly(tmp_path):
-  with pytest.raises(labellers.NotAvailableError, match="wegen"):
-    labellers.WeGenLabeller(str(tmp_path))
   with pytest.raises(labellers.NotAvailableError, match="not found: /nope"):
     labellers.HFVLMLabeller("/nope", "caption", "dynamics")
-  cfg = load_config(f"{REPO}/configs/curate.py:vlm")
+  cfg = load_config(f"{REPO}/configs/curate.py:preset=vlm")
   cfg.labeller.hf_vlm.path = str(tmp_path / "missing")
   with pytest.raises(labellers.NotAvailableError, match="missing"):
     labellers.build_labeller(cfg.labeller)
@@ -311,7 +309,7 @@ def test_clip_encoder_adapter_matches_torch(tmp_path):
   )
   torch.manual_seed(0)
   transformers.CLIPModel(cfg).eval().save_pretrained(tmp_path)
-  enc_cfg = load_config(f"{REPO}/configs/curate.py:clip").encoder
+  enc_cfg = load_config(f"{REPO}/configs/curate.py:preset=clip").encoder
   enc_cfg.clip_dir, enc_cfg.image_size = str(tmp_path), 32
   enc = encoders.build_encoder(enc_cfg)
   frames, _ = S.generate_clip(3, S.ClipSpec(num_frames=4))
@@ -378,7 +376,7 @@ def test_hf_vlm_labelling_pass(curated, tmp_path):
   os.makedirs(out / runner.WORK / "results")
   src = runner.result_path(str(curated[0]), "clip_00.mp4")
   shutil.copy(src, out / runner.WORK / "results")
-  cfg = load_config(f"{REPO}/configs/curate.py:vlm")
+  cfg = load_config(f"{REPO}/configs/curate.py:preset=vlm")
   cfg.labeller.hf_vlm.path, cfg.labeller.hf_vlm.max_new_tokens = str(tmp_path / "vlm"), 3
   counts = runner.run_labelling(str(out), cfg, progress=False)
   recs = next(runner.iter_results(str(out)))["records"]
@@ -419,7 +417,7 @@ def test_command_line_entry_points(tmp_path):
     "--out",
     str(tmp_path / "d"),
     "--config",
-    f"{REPO}/configs/curate.py:synthetic",
+    f"{REPO}/configs/curate.py:preset=synthetic",
     "--workers",
     "2",
     "--label",

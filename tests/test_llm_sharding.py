@@ -9,8 +9,9 @@ from flax import nnx
 from wegen_jax.models import LLM, LLMConfig
 from wegen_jax.parallel import activation_sharding, make_mesh, shard_module
 from wegen_jax.training import cross_entropy, next_token_labels
+from sharding_harness import mesh_id, rel_err
 
-MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
+MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]  # fsdp x4 with tensor 1 too: the LLM's 7B layout
 
 
 def build(remat="none"):
@@ -44,18 +45,13 @@ def loss_and_grads(model, ids, mesh=None):
     return step(state, ids)
 
 
-def rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
-
-
 @pytest.fixture(scope="module")
 def reference():
   ids = jnp.asarray(np.random.RandomState(0).randint(0, 128, (8, 16)))
   return ids, loss_and_grads(build(), ids)
 
 
-@pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", MESHES, ids=mesh_id)
 def test_sharded_loss_and_grads_match_single_device(shape, reference):
   assert jax.device_count() >= 8, "tests/conftest.py should force 8 host devices"
   ids, (ref_loss, ref_grads) = reference

@@ -15,6 +15,7 @@ import pytest
 
 from lm_runs import config, logged_losses, saved_steps
 from wegen_jax.training.trainer import NonFiniteLossError, train
+from sharding_harness import MESHES, mesh_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,11 +126,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   c = config(
     **{"optimizer.lr": 1e6, "optimizer.grad_clip": 0.0, "optimizer.warmup_steps": 0, "total_steps": 40, "ckpt_every": 2}
   )
-  with pytest.raises(NonFiniteLossError, match="last good checkpoint is step"):
+  with pytest.raises(NonFiniteLossError, match="last good checkpoint is"):
     train(c, tmp_path)
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   saved = saved_steps(tmp_path)
-  assert all(np.isfinite(r["loss"]) for r in lines) and saved[-1] <= len(lines)
+  assert all(np.isfinite(r["loss"]) for r in lines) and all(s <= len(lines) for s in saved)
 
 
 def test_gradient_accumulation_matches_full_batch(uninterrupted, tmp_path):
@@ -143,7 +144,7 @@ def single_device(tmp_path_factory):
   return train(config(total_steps=3, ckpt_every=3, num_devices=1, mesh={"fsdp": 1}), tmp_path_factory.mktemp("one"))
 
 
-@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 2, 4)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", MESHES, ids=mesh_id)
 def test_same_losses_on_any_mesh(shape, single_device, tmp_path):
   sharded = train(config(total_steps=3, ckpt_every=3, mesh=dict(zip(("data", "fsdp", "tensor"), shape))), tmp_path)
   for step in (1, 2, 3):

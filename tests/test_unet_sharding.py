@@ -12,8 +12,7 @@ pytest.importorskip("diffusers")
 from tests.test_diffusion_refs import diffusers_unet  # noqa: E402
 from wegen_jax import convert  # noqa: E402
 from wegen_jax.parallel import activation_sharding, make_mesh, shard_module  # noqa: E402
-
-MESHES = [(8, 1, 1), (2, 2, 2), (1, 2, 4)]
+from sharding_harness import MESHES, mesh_id, rel_err
 
 
 def out_and_grads(model, x, t, ctx, mesh=None):
@@ -34,11 +33,6 @@ def out_and_grads(model, x, t, ctx, mesh=None):
     return step(state, x, t, ctx)
 
 
-def rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   path = tmp_path_factory.mktemp("tiny_unet")
@@ -52,7 +46,7 @@ def setup(tmp_path_factory):
   return path, inputs, out_and_grads(convert.load_diffusers_unet(path), *inputs)
 
 
-@pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", MESHES, ids=mesh_id)
 def test_sharded_output_and_grads_match_single_device(shape, setup):
   assert jax.device_count() >= 8, "tests/conftest.py should force 8 host devices"
   path, inputs, (ref_out, ref_grads) = setup

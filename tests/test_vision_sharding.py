@@ -19,8 +19,8 @@ from wegen_jax.models.clip import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVis
 from wegen_jax.models.eva import EVAConfig, EVAVisionTower
 from wegen_jax.models.projectors import InputProjector
 from wegen_jax.parallel import activation_sharding, make_mesh, shard_module
+from sharding_harness import MESHES, mesh_id, rel_err
 
-MESHES = [(8, 1, 1), (2, 2, 2), (1, 2, 4)]
 EVA = EVAConfig(image_size=32, patch_size=4, width=32, depth=2, num_heads=4, mlp_dim=64)
 CLIP = CLIPConfig(
   text=CLIPTextConfig(
@@ -57,11 +57,6 @@ def forward(eva, proj, clip, eva_px, ids, clip_px):
   return tokens, proj(tokens), clip.get_text_features(ids), clip.get_image_features(clip_px)
 
 
-def rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
-
-
 @functools.cache
 def single_device():
   return forward(*build(), *map(jnp.asarray, inputs()))
@@ -81,7 +76,7 @@ def check_mesh(shape):
     assert not models[0].blocks[0].mlp.fc1.kernel.get_value().sharding.is_fully_replicated
 
 
-@pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", MESHES, ids=mesh_id)
 def test_sharded_features_match_single_device(shape):
   if jax.device_count() >= 8:
     check_mesh(shape)

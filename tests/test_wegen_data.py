@@ -130,7 +130,7 @@ def curated_dir(tmp_path_factory):
         "--out",
         str(root / "data"),
         "--config",
-        "configs/curate.py:synthetic",
+        "configs/curate.py:preset=synthetic",
         "--label",
         "--no-progress",
       ]

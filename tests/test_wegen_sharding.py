@@ -12,8 +12,7 @@ from wegen_batches import make_batch, random_model, tiny_config
 from wegen_jax.parallel import activation_sharding, logical_to_spec, make_mesh, shard_module
 from wegen_jax.systems.wegen import WeGenConfig
 from wegen_jax.systems.wegen.task import WeGenTask
-
-MESHES = [(8, 1, 1), (2, 2, 2), (1, 2, 4)]
+from sharding_harness import MESHES, mesh_id
 
 
 def _loss(task, model, batch):
@@ -32,7 +31,7 @@ def reference():
   return config, task, cfg, batch, float(loss), {k: float(v) for k, v in metrics.items()}
 
 
-@pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", MESHES, ids=mesh_id)
 def test_sharded_loss_matches_single_device(shape, reference):
   assert jax.device_count() >= 8, "tests/conftest.py should force 8 host devices"
   config, task, cfg, batch, ref_loss, ref_metrics = reference

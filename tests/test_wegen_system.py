@@ -13,7 +13,7 @@ from flax import nnx
 
 from wegen_batches import make_batch, random_model, tiny_config
 from wegen_jax.systems.wegen.tokenizer import load_tokenizer
-from wegen_jax.generation import SamplingConfig
+from wegen_jax.generation import SamplingConfig, left_pad
 from wegen_jax.systems.wegen import WeGenConfig
 from wegen_jax.systems.wegen.generate import ImageSampling, ImageTokens, generate, images_to_pixels
 from wegen_jax.systems.wegen.task import WeGenTask
@@ -93,11 +93,7 @@ def _prompts(config, tok):
     ids = batch["input_ids"][b]
     cut = int(batch["image_token_positions"][b, 1, 0]) - 1  # the target <img>
     rows.append(ids[:cut])
-  width = max(len(r) for r in rows)
-  ids = np.zeros((len(rows), width), np.int32)
-  mask = np.zeros_like(ids)
-  for b, r in enumerate(rows):  # left padding
-    ids[b, width - len(r) :], mask[b, width - len(r) :] = r, 1
+  ids, mask = left_pad(rows, 0)
   return ids, mask, batch["pixel_values"][:, :1]
 
 
@@ -132,10 +128,7 @@ def test_generate_text_and_images_multi_turn_and_var_cfg(setup, trained):
     np.concatenate([ids[b][mask[b] > 0], out.tokens[b, :66], tok.encode(" [INST] again [/INST] ok ")])
     for b in range(ids.shape[0])
   ]
-  width = max(map(len, turn2))
-  ids2, mask2 = np.zeros((len(turn2), width), np.int32), np.zeros((len(turn2), width), np.int32)
-  for b, r in enumerate(turn2):
-    ids2[b, width - len(r) :], mask2[b, width - len(r) :] = r, 1
+  ids2, mask2 = left_pad(turn2, 0)
   pixels2 = np.stack(
     [np.concatenate([pixels[b], images_to_pixels(out.images[b], cfg.vision.image_size)]) for b in range(ids.shape[0])]
   )

@@ -6,6 +6,7 @@ import functools
 import numpy as np
 
 from wegen_jax.systems.wegen.tokenizer import load_tokenizer
+from wegen_jax.training.losses import IGNORE_INDEX
 
 Q = 64
 
@@ -21,7 +22,7 @@ def make_batch(config, batch=2, seed=0):
     input_ids=np.zeros((batch, length), np.int32),
     segment_ids=np.zeros((batch, length), np.int32),
     positions=np.zeros((batch, length), np.int32),
-    labels=np.full((batch, length), -100, np.int32),
+    labels=np.full((batch, length), IGNORE_INDEX, np.int32),
     pixel_values=np.zeros((batch, n, 3, s, s), np.float32),
     image_token_positions=np.zeros((batch, n, Q), np.int32),
     image_valid=np.zeros((batch, n), bool),
@@ -43,7 +44,7 @@ def make_batch(config, batch=2, seed=0):
     out["input_ids"][b, :m] = ids
     out["segment_ids"][b, :m] = 1
     out["positions"][b, :m] = np.arange(m)
-    out["labels"][b, : m - 1] = np.where(supervised[1:], ids[1:], -100)
+    out["labels"][b, : m - 1] = np.where(supervised[1:], ids[1:], IGNORE_INDEX)
     for k, start in enumerate(slots):
       out["image_token_positions"][b, k] = np.arange(start, start + Q)
       out["image_valid"][b, k] = True

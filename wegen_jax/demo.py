@@ -37,7 +37,16 @@ def curate(videos: Path, data: Path) -> None:
   from wegen_jax.curation import __main__ as curate_cli
 
   code = curate_cli.main(
-    ["--videos", str(videos), "--out", str(data), "--config", "configs/curate.py:synthetic", "--label", "--no-progress"]
+    [
+      "--videos",
+      str(videos),
+      "--out",
+      str(data),
+      "--config",
+      "configs/curate.py:preset=synthetic",
+      "--label",
+      "--no-progress",
+    ]
   )
   if code:
     raise SystemExit(f"curation failed with exit code {code}")

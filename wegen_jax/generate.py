@@ -20,21 +20,12 @@ from ml_collections import config_flags
 from wegen_jax.config_utils import resolve_config_argv
 
 from wegen_jax import convert
-from wegen_jax.generation import SamplingConfig, generate
+from wegen_jax.generation import SamplingConfig, generate, left_pad
 from wegen_jax.models import LLM, LLMConfig
 from wegen_jax.parallel import make_mesh, shard_module
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/lm_generate.py[:arg]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/wegen_llm", "where outputs are written")
-
-
-def left_pad(rows: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
-  width = max(len(r) for r in rows)
-  ids = np.full((len(rows), width), pad, np.int32)
-  mask = np.zeros((len(rows), width), np.int32)
-  for i, r in enumerate(rows):
-    ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
-  return ids, mask
 
 
 def _hf_check(model: LLM, hf_dir: Path, ids: np.ndarray) -> str:

@@ -12,7 +12,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import ml_dtypes
 import numpy as np
@@ -283,3 +283,25 @@ def save_state_dict(
     weight_map.update({k: shard_name for k in shard})
   index = {"metadata": {"total_size": total}, "weight_map": weight_map}
   (directory / f"{filename}.index.json").write_text(json.dumps(index, indent=2))
+
+
+def state_dict_and_source(state_dict_or_path) -> tuple[Mapping[str, Any], str]:
+  """(tensors, name for messages) from a state dict or a path read_state_dict reads."""
+  if isinstance(state_dict_or_path, (str, os.PathLike)):
+    return read_state_dict(state_dict_or_path), str(state_dict_or_path)
+  return state_dict_or_path, "state dict"
+
+
+def read_json_config(directory: str | os.PathLike, expected: str) -> dict:
+  """DIRECTORY/config.json as a dict; `expected` says what kind of folder it should be."""
+  config_path = Path(directory) / "config.json"
+  if not config_path.is_file():
+    raise CheckpointError(f"no config.json in {directory}: expected {expected}")
+  try:
+    return json.loads(config_path.read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
+
+
+def write_json_config(directory: str | os.PathLike, config: Mapping[str, Any]) -> None:
+  (Path(directory) / "config.json").write_text(json.dumps(config, indent=2))

@@ -26,7 +26,8 @@ def command(name: str, help_text: str, add_args: Callable[[argparse.ArgumentPars
   return register
 
 
-def _src_out(p):
+def src_out_args(p):
+  """--src, --out, --dtype: the arguments of every conversion command."""
   p.add_argument("--src", required=True, help="input path")
   p.add_argument("--out", required=True, help="output directory (created)")
   p.add_argument("--dtype", default=None, help="dtype to store, e.g. bfloat16 (default: keep)")
@@ -50,7 +51,7 @@ def _inspect(args):
 @command(
   "hf-llm-to-jax",
   "HF causal LM dir (Llama/Qwen2/Qwen2.5-VL text/OPT) -> wegen_jax checkpoint (Orbax params + wegen_model.json)",
-  _src_out,
+  src_out_args,
 )
 def _hf_llm_to_jax(args):
   from wegen_jax.convert.hf_llm import load_hf_llm
@@ -63,7 +64,7 @@ def _hf_llm_to_jax(args):
 
 
 @command(
-  "jax-to-hf-llm", "wegen_jax LLM checkpoint -> HF dir that AutoModelForCausalLM.from_pretrained loads", _src_out
+  "jax-to-hf-llm", "wegen_jax LLM checkpoint -> HF dir that AutoModelForCausalLM.from_pretrained loads", src_out_args
 )
 def _jax_to_hf_llm(args):
   from wegen_jax.convert.hf_llm import save_hf_llm

@@ -11,7 +11,6 @@ transpose layouts (Linear [out,in] <-> [in,out]; conv OIHW <-> HWIO).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -20,8 +19,14 @@ from typing import Any, Mapping
 import numpy as np
 from flax import nnx
 
-from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict, save_state_dict
-from wegen_jax.convert.cli import command
+from wegen_jax.convert.checkpoint_io import (
+  CheckpointError,
+  read_json_config,
+  read_state_dict,
+  save_state_dict,
+  write_json_config,
+)
+from wegen_jax.convert.cli import command, src_out_args
 from wegen_jax.convert.mapping import CONV, LINEAR, Rule, Transform, export_state_dict, load_state_dict
 from wegen_jax.models.unet import UNet2DConditionModel, UNetConfig
 from wegen_jax.models.vae import AutoencoderKL, VAEConfig
@@ -325,16 +330,9 @@ def vae_config_to_diffusers(cfg: VAEConfig) -> dict:
 
 
 def read_config(path: str | os.PathLike) -> dict:
-  config_path = Path(path) / "config.json"
-  if not config_path.is_file():
-    raise CheckpointError(
-      f"no config.json in {path}: expected a diffusers model folder "
-      f"(config.json + {WEIGHTS}), e.g. the unet/ or vae/ subfolder of a pipeline"
-    )
-  try:
-    return json.loads(config_path.read_text())
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
+  return read_json_config(
+    path, f"a diffusers model folder (config.json + {WEIGHTS}), e.g. the unet/ or vae/ subfolder of a pipeline"
+  )
 
 
 def load_diffusers_unet(path: str | os.PathLike, **config_overrides) -> UNet2DConditionModel:
@@ -398,7 +396,7 @@ def fill_diffusers_vae(vae: AutoencoderKL, path: str | os.PathLike, *, dtype=Non
 def _save(path, state_dict, config):
   path = Path(path)
   save_state_dict(state_dict, path, filename=WEIGHTS)
-  (path / "config.json").write_text(json.dumps(config, indent=2))
+  write_json_config(path, config)
 
 
 def save_diffusers_unet(model: UNet2DConditionModel, path: str | os.PathLike, *, dtype=None) -> None:
@@ -417,12 +415,6 @@ def register_native_kinds() -> None:
 
   register_kind("unet", UNetConfig, UNet2DConditionModel)
   register_kind("vae", VAEConfig, AutoencoderKL)
-
-
-def _cli_args(p):
-  p.add_argument("--src", required=True, help="input directory")
-  p.add_argument("--out", required=True, help="output directory (created)")
-  p.add_argument("--dtype", default=None, help="dtype to store, e.g. bfloat16 (default: keep)")
 
 
 def _cli_to_jax(loader, what):
@@ -451,14 +443,16 @@ def _cli_to_diffusers(saver, what):
 command(
   "diffusers-unet",
   "diffusers UNet2DConditionModel dir (config.json + diffusion_pytorch_model.safetensors) -> wegen_jax checkpoint",
-  _cli_args,
+  src_out_args,
 )(_cli_to_jax(load_diffusers_unet, "UNet"))
 command(
-  "jax-to-diffusers-unet", "wegen_jax UNet checkpoint -> dir that UNet2DConditionModel.from_pretrained loads", _cli_args
+  "jax-to-diffusers-unet",
+  "wegen_jax UNet checkpoint -> dir that UNet2DConditionModel.from_pretrained loads",
+  src_out_args,
 )(_cli_to_diffusers(save_diffusers_unet, "UNet2DConditionModel"))
-command("diffusers-vae", "diffusers AutoencoderKL dir -> wegen_jax checkpoint", _cli_args)(
+command("diffusers-vae", "diffusers AutoencoderKL dir -> wegen_jax checkpoint", src_out_args)(
   _cli_to_jax(load_diffusers_vae, "VAE")
 )
-command("jax-to-diffusers-vae", "wegen_jax VAE checkpoint -> dir that AutoencoderKL.from_pretrained loads", _cli_args)(
-  _cli_to_diffusers(save_diffusers_vae, "AutoencoderKL")
-)
+command(
+  "jax-to-diffusers-vae", "wegen_jax VAE checkpoint -> dir that AutoencoderKL.from_pretrained loads", src_out_args
+)(_cli_to_diffusers(save_diffusers_vae, "AutoencoderKL"))

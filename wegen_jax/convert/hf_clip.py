@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -10,7 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 from flax import nnx
 
-from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict, save_state_dict
+from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict, save_state_dict, write_json_config
 from wegen_jax.convert.hf_llm import read_hf_config
 from wegen_jax.convert.mapping import CONV, COPY, LINEAR, Rule, export_state_dict, load_state_dict
 from wegen_jax.models.clip import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
@@ -154,4 +153,4 @@ def save_hf_clip(model: CLIPModel, path: str | os.PathLike, *, dtype=None) -> No
   config = hf_config(model.cfg)
   if dtype is not None:
     config["torch_dtype"] = np.dtype(dtype).name
-  (path / "config.json").write_text(json.dumps(config, indent=2))
+  write_json_config(path, config)

@@ -7,7 +7,6 @@ either the flat or the `model.language_model.` key layout), and OPTForCausalLM.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,7 +15,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict, save_state_dict
+from wegen_jax.convert.checkpoint_io import (
+  CheckpointError,
+  read_json_config,
+  read_state_dict,
+  save_state_dict,
+  state_dict_and_source,
+  write_json_config,
+)
 from wegen_jax.convert.mapping import LINEAR, Rule, export_state_dict, load_state_dict
 from wegen_jax.models.llm import LLM, LLMConfig
 
@@ -204,13 +210,7 @@ def rules(cfg: LLMConfig, prefix: str = "model.") -> list[Rule]:
 
 
 def read_hf_config(path: str | os.PathLike) -> dict:
-  config_path = Path(path) / "config.json"
-  if not config_path.is_file():
-    raise CheckpointError(f"no config.json in {path}: expected an HF model directory (config.json + model.safetensors)")
-  try:
-    return json.loads(config_path.read_text())
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
+  return read_json_config(path, "an HF model directory (config.json + model.safetensors)")
 
 
 def _decoder_prefix(state_dict, cfg: LLMConfig) -> str:
@@ -259,9 +259,8 @@ def fill_hf_llm(
   with fewer token rows (Llama-2's 32000 for WeGen's 32330) fills the first rows; the added
   tokens keep their current values, as HF resize_token_embeddings leaves them."""
   cfg = model.cfg
-  is_path = isinstance(state_dict_or_path, (str, os.PathLike))
-  state_dict = read_state_dict(state_dict_or_path) if is_path else state_dict_or_path
-  source = source or (str(state_dict_or_path) if is_path else "state dict")
+  state_dict, read_from = state_dict_and_source(state_dict_or_path)
+  source = source or read_from
   # Buffers some checkpoints carry, and the vision tower of a Qwen2.5-VL checkpoint.
   ignore = [r"rotary_emb\.inv_freq$", r"(^|\.)visual\."]
   if cfg.tie_word_embeddings:
@@ -292,4 +291,4 @@ def save_hf_llm(model: LLM, path: str | os.PathLike, *, dtype=None) -> None:
   if dtype is not None:
     config["torch_dtype"] = np.dtype(dtype).name
   save_state_dict(state_dict, path)
-  (path / "config.json").write_text(json.dumps(config, indent=2))
+  write_json_config(path, config)

@@ -18,14 +18,13 @@ is what the weights mean. A visual.pt already in WeGen's layout (qkv.bias) loads
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Any, Callable, Iterator, Mapping
 
 import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict
+from wegen_jax.convert.checkpoint_io import CheckpointError, state_dict_and_source
 from wegen_jax.convert.mapping import CONV, LINEAR, Rule, Transform, export_state_dict, load_state_dict
 from wegen_jax.models.eva import EVA_CLIP_E_14_PLUS_448, EVAConfig, EVAVisionTower
 from wegen_jax.models.vit import resample_pos_embed
@@ -240,9 +239,7 @@ def fill_timm_eva(
   tower: EVAVisionTower, state_dict_or_path, *, strict: bool = True, dtype=None, shardings=None
 ) -> EVAVisionTower:
   """Fills an existing EVAVisionTower in place (any layout load_timm_eva reads)."""
-  is_path = isinstance(state_dict_or_path, (str, os.PathLike))
-  source = str(state_dict_or_path) if is_path else "state dict"
-  sd = read_state_dict(state_dict_or_path) if is_path else state_dict_or_path
+  sd, source = state_dict_and_source(state_dict_or_path)
   return load_state_dict(
     tower,
     _CanonicalView(sd, tower.cfg, source),
@@ -295,9 +292,7 @@ def load_wegen_projectors(
   sizes come from the tensors. The other modules' tensors in the file are not read."""
   from wegen_jax.models.projectors import InputProjector, OutputProjector
 
-  is_path = isinstance(state_dict_or_path, (str, os.PathLike))
-  sd = read_state_dict(state_dict_or_path) if is_path else state_dict_or_path
-  source = str(state_dict_or_path) if is_path else "state dict"
+  sd, source = state_dict_and_source(state_dict_or_path)
   out = []
   for prefix, build in (
     (input_prefix, lambda o, i: InputProjector(i, o, num_queries, rngs=nnx.Rngs(0))),

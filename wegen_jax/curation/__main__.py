@@ -18,9 +18,11 @@ def parse(argv):
   p = argparse.ArgumentParser(prog="python -m wegen_jax.curation", description=__doc__.splitlines()[0])
   p.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
   p.add_argument("--out", required=True, help="DATA_DIR for the TFDS dataset, results and stats")
-  p.add_argument("--config", default=None, help="config file, e.g. configs/curate.py or configs/curate.py:test")
+  p.add_argument(
+    "--config", default=None, help="config file, e.g. configs/curate.py or configs/curate.py:preset=synthetic"
+  )
   p.add_argument("--label", action="store_true", help="run the labelling pass after selection")
-  p.add_argument("--labeller", default=None, help="override config.labeller.name (synthetic, wegen, hf_vlm)")
+  p.add_argument("--labeller", default=None, help="override config.labeller.name (synthetic, hf_vlm)")
   p.add_argument("--workers", type=int, default=None, help="override config.workers (processes)")
   p.add_argument("--seed", type=int, default=None, help="override config.seed")
   p.add_argument("--host-index", type=int, default=0)

@@ -53,7 +53,6 @@ def get_config(arg=None):
     dict(
       name="synthetic",
       synthetic=dict(with_boxes=True),
-      wegen=dict(checkpoint=""),
       hf_vlm=dict(
         path="",
         device="cpu",

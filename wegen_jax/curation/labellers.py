@@ -1,12 +1,13 @@
 """Pluggable labellers: fill in the caption of the first frame and one dynamics text per step of a record.
 
   synthetic  exact ground truth from the generator's sidecar JSON (`<video stem>.json`, synthetic.py)
-  wegen      our own MLLM checkpoint; needs wegen_jax.systems.wegen (not written yet: clear error until then)
   hf_vlm     a PyTorch vision-language model from a local Hugging Face directory via transformers
              (imported lazily; prompts come from config.labeller.hf_vlm)
 
 A labeller gets a `LabelRequest` (decoded record frames plus where they came from) and returns a `Label`.
 It raises `LabelError` for a record it cannot label; the record then stays unlabelled and is counted.
+(There is no WeGen labeller: WeGen's sequences put a step's dynamics text before the frame it
+leads to, so the model never learns to describe a change it has seen; a VLM does that.)
 """
 
 from __future__ import annotations
@@ -96,35 +97,6 @@ class GroundTruthLabeller:
     return Label(synthetic.caption(gt, idx[0]), dyn, boxes)
 
 
-class WeGenLabeller:
-  """Labels with our own WeGen MLLM checkpoint.
-
-  Interface the WeGen system must provide: `wegen_jax.systems.wegen.load_labeller(checkpoint_dir)` returning
-  an object with `caption(frame) -> str` and `dynamics(frame_a, frame_b) -> str` (uint8 HWC frames).
-  """
-
-  name = "wegen"
-  needs_frames = True
-
-  def __init__(self, checkpoint: str):
-    try:
-      from wegen_jax.systems import wegen  # lazy: the whole model stack only when asked for
-
-      loader = wegen.load_labeller
-    except (ImportError, AttributeError) as e:
-      raise NotAvailableError(
-        "labeller 'wegen' needs wegen_jax.systems.wegen.load_labeller, which does not exist yet "
-        "(the WeGen system is not built); use labeller 'synthetic' or 'hf_vlm' for now"
-      ) from e
-    if not os.path.isdir(checkpoint):
-      raise NotAvailableError(f"WeGen checkpoint directory not found: {checkpoint}")
-    self.model = loader(checkpoint)
-
-  def __call__(self, req: LabelRequest) -> Label:
-    f = req.frames
-    return Label(self.model.caption(f[0]), [self.model.dynamics(a, b) for a, b in zip(f[:-1], f[1:])])
-
-
 class HFVLMLabeller:
   """A transformers image-text-to-text model (e.g. Qwen2.5-VL, LLaVA) from a local directory, on CPU/GPU."""
 
@@ -174,9 +146,7 @@ def build_labeller(cfg) -> Labeller:
   """cfg: config.labeller (name plus one sub-config per labeller)."""
   if cfg.name == "synthetic":
     return GroundTruthLabeller(cfg.synthetic.with_boxes)
-  if cfg.name == "wegen":
-    return WeGenLabeller(cfg.wegen.checkpoint)
   if cfg.name == "hf_vlm":
     c = cfg.hf_vlm
     return HFVLMLabeller(c.path, c.caption_prompt, c.dynamics_prompt, c.max_new_tokens, c.device)
-  raise ValueError(f"unknown labeller {cfg.name!r} (synthetic, wegen, hf_vlm)")
+  raise ValueError(f"unknown labeller {cfg.name!r} (synthetic, hf_vlm)")

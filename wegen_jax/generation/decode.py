@@ -70,6 +70,16 @@ class GenerateOutput(NamedTuple):
   lengths: jax.Array  # [B] tokens generated up to and including the stop token
 
 
+def left_pad(rows, pad: int) -> tuple[np.ndarray, np.ndarray]:
+  """Token rows of any lengths -> (ids, attention mask) [B, max len], padding before the tokens."""
+  width = max(len(r) for r in rows)
+  ids = np.full((len(rows), width), pad, np.int32)
+  mask = np.zeros((len(rows), width), np.int32)
+  for i, r in enumerate(rows):
+    ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
+  return ids, mask
+
+
 def _check_left_padded(mask: np.ndarray) -> None:
   started = np.cumsum(mask, axis=1) > 0
   if np.any(started & (mask == 0)):

@@ -13,6 +13,8 @@ the background once the step is committed). Restoring the newest step:
   - a readable step whose parameter tree or shapes differ from the model being trained is a
     changed config, not corruption: CheckpointMismatchError names the differing parameters and
     config fields, and nothing is moved.
+A step the trainer finds bad after saving it (its parameters give a non-finite loss) is moved
+to `<step>.nonfinite` (`discard`). docs/RELIABILITY.md lists the guarantees and their tests.
 """
 
 from __future__ import annotations

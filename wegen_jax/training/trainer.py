@@ -4,7 +4,8 @@ Sharded init straight onto the mesh, trainable/frozen split (frozen parameters g
 gradients and no optimizer state), gradient accumulation over micro-batches inside one
 jitted step, parameter-row masks and a post-update hook from the task, periodic evaluators
 from config.evals, AdamW per config, async Orbax checkpoints with the data-iterator state, exact
-resume, metrics, and a hard stop on a non-finite loss that keeps the last good checkpoint.
+resume, metrics, and a hard stop on a non-finite loss or state that keeps only good checkpoints
+(docs/RELIABILITY.md: the guarantees and the tests that check them).
 """
 
 from __future__ import annotations

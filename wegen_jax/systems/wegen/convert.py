@@ -17,13 +17,12 @@ makes the .bin their from_pretrained reads).
 
 from __future__ import annotations
 
-import os
 from typing import Iterator, Mapping
 
 import numpy as np
 
 from wegen_jax.convert import hf_llm
-from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict
+from wegen_jax.convert.checkpoint_io import CheckpointError, state_dict_and_source
 from wegen_jax.convert.diffusers import unet_rules
 from wegen_jax.convert.mapping import export_state_dict, load_state_dict
 from wegen_jax.convert.timm_eva import PROJECTOR_RULES, export_wegen_projectors
@@ -49,16 +48,10 @@ class _Prefixed(Mapping[str, np.ndarray]):
     return len(self.keys_)
 
 
-def _read(state_dict_or_path):
-  if isinstance(state_dict_or_path, (str, os.PathLike)):
-    return read_state_dict(state_dict_or_path), str(state_dict_or_path)
-  return state_dict_or_path, "state dict"
-
-
 def load_authors_mllm(model, state_dict_or_path, *, load_unet: bool | None = None, strict: bool = True):
   """Fills model.llm, input_proj, output_proj (and model.unet from `adapter.unet.*` when the
   checkpoint has it, or load_unet=True demands it) in place; returns the model."""
-  sd, source = _read(state_dict_or_path)
+  sd, source = state_dict_and_source(state_dict_or_path)
   unknown = [k for k in sd if not k.startswith(MLLM_PARTS)]
   if unknown and strict:
     raise CheckpointError(
@@ -85,7 +78,7 @@ def load_authors_mllm(model, state_dict_or_path, *, load_unet: bool | None = Non
 
 def load_authors_detokenizer(model, state_dict_or_path, *, source: str | None = None):
   """model.unet from an SDXLAdapter state dict (`unet.*` in diffusers names, `resampler.scale`)."""
-  sd, src = _read(state_dict_or_path)
+  sd, src = state_dict_and_source(state_dict_or_path)
   load_state_dict(model.unet, _Prefixed(sd, "unet."), unet_rules(model.cfg.unet), source=source or src)
   extra = [k for k in sd if not k.startswith(("unet.", "resampler."))]
   if extra:

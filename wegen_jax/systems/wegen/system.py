@@ -27,7 +27,7 @@ class WeGenSystem(base.System):
     self.image_tokens = ImageTokens.from_tokenizer(self.tokenizer, model.cfg.num_image_tokens)
 
   def image_sampling(self, **overrides) -> ImageSampling:
-    s = self.config.sample
+    s = self.config.sampling
     return ImageSampling(num_steps=s.num_steps, guidance_scale=s.guidance_scale, **overrides)
 
   def _prompt(self, request: base.Request) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -49,6 +49,7 @@ class WeGenSystem(base.System):
     return ids, images
 
   def generate(self, requests: Sequence[base.Request]) -> list[base.Response]:
+    defaults, room = self.config.sampling, 2 * self.model.cfg.num_image_tokens
     responses = []
     for request in requests:
       ids, images = self._prompt(request)
@@ -62,10 +63,10 @@ class WeGenSystem(base.System):
           tokens=self.image_tokens,
           pixel_values=pixels,
           rng=jax.random.key(request.seed + k),
-          var_cfg_scale=self.config.sample.get("var_cfg_scale", 1.0),
+          var_cfg_scale=float(request.options.get("var_cfg_scale", defaults.var_cfg_scale)),
           sampling=SamplingConfig(
-            max_new_tokens=int(request.options.get("max_new_tokens", 2 * self.model.cfg.num_image_tokens)),
-            temperature=float(request.options.get("temperature", 0.0)),
+            max_new_tokens=int(request.options.get("max_new_tokens", defaults.max_new_tokens or room)),
+            temperature=float(request.options.get("temperature", defaults.temperature)),
             stop_tokens=(self.tokenizer.eos_id,),
           ),
           image_sampling=self.image_sampling(),

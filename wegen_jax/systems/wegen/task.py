@@ -21,7 +21,7 @@ from wegen_jax.training.validation import ConfigError
 
 BUILD_DATA = (
   "build one with `python -m wegen_jax.data.synthetic --out VIDEOS --num 64` then "
-  "`python -m wegen_jax.curation --videos VIDEOS --out DATA_DIR --config configs/curate.py:synthetic --label` "
+  "`python -m wegen_jax.curation --videos VIDEOS --out DATA_DIR --config configs/curate.py:preset=synthetic --label` "
   "(or from real videos), and pass --config.data.dir=DATA_DIR"
 )
 
