@@ -7,16 +7,12 @@ Specs that give the same model are built once: the key is the task and `config.m
 only the loss and the samplers read (the WeGen stages differ in those alone; test_training_only_fields_... checks
 that they leave the parameters unchanged), so the 20 specs make 16 builds.
 
-Speed: abstractly tracing a model costs a lookup per RNG draw over the whole jaxpr traced so far (flax's
-Variable.set_value compares `getattr(new, "sharding", None)` of the RNG counter on every draw; on a tracer
-that raises an AttributeError whose message jax builds by walking the jaxpr for the value's origin). That is
-quadratic in model size: WeGen-7B's ~3000 draws took 92 s, ~5 s without that message. `_abstract` therefore
-leaves the message out while it builds (and rebuilds with it, for the full error text, if the build fails).
+Speed: builds run under parallel.terse_tracer_errors, as the trainer's create_sharded does (WeGen-7B: ~5 s
+instead of 92 s; its docstring says why), and a failed build is rebuilt without it for jax's full error text.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -29,6 +25,7 @@ from flax import nnx
 from wegen_jax.config_utils import load_config, packaged_configs, parse_arg
 from wegen_jax.models import LLM, LLMConfig
 from wegen_jax.models.presets import LLM_PRESETS
+from wegen_jax.parallel.sharding import terse_tracer_errors
 from wegen_jax.systems.wegen.config import WeGenConfig
 from wegen_jax.systems.wegen.model import WeGen
 from wegen_jax.training.task import get_task
@@ -118,29 +115,10 @@ def _short(spec: str) -> str:
 GROUPS = _groups()
 
 
-@contextlib.contextmanager
-def _without_tracer_origin_messages():
-  """Tracer errors without jax's 'this value became a tracer due to ...' lines (see the module docstring)."""
-  try:
-    from jax._src.interpreters.partial_eval import DynamicJaxprTracer
-  except ImportError:  # a jax without this class: builds are just slower
-    yield
-    return
-  saved = DynamicJaxprTracer.__dict__.get("_origin_msg")
-  if saved is None:
-    yield
-    return
-  DynamicJaxprTracer._origin_msg = lambda self: ""
-  try:
-    yield
-  finally:
-    DynamicJaxprTracer._origin_msg = saved
-
-
 def _abstract(build):
   """nnx.eval_shape(build): the module with ShapeDtypeStruct parameters."""
   try:
-    with _without_tracer_origin_messages():
+    with terse_tracer_errors():  # the trainer's create_sharded builds the same way
       return nnx.eval_shape(build)
   except Exception:
     return nnx.eval_shape(build)  # again, for jax's full error message
