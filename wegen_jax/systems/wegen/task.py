@@ -7,6 +7,7 @@ frozen (the diffusion loss still back-propagates through the UNet into the LLM).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import jax
@@ -25,6 +26,7 @@ BUILD_DATA = (
   "(or from real videos), and pass --config.data.dir=DATA_DIR"
 )
 
+UNET_KV = re.compile(r"^unet\..*\.attn[12]\.[kv]\.")
 TRAINABLE = {1: ("unet",), 2: ("llm", "input_proj", "output_proj"), 3: ("llm", "input_proj", "output_proj")}
 
 
@@ -63,6 +65,16 @@ class WeGenTask(Task):
 
   def trainable(self):
     return nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(name) for name in TRAINABLE[self.stage])))
+
+  def param_group(self, path):
+    # The authors' stage 1: while the UNet is frozen (optimizer.freeze_until['unet']), every
+    # attention's key/value projections still train (diffusers to_k/to_v; here attn1/attn2 .k/.v),
+    # then the whole UNet (full_ft). At 1792-wide conditioning SDXL's cross-attention k/v do not
+    # fit the released weights: they keep their fresh init (normal(0.02), pretrained.py), so
+    # they must learn before the rest of the UNet moves. WeGen's detokenizer has no resampler.
+    if self.stage == 1 and UNET_KV.search(path):
+      return "unet_kv"
+    return super().param_group(path)
 
   def loss_fn(self, model, batch, rng):
     return wegen_loss(model, batch, rng, self.stage)
