@@ -13,8 +13,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+from wegen_jax.data.image_preprocess import preprocess_image
 
 
 class FrameEncoder(Protocol):
@@ -69,10 +68,8 @@ class ClipEncoder:
     self.image_size, self.batch_size = image_size, batch_size
 
   def preprocess(self, frames: np.ndarray) -> np.ndarray:
-    s = self.image_size
-    x = np.stack([np.asarray(Image.fromarray(f).resize((s, s), Image.BICUBIC)) for f in frames])
-    x = (x.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
-    return x.transpose(0, 3, 1, 2)  # NCHW, as the HF-layout CLIP expects
+    # NCHW with CLIP's mean/std, as the HF-layout CLIP expects
+    return np.stack([preprocess_image(f, self.image_size, resample="bicubic") for f in frames])
 
   def __call__(self, frames: np.ndarray) -> np.ndarray:
     out = []
