@@ -25,7 +25,7 @@ def aot(*args):
 def test_optimizer_state_is_sharded_like_the_parameters():
   """jit(tx.init) alone would leave the moments on one device (its outputs depend on no
   sharded input); the trainer's step places them like their parameters."""
-  from wegen_jax.tools.aot import abstract_inputs
+  from wegen_jax.tools.fit import abstract_inputs
 
   c = lm_config.get_config()
   c.model.num_layers = 1
@@ -44,7 +44,7 @@ def test_wegen_stage1_inputs_follow_the_pipeline_and_freeze_groups():
   """WeGen stage 1: frozen LLM/vision/VAE, the UNet's moments behind optax.multi_transform
   (freeze_until) still get the UNet's shardings; the batch has the pipeline's fields."""
   from configs import wegen as wegen_config
-  from wegen_jax.tools.aot import abstract_inputs
+  from wegen_jax.tools.fit import abstract_inputs
 
   c = wegen_config.get_config("size=tiny,stage=1")
   _, _, _, (params, frozen, opt_state, batch, _, _) = abstract_inputs(c, jax.devices())

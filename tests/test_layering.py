@@ -85,3 +85,39 @@ def test_the_package_never_imports_configs():
 @pytest.mark.parametrize("src,dst", [("data", "training"), ("layers", "kernels"), ("training", "convert")])
 def test_the_checker_sees_a_forbidden_edge(src, dst):
   assert dst not in ALLOWED[src]
+
+
+def _module_name(path: Path) -> str:
+  return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
+def _defines_flags(tree: ast.Module) -> bool:
+  """Module-level `X = flags.DEFINE_...(...)` / `config_flags.DEFINE_config_file(...)`."""
+  for node in tree.body:
+    value = node.value if isinstance(node, (ast.Assign, ast.Expr)) else None
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr.startswith("DEFINE"):
+      return True
+  return False
+
+
+def test_flag_defining_modules_are_only_run_never_imported():
+  """absl flags are global: two command-line modules imported into one process (a test worker,
+  a notebook) collide on --config. So a module that defines flags is an entry point run with
+  `python -m`; what others need from it lives in a library module."""
+  sources = {
+    p: ast.parse(p.read_text()) for d in ("wegen_jax", "tests", "bench", "launch") for p in (ROOT / d).rglob("*.py")
+  }
+  cli = {
+    _module_name(p) for p, tree in sources.items() if p.is_relative_to(ROOT / "wegen_jax") and _defines_flags(tree)
+  }
+  assert "wegen_jax.train" in cli  # the detector sees the trainer's flags
+  bad = []
+  for path, tree in sources.items():
+    for node in ast.walk(tree):
+      names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+      if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+      bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names if n in cli]
+  assert not bad, (
+    "these import a module that defines absl flags (move what they need to a library module):\n" + "\n".join(bad)
+  )

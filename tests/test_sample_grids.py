@@ -4,7 +4,7 @@ a header per column, the instruction written under each row, and a summary of al
 import numpy as np
 from PIL import Image
 
-from wegen_jax.sample import CELL, GAP, write_grids
+from wegen_jax.evaluators.grids import CELL, GAP, write_grids
 from wegen_jax.systems.base import Sample
 
 

@@ -94,7 +94,7 @@ def main(argv=None):
   train(stage2, workdir / "stage2")
   times["stage 2"] = time.perf_counter() - start - sum(times.values())
 
-  from wegen_jax.sample import write_grids
+  from wegen_jax.evaluators.grids import write_grids
   from wegen_jax.systems.base import get_system
 
   system = get_system(stage2).from_run(stage2, workdir / "stage2")
