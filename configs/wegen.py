@@ -76,6 +76,12 @@ SIZES = {
       # image-independent vectors (16% of the features' variance is across images,
       # 46% pre-norm); end to end that took held-out frame MAE from 31.0 to 27.0 /255
       vision=dict(image_size=64, patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64, post_norm=False),
+      # True: stage 1 trains this tower (no pretrained one exists at this size) with the UNet,
+      # stages 2/3 load it from init_from (WeGenTask.init_components) and keep it frozen. Measured, it does not help yet:
+      # redrawing 8 fixed frames after 300 steps, MAE 19.6/255 trained vs 19.3 frozen; the demo's
+      # held-out stage-1 MAE 23.0 vs ~21. The error is the UNet's (x0 error 0.24 of the latents'
+      # unit variance at t=300; 1000 steps reach 13.5), not the features'. So off; 7B: off.
+      detokenizer_trains_vision=False,
       unet=dict(
         block_out_channels=[32, 64],
         down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],

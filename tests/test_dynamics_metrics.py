@@ -35,8 +35,9 @@ def test_target_scores_perfectly_and_source_copy_pays_for_motion():
   perfect = frame_metrics(b, a, b, boxes, frame_of, labels)
   assert perfect["frame_mae"] == 0 and perfect["unchanged_mae"] == 0
   assert perfect["position_error"] < 0.03  # colour centroid ~ box centre
+  assert perfect["object_found"] == 1.0
   result = evaluate([dict(generated=b, source=a, target=b, boxes=boxes, box_frame=frame_of, box_label=labels)])
   assert result["baseline_position_error"] > result["position_error"] + 0.02
   assert result["baseline_unchanged_mae"] < 8  # unmentioned background stays (codec-free frames)
   blank = frame_metrics(np.zeros_like(b), a, b, boxes, frame_of, labels)
-  assert blank["position_error"] >= 0.5 and blank["unchanged_mae"] > 10
+  assert blank["position_error"] >= 0.5 and blank["unchanged_mae"] > 10 and blank["object_found"] == 0.0

@@ -164,13 +164,17 @@ def test_generate_text_and_images_multi_turn_and_var_cfg(setup, trained):
 
 
 def test_stage1_trains_the_unet_with_a_delayed_start_and_configs_hold_the_real_sizes():
+  """Stage 1: UNet k/v from step 1, the rest of the UNet after freeze_until; the tiny default's
+  tower (no pretrained weights) trains with it from the start, the 7B's EVA never does."""
   from configs.wegen import get_config
 
   config = tiny_config(stage=1)
+  assert WeGenTask(config).trainable_parts() == ("unet",)
+  config.model.detokenizer_trains_vision = True
   task = WeGenTask(config)
   model = random_model(WeGenConfig.from_dict(config.model))
   _, params, _ = nnx.split(model, task.trainable(), ...)
-  assert {str(p[0]) for p, _ in nnx.to_flat_state(params)} == {"unet"}
+  assert {str(p[0]) for p, _ in nnx.to_flat_state(params)} == {"unet", "vision"}
   labels = jax.tree_util.tree_map_with_path(lambda p, _: task.param_group(path_string(p)), params)
   tx = make_optimizer(config.optimizer, labels)  # freeze_until={'unet': 10}
   state = tx.init(params)
@@ -179,7 +183,18 @@ def test_stage1_trains_the_unet_with_a_delayed_start_and_configs_hold_the_real_s
   updates, _ = tx.update(grads, state, params)  # step 1: lr > 0, still < 10
   moved = {path_string(p): float(jnp.abs(u).max()) > 0 for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
   kv = {p for p in moved if ".attn1.k." in p or ".attn1.v." in p or ".attn2.k." in p or ".attn2.v." in p}
-  assert kv and {p for p, m in moved.items() if m} == kv  # only attention keys/values train before step 10
+  vision = {p for p in moved if p.startswith("vision.")}
+  assert kv and vision and {p for p, m in moved.items() if m} == kv | vision  # the rest of the UNet waits
+  assert WeGenTask(get_config("size=7b,stage=1")).trainable_parts() == ("unet",)
+  graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
+  batch = jax.tree.map(jnp.asarray, make_batch(config))
+  grads = jax.jit(jax.grad(lambda p: task.loss_fn(nnx.merge(graphdef, p, frozen), batch, jax.random.key(0))[0]))(params)
+  assert float(jnp.abs(grads["vision"]["patch_embed"]["kernel"].get_value()).max()) > 0  # the tower learns
+  stage2 = tiny_config(stage=2)
+  assert WeGenTask(stage2).init_components() == ("unet", "vae")
+  stage2.model.detokenizer_trains_vision = True
+  assert WeGenTask(stage2).init_components() == ("unet", "vae", "vision")  # stage 1's tower, frozen
+  assert WeGenTask(stage2).trainable_parts() == ("llm", "input_proj", "output_proj")
 
   real = WeGenConfig.from_dict(get_config("size=7b,stage=2").model)
   assert (real.llm.vocab_size, real.llm.hidden_size, real.llm.num_layers) == (32330, 4096, 32)

@@ -25,6 +25,9 @@ def parse(argv):
   p.add_argument("--labeller", default=None, help="override config.labeller.name (synthetic, hf_vlm)")
   p.add_argument("--workers", type=int, default=None, help="override config.workers (processes)")
   p.add_argument("--seed", type=int, default=None, help="override config.seed")
+  p.add_argument(
+    "--validation-fraction", type=float, default=None, help="override config.validation_fraction (share of videos)"
+  )
   p.add_argument("--host-index", type=int, default=0)
   p.add_argument("--host-count", type=int, default=1)
   p.add_argument("--merge", action="store_true", help="merge into TFDS even when --host-count > 1")
@@ -50,6 +53,8 @@ def main(argv=None) -> int:
       cfg.workers = args.workers
     if args.seed is not None:
       cfg.seed = args.seed
+    if args.validation_fraction is not None:
+      cfg.validation_fraction = args.validation_fraction
   if not os.path.isdir(args.videos):
     print(f"--videos {args.videos} is not a directory", file=sys.stderr)
     return 2

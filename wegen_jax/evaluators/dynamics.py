@@ -5,6 +5,7 @@ Given source frame A, target frame B (with object boxes) and a generated frame G
                  image keep what the instruction did not mention?
   position_error distance (in image widths) between each object's box centre in B and its
                  centroid in G, located by the object's colour ("red circle" -> red)
+  object_found   share of the moved objects whose colour appears in G at all
   frame_mae      mean |G - B| over the whole frame
 Each is also computed for the copy-the-source baseline (G = A), the bar a model must beat
 on position while matching it on the unchanged region.
@@ -57,7 +58,7 @@ def frame_metrics(
   changed = boxes_mask(boxes[box_frame <= 1], size)
   keep = ~changed
   g, b = generated.astype(np.float64), target.astype(np.float64)
-  errors = []
+  errors, found_count = [], 0
   for box, frame, label in zip(np.asarray(boxes).reshape(-1, 4), box_frame, box_label):
     colour = label.split()[0]
     if frame != 1 or colour not in COLOURS:
@@ -65,10 +66,12 @@ def frame_metrics(
     centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
     found = colour_centroid(generated, colour)
     errors.append(MISSING_PENALTY if found is None else float(np.linalg.norm(found - centre)))
+    found_count += found is not None
   return {
     "unchanged_mae": float(np.abs(g - b)[keep].mean()) if keep.any() else 0.0,
     "frame_mae": float(np.abs(g - b).mean()),
     "position_error": float(np.mean(errors)) if errors else 0.0,
+    "object_found": found_count / len(errors) if errors else 1.0,
   }
 
 

@@ -38,6 +38,10 @@ class Task:
     """Fills parts of a freshly built (sharded) model from local weight files, in place; the
     trainer calls it when a run starts, not when it resumes (default: nothing)."""
 
+  def init_components(self) -> tuple[str, ...]:
+    """Top-level parts copied from the `config.init_from` run into a fresh run."""
+    return tuple(self.config.get("init_components", ()))
+
   def trainable(self) -> Any:
     """nnx filter of the trainable parameters (default: all)."""
     return nnx.Param

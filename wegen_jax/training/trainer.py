@@ -223,7 +223,7 @@ def _train(task, config, workdir: Path, stop_at: int | None) -> TrainResult:
   if not ckpt.all_steps():  # a resumed run has its own parameters
     task.init_pretrained(model)
     if config.get("init_from"):
-      init_components(model, config.init_from, tuple(config.get("init_components", ())))
+      init_components(model, config.init_from, task.init_components())
   graphdef, params, frozen = nnx.split(model, task.trainable(), ...)
   train_step = make_train_step(task, config, mesh, graphdef, params)
   opt_state = jax.jit(train_step.tx.init, out_shardings=train_step.opt_shardings)(params)

@@ -68,6 +68,10 @@ class WeGenConfig:
   # Sequential passes the frozen VAE encoder splits its images into (diffusers' enable_slicing):
   # at 1024 px its float32 activations take ~1 GiB per image and 128-channel tensor.
   vae_encode_slices: int = 1
+  # Stage 1 trains the vision tower with the UNet (frozen again in stages 2/3, which load it
+  # with init_components). Only for towers with no pretrained weights (the tiny default): a
+  # random frozen tower keeps too little of the image for the UNet to redraw it.
+  detokenizer_trains_vision: bool = False
 
   def __post_init__(self):
     for name in ("train_scheduler", "sample_scheduler", "loss_weights"):  # hashable (jit static)
@@ -135,4 +139,5 @@ class WeGenConfig:
       loss_weights=d.get("loss_weights", {}),
       diffusion_images_per_example=int(d.get("diffusion_images_per_example") or 0),
       vae_encode_slices=int(d.get("vae_encode_slices") or 1),
+      detokenizer_trains_vision=bool(d.get("detokenizer_trains_vision", False)),
     )

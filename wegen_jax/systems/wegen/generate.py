@@ -190,6 +190,17 @@ def _features(model, hidden):
   return model.output_proj(hidden).astype(jnp.float32)
 
 
+@nnx.jit
+def _own_features(model, pixel_values):
+  return model.image_features(pixel_values)
+
+
+def reconstruct(model, pixel_values, key, sampling: "ImageSampling", height: int, width: int) -> np.ndarray:
+  """Stage 1's task: vision input [k, 3, S, S] -> uint8 [k, height, width, 3] drawn by the
+  detokenizer from the images' own avg-pooled features."""
+  return _detokenize(model, _own_features(model, jnp.asarray(pixel_values)), key, sampling, height, width)
+
+
 def _detokenize(model, features, key, sampling: ImageSampling, height: int, width: int) -> np.ndarray:
   cond, added = model.condition(jnp.asarray(features))
   if added is not None and sampling.time_ids == "sizes":

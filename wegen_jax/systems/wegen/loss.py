@@ -73,8 +73,9 @@ def diffusion_on_slots(model, features, vae_pixels, mask, key):
 
 
 def detokenizer_loss(model, batch, rng):
-  """Stage 1: the UNet learns to draw each valid image from its own avg-pooled vision features."""
-  features = model.image_features(batch["pixel_values"])
+  """Stage 1: the UNet learns to draw each valid image from its own avg-pooled vision features
+  (and the tower learns to keep what the UNet needs, with cfg.detokenizer_trains_vision)."""
+  features = model.image_features(batch["pixel_values"], frozen=not model.cfg.detokenizer_trains_vision)
   loss, skipped = diffusion_on_slots(model, features, batch["vae_pixels"], batch["image_valid"], rng)
   return loss, {"loss_diffusion": loss, "diffusion_images_skipped": skipped}
 

@@ -35,13 +35,15 @@ class WeGen(nnx.Module):
     autoencoder = PatchAutoencoder if isinstance(cfg.vae, PatchAutoencoderConfig) else AutoencoderKL
     self.vae = autoencoder(cfg.vae, rngs=rngs)
 
-  def image_features(self, pixels: jax.Array) -> jax.Array:
+  def image_features(self, pixels: jax.Array, frozen: bool = True) -> jax.Array:
     """CLIP-normalised pixels [..., 3, S, S] -> avg-pooled features [..., Q, width] (float32).
-    The tower is frozen in every stage, so no gradient flows into it."""
+    The tower is frozen (no gradient flows into it) except in a stage 1 with
+    cfg.detokenizer_trains_vision."""
     lead = pixels.shape[:-3]
     tokens = self.vision(pixels.reshape((-1,) + pixels.shape[-3:]))
     pooled = avg_pool_tokens(tokens, self.cfg.num_image_tokens).astype(jnp.float32)
-    return jax.lax.stop_gradient(pooled.reshape(lead + pooled.shape[1:]))
+    pooled = pooled.reshape(lead + pooled.shape[1:])
+    return jax.lax.stop_gradient(pooled) if frozen else pooled
 
   def project_in(self, features: jax.Array) -> jax.Array:
     """Pooled features [..., Q, width] -> LLM input embeddings (the projector's pool is already done)."""

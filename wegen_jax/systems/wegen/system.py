@@ -15,7 +15,13 @@ from PIL import Image
 
 from wegen_jax.generation import SamplingConfig
 from wegen_jax.systems import base
-from wegen_jax.systems.wegen.generate import ImageSampling, ImageTokens, generate, images_to_pixels
+from wegen_jax.systems.wegen.generate import (
+  ImageSampling,
+  ImageTokens,
+  generate,
+  images_to_pixels,
+  reconstruct,
+)
 from wegen_jax.systems.wegen.sequences import Turn, build_sequence
 from wegen_jax.systems.wegen.tokenizer import load_tokenizer
 
@@ -92,6 +98,28 @@ class WeGenSystem(base.System):
       samples.append(base.Sample(request.text, [source], target, generated, record))
     return samples
 
+  def validation_reconstructions(self, num: int, seed: int = 0) -> list[base.Sample]:
+    """Stage 1's check: the first `num` validation frames redrawn by the detokenizer from their
+    own vision features (input = target = the frame; generated = the redrawing)."""
+    from wegen_jax.data.source import dynamics_dataset
+
+    records = dynamics_dataset(self.config.data.dir, "validation", num_frames=2)
+    frames = [r["frames"][1] for r in (records[i] for i in range(len(records))) if r is not None][:num]
+    if not frames:
+      return []
+    drawn = self.reconstruct(frames, seed)
+    return [base.Sample("reconstruction", [f], f, _resized(d, f.shape[:2])) for f, d in zip(frames, drawn)]
+
+  def reconstruct(self, images: Sequence[np.ndarray], seed: int = 0, batch: int = 16) -> list[np.ndarray]:
+    """uint8 images redrawn by the detokenizer from their own avg-pooled vision features."""
+    size, out_size = self.model.cfg.vision.image_size, self.config.data.vae_image_size
+    out = []
+    for start in range(0, len(images), batch):
+      pixels = images_to_pixels(images[start : start + batch], size)
+      key = jax.random.fold_in(jax.random.key(seed), start)
+      out += list(reconstruct(self.model, pixels, key, self.image_sampling(), out_size, out_size))
+    return out
+
   def predict_fns(self):
     def generate_images(prompts, rng_seed=0):
       out = []
@@ -101,7 +129,7 @@ class WeGenSystem(base.System):
         out.append(response.images[0] if response.images else _black(self.config.data.vae_image_size))
       return out
 
-    return {"generate_images": generate_images}
+    return {"generate_images": generate_images, "reconstruct_images": self.reconstruct}
 
 
 def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,6 +1,8 @@
 """WeGenTask: the shared trainer's view of WeGen (model, trainable parts, loss, data).
 
-Stage 1 trains the UNet only (the trainer delays it with optimizer.freeze_until={'unet': N});
+Stage 1 trains the UNet (the trainer delays all but its attention k/v with
+optimizer.freeze_until={'unet': N}), and the vision tower too where it has no pretrained
+weights (model.detokenizer_trains_vision, the tiny default);
 stages 2 and 3 train the LLM and both projectors while the vision tower, UNet and VAE stay
 frozen (the diffusion loss still back-propagates through the UNet into the LLM).
 """
@@ -63,8 +65,16 @@ class WeGenTask(Task):
 
     load_pretrained(model, dict(self.config.get("pretrained", {})))
 
+  def trainable_parts(self) -> tuple[str, ...]:
+    extra = ("vision",) if self.stage == 1 and self.model_config.detokenizer_trains_vision else ()
+    return TRAINABLE[self.stage] + extra
+
+  def init_components(self):
+    own_tower = self.stage > 1 and self.model_config.detokenizer_trains_vision  # stage 1 trained it
+    return super().init_components() + (("vision",) if own_tower else ())
+
   def trainable(self):
-    return nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(name) for name in TRAINABLE[self.stage])))
+    return nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(name) for name in self.trainable_parts())))
 
   def param_group(self, path):
     # The authors' stage 1: while the UNet is frozen (optimizer.freeze_until['unet']), every
