@@ -193,7 +193,10 @@ def get_config(arg=None):
     # triple 2), not on every slot; stage 1 trains the detokenizer on every image (0)
     diffusion_images_per_example=0 if stage == 1 else 2,
   )
-  c.data = dict(preset["data"], dir="", tokenizer="", num_image_tokens=64)
+  # pack=k puts k consecutive records in one row with segment ids (max_len/max_images must hold
+  # k of them; diffusion_images_per_example then counts per row). At tiny sizes it gained nothing
+  # (bench/packing_bench.py: per-image work dominates the step), so the default is one per row.
+  c.data = dict(preset["data"], dir="", tokenizer="", num_image_tokens=64, pack=1)
   # Local pretrained weights for a fresh run (wegen_jax/systems/wegen/pretrained.py), e.g. 7B stage 1:
   #   --config.pretrained.vision=/w/EVA02_CLIP_E_psz14_plus_s9B.visual.pt
   #   --config.pretrained.unet=/w/sdxl-base/unet --config.pretrained.vae=/w/sdxl-base/vae

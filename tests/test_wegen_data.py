@@ -97,17 +97,17 @@ def fake_record(dynamics, labelled=True, k=2):
 
 
 def test_examples_pad_to_fixed_shapes_and_invalid_become_empty(tok):
-  from wegen_jax.systems.wegen.pipeline import record_to_example
+  from wegen_jax.systems.wegen.pipeline import records_to_row
 
   d = data_config()
-  ex = record_to_example(fake_record(["the square turns"]), tok, d)
+  ex = records_to_row([fake_record(["the square turns"])], tok, d)
   t = int(ex["segment_ids"].sum())
   assert ex["input_ids"].shape == (96,) and ex["pixel_values"].shape == (3, 3, 16, 16)
   assert ex["example_valid"] and ex["image_valid"].tolist() == [True, True, False]
   assert (ex["input_ids"][t:] == tok.pad_id).all() and (ex["labels"][t:] == IGNORE_INDEX).all()
   assert ex["vae_pixels"][:2].min() >= -1 and ex["vae_pixels"][:2].max() <= 1
   for bad in (fake_record(["x"], labelled=False), fake_record(["x" * 200])):
-    empty = record_to_example(bad, tok, d)
+    empty = records_to_row([bad], tok, d)
     assert not empty["example_valid"] and empty["segment_ids"].sum() == 0 and not empty["image_valid"].any()
 
 
@@ -166,3 +166,14 @@ def test_pipeline_batches_from_curated_data(curated_dir, tok):
   again = DeviceLoader(make_dataset(config, "train", seed=0, global_batch=2), sharding)
   again.set_state(state)
   np.testing.assert_array_equal(np.asarray(next(again)["input_ids"]), expected)
+
+
+def test_pipeline_packs_consecutive_records_into_one_row(curated_dir, tok):
+  from wegen_jax.systems.wegen.pipeline import make_dataset
+
+  d = dict(data_config(max_len=1024, max_images=6, num_image_tokens=64), dir=str(curated_dir), pack=2)
+  config = ml_collections.ConfigDict({"data": d})
+  batch = next(iter(make_dataset(config, "train", seed=0, global_batch=2)))
+  assert batch["input_ids"].shape == (2, 1024)
+  assert (batch["examples_packed"] + batch["examples_dropped"]).tolist() == [2, 2]
+  assert batch["examples_packed"].sum() >= 3 and batch["segment_ids"].max() == 2

@@ -6,6 +6,7 @@ Per example (L = data.max_len, N = data.max_images, Q = data.num_image_tokens):
   vae_pixels            float32 [N, 3, V, V]  diffusion target in [-1, 1]
   image_token_positions int32 [N, Q]          where each image's Q <img_i> tokens sit
   image_valid, image_is_target  bool [N]
+  example_valid, examples_packed, examples_dropped   scalars (data.pack > 1 packs several per row)
 An example that cannot be used (unlabelled, longer than L, more than N images) becomes an
 empty row (all padding, no targets) instead of being dropped, so every process sees the same
 global batch indices and resumed runs stay exact; `example_valid` counts them.
@@ -13,7 +14,6 @@ global batch indices and resumed runs stay exact; `example_valid` counts them.
 
 from __future__ import annotations
 
-import functools
 
 import grain
 import numpy as np
@@ -38,43 +38,76 @@ def empty_example(d, pad_id: int) -> dict[str, np.ndarray]:
     "image_valid": np.zeros((N,), bool),
     "image_is_target": np.zeros((N,), bool),
     "example_valid": np.zeros((), bool),
+    "examples_packed": np.zeros((), np.int32),
+    "examples_dropped": np.zeros((), np.int32),
   }
 
 
 def pack_example(seq: TokenSequence, images: np.ndarray, d, pad_id: int) -> dict[str, np.ndarray]:
   """Pads one sequence and its images (uint8 [N', H, W, 3]) to the fixed shapes."""
+  return pack_examples([(seq, images)], d, pad_id)
+
+
+def pack_examples(parts, d, pad_id: int) -> dict[str, np.ndarray]:
+  """Packs (sequence, images) parts one after another into one row: part j gets segment id
+  j + 1 (attention stays within a segment), positions restarting at 0 and the next image
+  slots. A part that does not fit in the tokens or slots left is left out (counted in
+  `examples_dropped`); labels end each sequence with IGNORE, so no loss crosses a boundary."""
   out = empty_example(d, pad_id)
-  t, n = len(seq.input_ids), len(seq.image_is_target)
-  if t > d.max_len or n > d.max_images or n != len(images):
-    return out
-  out["input_ids"][:t] = seq.input_ids
-  out["segment_ids"][:t] = 1
-  out["positions"][:t] = np.arange(t)
-  out["labels"][:t] = seq.labels
-  out["image_token_positions"][:n] = seq.image_token_positions
-  out["image_valid"][:n] = True
-  out["image_is_target"][:n] = seq.image_is_target
-  for i, frame in enumerate(images):
-    out["pixel_values"][i] = preprocess_image(frame, d.image_size)
-    out["vae_pixels"][i] = sd_preprocess(frame, d.vae_image_size)
-  out["example_valid"] = np.ones((), bool)
+  t0 = n0 = segment = dropped = 0
+  for seq, images in parts:
+    t, n = len(seq.input_ids), len(seq.image_is_target)
+    if t0 + t > d.max_len or n0 + n > d.max_images or n != len(images):
+      dropped += 1
+      continue
+    segment += 1
+    out["input_ids"][t0 : t0 + t] = seq.input_ids
+    out["segment_ids"][t0 : t0 + t] = segment
+    out["positions"][t0 : t0 + t] = np.arange(t)
+    out["labels"][t0 : t0 + t] = seq.labels
+    out["image_token_positions"][n0 : n0 + n] = seq.image_token_positions + t0
+    out["image_valid"][n0 : n0 + n] = True
+    out["image_is_target"][n0 : n0 + n] = seq.image_is_target
+    for i, frame in enumerate(images):
+      out["pixel_values"][n0 + i] = preprocess_image(frame, d.image_size)
+      out["vae_pixels"][n0 + i] = sd_preprocess(frame, d.vae_image_size)
+    t0, n0 = t0 + t, n0 + n
+  out["example_valid"] = np.asarray(segment > 0)
+  out["examples_packed"] = np.asarray(segment, np.int32)
+  out["examples_dropped"] = np.asarray(dropped, np.int32)
   return out
 
 
-def record_to_example(record: dict, tok: WeGenTokenizer, d) -> dict[str, np.ndarray]:
+def record_sequence(record: dict, tok: WeGenTokenizer, d) -> tuple[TokenSequence, np.ndarray] | None:
+  """A labelled record as (sequence, frames); None for one that cannot train (unlabelled)."""
   if not record["labelled"] or not all(record["dynamics"]):
-    return empty_example(d, tok.pad_id)
+    return None
   turns = dynamics_turns(record["dynamics"], record["caption"], d.get("caption_first", False))
-  seq = build_sequence(tok, turns, d.num_image_tokens)
-  return pack_example(seq, record["frames"], d, tok.pad_id)
+  return build_sequence(tok, turns, d.num_image_tokens), record["frames"]
+
+
+def records_to_row(records, tok: WeGenTokenizer, d) -> dict[str, np.ndarray]:
+  """Consecutive records (`data.pack` of them) packed into one row; unusable ones (unlabelled,
+  too long, too many images) are skipped and counted."""
+  parts = [p for p in (record_sequence(r, tok, d) for r in records) if p is not None]
+  out = pack_examples(parts, d, tok.pad_id)
+  out["examples_dropped"] += len(records) - len(parts)
+  return out
 
 
 def make_dataset(config, split: str, *, seed: int, global_batch: int) -> grain.IterDataset:
-  """This process's rows of each global batch from the curated dataset at config.data.dir."""
+  """This process's rows of each global batch from the curated dataset at config.data.dir.
+  With data.pack = k > 1, row i packs records k*i .. k*i+k-1 (those that fit): a fixed
+  mapping, so every process and a resumed run see the same rows."""
   from wegen_jax.data.source import dynamics_dataset  # imports TFDS
 
   d = config.data
   tok = load_tokenizer(d.tokenizer)
   records = dynamics_dataset(d.dir, split, shuffle_seed=seed)
-  examples = records.map(functools.partial(record_to_example, tok=tok, d=d))
-  return process_batches(examples, global_batch)
+  k = int(d.get("pack", 1))
+  if k <= 1:
+    return process_batches(records.map(lambda r: records_to_row([r], tok, d)), global_batch)
+  rows = grain.MapDataset.range(len(records) // k).map(
+    lambda i: records_to_row([records[i * k + j] for j in range(k)], tok, d)
+  )
+  return process_batches(rows, global_batch)
