@@ -49,6 +49,7 @@ def test_wegen_builds_with_either_autoencoder():
 
   tiny = WeGenConfig.from_dict(get_config("size=tiny,stage=1").model)
   assert isinstance(nnx.eval_shape(lambda: WeGen(tiny, rngs=nnx.Rngs(0))).vae, PatchAutoencoder)
-  assert tiny.unet.in_channels == tiny.vae.latent_channels == 12
+  assert tiny.unet.out_channels == tiny.vae.latent_channels == 12
+  assert tiny.unet.in_channels == 12 + tiny.vision.width  # + the feature grid (spatial_features)
   real = WeGenConfig.from_dict(get_config("size=7b,stage=1").model)  # the SDXL VAE
   assert isinstance(real.vae, VAEConfig) and real.vae.block_out_channels == (128, 256, 512, 512)

@@ -119,5 +119,5 @@ def tiny_config(stage=2, sdxl_vae=False, **data):
       scaling_factor=0.13025,
       sample_size=16,
     )
-    m.unet.update(in_channels=4, out_channels=4)
+    m.unet.update(in_channels=4 + (m.vision.width if m.spatial_features else 0), out_channels=4)
   return c

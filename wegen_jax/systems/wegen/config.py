@@ -72,6 +72,11 @@ class WeGenConfig:
   # with init_components). Only for towers with no pretrained weights (the tiny default): a
   # random frozen tower keeps too little of the image for the UNet to redraw it.
   detokenizer_trains_vision: bool = False
+  # The detokenizer also sees its Q features as a sqrt(Q) x sqrt(Q) grid, upsampled to the latent
+  # size and concatenated to the UNet input (InstructPix2Pix-style channels; the UNet's in_channels
+  # = latent channels + vision width). WeGen's SDXL conditions by cross-attention alone (False);
+  # a tiny UNet trained for minutes cannot learn where each token goes through cross-attention.
+  spatial_features: bool = False
 
   def __post_init__(self):
     for name in ("train_scheduler", "sample_scheduler", "loss_weights"):  # hashable (jit static)
@@ -85,6 +90,12 @@ class WeGenConfig:
         f"num_image_tokens={self.num_image_tokens} must be a square whose side divides the "
         f"vision grid {self.vision.grid} (image_size {self.vision.image_size} / patch "
         f"{self.vision.patch_size})"
+      )
+    if self.spatial_features and self.unet.in_channels != self.vae.latent_channels + self.vision.width:
+      raise ValueError(
+        f"spatial_features: UNet in_channels is {self.unet.in_channels}; the latents "
+        f"({self.vae.latent_channels}) + the feature grid ({self.vision.width}) need "
+        f"{self.vae.latent_channels + self.vision.width}"
       )
     if self.unet.cross_attention_dim[0] != self.vision.width:
       raise ValueError(
@@ -140,4 +151,5 @@ class WeGenConfig:
       diffusion_images_per_example=int(d.get("diffusion_images_per_example") or 0),
       vae_encode_slices=int(d.get("vae_encode_slices") or 1),
       detokenizer_trains_vision=bool(d.get("detokenizer_trains_vision", False)),
+      spatial_features=bool(d.get("spatial_features", False)),
     )

@@ -202,7 +202,10 @@ def reconstruct(model, pixel_values, key, sampling: "ImageSampling", height: int
 
 
 def _detokenize(model, features, key, sampling: ImageSampling, height: int, width: int) -> np.ndarray:
-  cond, added = model.condition(jnp.asarray(features))
+  features = jnp.asarray(features)
+  cond, added = model.condition(features)
+  f = model.vae.downsample_factor
+  spatial = model.spatial_condition(features, (height // f, width // f))
   if added is not None and sampling.time_ids == "sizes":
     sizes = jnp.asarray([height, width, 0, 0, height, width], jnp.float32)
     added = dict(added, time_ids=jnp.broadcast_to(sizes, added["time_ids"].shape))
@@ -212,12 +215,19 @@ def _detokenize(model, features, key, sampling: ImageSampling, height: int, widt
   if sampling.guidance_scale != 1.0:  # branches [uncond, cond]: zero features and pooled features
     guidance = ClassifierFree(sampling.guidance_scale)  # (SDXL's force_zeros_for_empty_prompt), same time_ids
     cond = jnp.concatenate([jnp.zeros_like(cond), cond])
+    if spatial is not None:
+      spatial = jnp.concatenate([jnp.zeros_like(spatial), spatial])
     if added is not None:
       added = {
         "text_embeds": jnp.concatenate([jnp.zeros_like(added["text_embeds"]), added["text_embeds"]]),
         "time_ids": jnp.concatenate([added["time_ids"]] * 2),
       }
-  c = Conditioning(cond, None if added is None else added["text_embeds"], None if added is None else added["time_ids"])
+  c = Conditioning(
+    cond,
+    None if added is None else added["text_embeds"],
+    None if added is None else added["time_ids"],
+    concat_latents=spatial,
+  )
   return np.asarray(
     diffusion_generate(
       model.unet,

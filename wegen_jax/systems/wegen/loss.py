@@ -35,7 +35,15 @@ def image_diffusion_loss(model, features, vae_pixels, mask, key):
   cond, added = model.condition(features)
   sched = model.cfg.train_noise_scheduler()
   _, aux = diffusion_loss(
-    model.unet, sched, latents, cond, k_noise, added_cond_kwargs=added, snr_gamma=model.cfg.snr_gamma, return_aux=True
+    model.unet,
+    sched,
+    latents,
+    cond,
+    k_noise,
+    added_cond_kwargs=added,
+    concat_latents=model.spatial_condition(features, latents.shape[-2:]),
+    snr_gamma=model.cfg.snr_gamma,
+    return_aux=True,
   )
   per_image = aux["mse"] * min_snr_weights(sched, aux["t"], model.cfg.snr_gamma)
   return _masked_mean(per_image, mask)

@@ -7,6 +7,8 @@ Attribute names are the optimizer groups (`vision`, `input_proj`, `llm`, `output
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -70,6 +72,19 @@ class WeGen(nnx.Module):
     if self.cfg.unet.addition_embed_type == "text_time":
       kwargs = {"text_embeds": features.mean(axis=1), "time_ids": jnp.zeros((features.shape[0], 6), jnp.float32)}
     return features, kwargs
+
+  def spatial_condition(self, features: jax.Array, latent_hw: tuple[int, int]) -> jax.Array | None:
+    """With cfg.spatial_features: features [M, Q, width] as a sqrt(Q) x sqrt(Q) grid (row-major,
+    the pooled vision grid's order), nearest-upsampled to the latents' [M, width, h, w]; else None."""
+    if not self.cfg.spatial_features:
+      return None
+    m, q, width = features.shape
+    side = math.isqrt(q)
+    h, w = latent_hw
+    if h % side or w % side:
+      raise ValueError(f"latents {h}x{w} are not a multiple of the {side}x{side} feature grid")
+    grid = jnp.transpose(features.reshape(m, side, side, width), (0, 3, 1, 2))
+    return jnp.repeat(jnp.repeat(grid, h // side, axis=2), w // side, axis=3)
 
   def latents(self, vae_pixels: jax.Array, key) -> jax.Array:
     """[M, 3, V, V] in [-1, 1] -> scaled VAE latents (sampled, no gradient: the VAE is frozen).
