@@ -34,6 +34,7 @@ MODEL_SPECS = (
   [f"configs/lm_train.py:model={m}" for m in LLM_PRESETS]
   + [f"configs/lm_generate.py:model={m}" for m in LLM_PRESETS]
   + [f"configs/wegen.py:size={size},stage={stage}" for size in ("tiny", "7b") for stage in (1, 2, 3)]
+  + [f"configs/eval/wegen_dynamics.py:stage={stage}" for stage in (1, 2)]
 )
 # Configs without a model (curation and the synthetic corpus), with their presets: they only have to load.
 OTHER_SPECS = [f"configs/curate.py{p}" for p in ("", ":preset=synthetic", ":preset=clip", ":preset=vlm")] + [
@@ -208,7 +209,11 @@ def test_training_only_fields_do_not_change_the_model():
 
 def test_dedup_merges_only_the_wegen_stages():
   merged = sorted(tuple(map(_short, g)) for g in GROUPS if len(g) > 1)
-  assert merged == [tuple(f"wegen:size={s},stage={t}" for t in (1, 2, 3)) for s in ("7b", "tiny")]
+  evals = tuple(f"eval/wegen_dynamics:stage={t}" for t in (1, 2))  # configs/eval/ reuse the tiny model
+  assert merged == [
+    tuple(f"wegen:size=7b,stage={t}" for t in (1, 2, 3)),
+    tuple(f"wegen:size=tiny,stage={t}" for t in (1, 2, 3)) + evals,
+  ]
   assert not any(key[0] == "unloadable" for key in map(_model_key, MODEL_SPECS))
 
 

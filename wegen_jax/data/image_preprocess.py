@@ -113,3 +113,10 @@ class PreprocessImage(grain.transforms.Map):
       std=self.std,
     )
     return out
+
+
+def resize_uint8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """uint8 [H, W, 3] -> [size[0], size[1], 3] (bicubic; unchanged when already that size)."""
+  if image.shape[:2] == tuple(size):
+    return image
+  return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BICUBIC))

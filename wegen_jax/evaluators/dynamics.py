@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from wegen_jax.data.image_preprocess import resize_uint8
 from wegen_jax.data.synthetic import COLOURS
 
 COLOUR_TOLERANCE = 60.0  # RGB distance accepted as "this object's colour"
@@ -89,3 +90,29 @@ def evaluate(samples: Sequence[Mapping]) -> dict[str, float]:
     out[f"baseline_{name}"] = float(np.mean([m[name] for m in base]))
   out["samples"] = len(ours)
   return out
+
+
+class Evaluator:
+  """Dynamics consistency on held-out pairs (config.evals, type "dynamics"):
+
+    evals.dynamics = dict(type="dynamics", every=0, num_samples=32)
+
+  Needs predict functions `validation_pairs(num)` (dicts with text, source, target, boxes,
+  box_frame, box_label) and `generate_images(prompts, rng_seed)`; prompt i is the pair's text
+  with its source frame. Reports `evaluate`'s metrics, the copy baseline's beside them."""
+
+  def __init__(self, every: int = 0, num_samples: int = 32, seed: int = 0):
+    if num_samples < 1:
+      raise ValueError(f"dynamics evaluator: num_samples={num_samples} must be >= 1")
+    self.every, self.num_samples, self.seed = every, num_samples, seed
+
+  def run(self, predict_fns, step):
+    for needed in ("validation_pairs", "generate_images"):
+      if needed not in predict_fns:
+        raise ValueError(f"dynamics evaluator needs predict function {needed!r}; this system has {sorted(predict_fns)}")
+    pairs = predict_fns["validation_pairs"](self.num_samples)
+    if not pairs:
+      raise ValueError("dynamics evaluator: the run's validation split has no labelled pairs")
+    prompts = [{"text": p["text"], "images": [p["source"]]} for p in pairs]
+    generated = predict_fns["generate_images"](prompts, rng_seed=self.seed)
+    return evaluate([dict(p, generated=resize_uint8(g, p["target"].shape[:2])) for p, g in zip(pairs, generated)])

@@ -112,7 +112,10 @@ class System:
 
     generate_images(prompts: list[dict], rng_seed: int) -> list of uint8 [H, W, 3], one per
       prompt; a prompt has 'text' and optionally 'images' (uint8 context images, in order)
-    score_text(texts: list[str]) -> (sum of token NLL, number of tokens)
+    reconstruct_images(images, seed) -> the images redrawn from their own features (a detokenizer)
+    validation_pairs(num) -> dicts with text, source, target and ground truth (dynamics data)
+    validation_images(num) -> uint8 held-out frames
+    heldout_tokens(num) / score_tokens(rows) -> token rows; (sum of token NLL, number of tokens)
     """
     return {}
 

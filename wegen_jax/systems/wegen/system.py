@@ -11,8 +11,8 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from PIL import Image
 
+from wegen_jax.data.image_preprocess import resize_uint8
 from wegen_jax.generation import SamplingConfig
 from wegen_jax.systems import base
 from wegen_jax.systems.wegen.generate import (
@@ -82,33 +82,53 @@ class WeGenSystem(base.System):
       responses.append(base.Response(text="\n".join(t for t in text if t), images=out_images))
     return responses
 
-  def validation_samples(self, num: int, seed: int = 0) -> list[base.Sample]:
-    """The first `num` labelled validation pairs: `[INST] <A> d1 [/INST]` -> the model's frame
-    next to the ground-truth B (resized to B's size)."""
+  def validation_pairs(self, num: int) -> list[dict]:
+    """The first `num` labelled validation pairs of the run's data: text (the first dynamics
+    description), source A, target B and B's ground truth (boxes, box_frame, box_label, record)."""
     from wegen_jax.data.source import dynamics_dataset
 
     records = dynamics_dataset(self.config.data.dir, "validation", num_frames=2)
     picked = [r for r in (records[i] for i in range(len(records))) if r is not None and r["labelled"]][:num]
+    return [
+      dict(
+        text=r["dynamics"][0],
+        source=r["frames"][0],
+        target=r["frames"][1],
+        boxes=r["boxes"],
+        box_frame=r["box_frame"],
+        box_label=r["box_label"],
+        record=r,
+      )
+      for r in picked
+    ]
+
+  def validation_images(self, num: int) -> list[np.ndarray]:
+    """The first `num` validation frames (the second frame of each record)."""
+    from wegen_jax.data.source import dynamics_dataset
+
+    records = dynamics_dataset(self.config.data.dir, "validation", num_frames=2)
+    return [r["frames"][1] for r in (records[i] for i in range(len(records))) if r is not None][:num]
+
+  def validation_samples(self, num: int, seed: int = 0) -> list[base.Sample]:
+    """The first `num` labelled validation pairs: `[INST] <A> d1 [/INST]` -> the model's frame
+    next to the ground-truth B (resized to B's size)."""
     samples = []
-    for i, record in enumerate(picked):
-      source, target = record["frames"][0], record["frames"][1]
-      request = base.Request(text=record["dynamics"][0], images=[source], seed=seed + i)
+    for i, pair in enumerate(self.validation_pairs(num)):
+      request = base.Request(text=pair["text"], images=[pair["source"]], seed=seed + i)
       (response,) = self.generate([request])
-      generated = _resized(response.images[0], target.shape[:2]) if response.images else None
-      samples.append(base.Sample(request.text, [source], target, generated, record))
+      target = pair["target"]
+      generated = resize_uint8(response.images[0], target.shape[:2]) if response.images else None
+      samples.append(base.Sample(request.text, [pair["source"]], target, generated, pair["record"]))
     return samples
 
   def validation_reconstructions(self, num: int, seed: int = 0) -> list[base.Sample]:
     """Stage 1's check: the first `num` validation frames redrawn by the detokenizer from their
     own vision features (input = target = the frame; generated = the redrawing)."""
-    from wegen_jax.data.source import dynamics_dataset
-
-    records = dynamics_dataset(self.config.data.dir, "validation", num_frames=2)
-    frames = [r["frames"][1] for r in (records[i] for i in range(len(records))) if r is not None][:num]
+    frames = self.validation_images(num)
     if not frames:
       return []
     drawn = self.reconstruct(frames, seed)
-    return [base.Sample("reconstruction", [f], f, _resized(d, f.shape[:2])) for f, d in zip(frames, drawn)]
+    return [base.Sample("reconstruction", [f], f, resize_uint8(d, f.shape[:2])) for f, d in zip(frames, drawn)]
 
   def reconstruct(self, images: Sequence[np.ndarray], seed: int = 0, batch: int = 16) -> list[np.ndarray]:
     """uint8 images redrawn by the detokenizer from their own avg-pooled vision features."""
@@ -129,13 +149,12 @@ class WeGenSystem(base.System):
         out.append(response.images[0] if response.images else _black(self.config.data.vae_image_size))
       return out
 
-    return {"generate_images": generate_images, "reconstruct_images": self.reconstruct}
-
-
-def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  if image.shape[:2] == tuple(size):
-    return image
-  return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BICUBIC))
+    return {
+      "generate_images": generate_images,
+      "reconstruct_images": self.reconstruct,
+      "validation_pairs": self.validation_pairs,
+      "validation_images": self.validation_images,
+    }
 
 
 def _black(size: int) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Evaluation configs: `python -m wegen_jax.eval --config configs/eval/<name>.py ...`."""

@@ -1,0 +1,22 @@
+"""WeGen on the held-out video-dynamics pairs of its run's data (the demo's figures).
+
+  python -m wegen_jax.eval --config configs/eval/wegen_dynamics.py:size=tiny,stage=2 \
+    --workdir RUN --config.data.dir=DATA_DIR
+
+arg: size and stage as configs/wegen.py (the run's own). Stage 1 (the detokenizer alone) is
+scored on reconstructions: held-out frames redrawn from their own features (frame_mae /255);
+stages 2 and 3 also on dynamics: the target frame generated from the source frame and the
+instruction (unchanged_mae, position_error, object_found, frame_mae, each beside the
+copy-the-source baseline). Add the same `evals` to a training config to run them during training.
+"""
+
+from wegen_jax.config_utils import load_config, parse_arg
+
+
+def get_config(arg=None):
+  args = parse_arg(arg, size="tiny", stage=2)
+  c = load_config(f"configs/wegen.py:size={args['size']},stage={args['stage']}")
+  c.evals = dict(reconstruction=dict(type="reconstruction", num_images=32))
+  if int(args["stage"]) > 1:
+    c.evals.dynamics = dict(type="dynamics", num_samples=32)
+  return c
