@@ -129,14 +129,13 @@ def main(argv=None):
   train(stage1, workdir / "stage1")
   times["stage 1"] = time.perf_counter() - start - sum(times.values())
 
-  import numpy as np
-
   from wegen_jax.evaluators.grids import write_grids
+  from wegen_jax.evaluators.reconstruction import frame_mae
   from wegen_jax.systems.base import get_system
 
   redrawn = get_system(stage1).from_run(stage1, workdir / "stage1").validation_reconstructions(args.samples)
   write_grids(redrawn[:8], workdir / "samples" / "stage1")
-  stage1_mae = float(np.mean([np.abs(s.generated.astype(float) - s.target.astype(float)).mean() for s in redrawn]))
+  stage1_mae = frame_mae([s.target for s in redrawn], [s.generated for s in redrawn])
   times["stage 1 check"] = time.perf_counter() - start - sum(times.values())
   stage2 = stage_config(2, workdir, args.stage2_steps, workdir / "stage1")
   train(stage2, workdir / "stage2")

@@ -14,6 +14,14 @@ import numpy as np
 from wegen_jax.data.image_preprocess import resize_uint8
 
 
+def frame_mae(images, drawn) -> float:
+  """Mean absolute error (0..255) of each redrawing against its image (resized to it)."""
+  errors = [
+    np.abs(resize_uint8(d, f.shape[:2]).astype(np.float64) - f.astype(np.float64)).mean() for f, d in zip(images, drawn)
+  ]
+  return float(np.mean(errors))
+
+
 class Evaluator:
   def __init__(self, every: int = 0, num_images: int = 32, seed: int = 0):
     if num_images < 1:
@@ -30,8 +38,4 @@ class Evaluator:
     if not images:
       raise ValueError("reconstruction evaluator: the run's validation split has no frames")
     drawn = predict_fns["reconstruct_images"](images, self.seed)
-    errors = [
-      np.abs(resize_uint8(d, f.shape[:2]).astype(np.float64) - f.astype(np.float64)).mean()
-      for f, d in zip(images, drawn)
-    ]
-    return {"frame_mae": float(np.mean(errors)), "images": float(len(errors))}
+    return {"frame_mae": frame_mae(images, drawn), "images": float(len(images))}
