@@ -1,5 +1,5 @@
-"""The tiny detokenizer's spatial path (WeGenConfig.spatial_features): the 64 features laid out
-as the 8x8 grid they were pooled from, each token over its own block of the latents."""
+"""Where the tiny WeGen recipe departs from the authors' (and 7B does not): the detokenizer's
+spatial feature grid, each token over its own block of the latents."""
 
 import dataclasses
 
