@@ -92,3 +92,20 @@ def test_eval_cli_matches_the_trainer_and_resumes(tmp_path):
   assert again.returncode == 0 and "text: already in" in again.stdout  # nothing computed twice
   wrong = _eval("--config", str(tmp_path / "eval_cfg.py"), "--workdir", str(tmp_path / "nothing"))
   assert wrong.returncode != 0 and "has no checkpoints/" in wrong.stderr
+
+
+def test_dynamics_evaluator_keeps_its_frames_and_reuses_them_after_a_kill(tmp_path):
+  pairs = _pairs()
+  calls = []
+
+  def generate_images(prompts, rng_seed=0):
+    calls.append(rng_seed)
+    return [pairs[rng_seed]["target"] // 2 for _ in prompts]  # prompt i is asked with seed i
+
+  fns = {"validation_pairs": lambda n: pairs[:n], "generate_images": generate_images}
+  ev, out = dynamics.Evaluator(num_samples=2), tmp_path / "eval" / "7" / "dynamics"
+  first = ev.run(fns, 7, out_dir=out)
+  assert calls == [0, 1] and sorted(p.name for p in out.iterdir()) == ["000.png", "001.png"]
+  (out / "001.png").write_bytes(b"torn")  # killed while writing the second frame
+  again = ev.run(fns, 7, out_dir=out)
+  assert calls == [0, 1, 1] and again == first  # only the missing frame is generated again

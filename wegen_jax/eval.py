@@ -2,8 +2,9 @@
 
 Runs the config's evaluators (`config.evals`, wegen_jax/evaluators/) on a training run's
 checkpoint (the newest, or --step) with the same predict functions the trainer's periodic evals
-use, and writes RUN/eval/<step>.json. Resumable by evaluator: one whose results that file
-already holds is skipped (a killed eval reruns only what it had not finished) unless --force.
+use, and writes RUN/eval/<step>.json. Resumable: an evaluator whose results that file already
+holds is skipped unless --force, and generated images kept in RUN/eval/<step>/<name>/ are reused
+(a killed eval generates only what it had not written; delete that folder to draw them again).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:arg] wit
 _WORKDIR = flags.DEFINE_string("workdir", None, "training run directory (its checkpoints/)")
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
 _ONLY = flags.DEFINE_list("only", None, "evaluator names to run (default: all of config.evals)")
-_FORCE = flags.DEFINE_bool("force", False, "recompute evaluators already in RUN/eval/<step>.json")
+_FORCE = flags.DEFINE_bool(
+  "force", False, "recompute evaluators already in RUN/eval/<step>.json (their kept images are reused)"
+)
 
 
 def main(_):

@@ -19,6 +19,7 @@ import numpy as np
 
 from wegen_jax.data.image_preprocess import resize_uint8
 from wegen_jax.data.synthetic import COLOURS
+from wegen_jax.evaluators.image_cache import cached_images
 
 COLOUR_TOLERANCE = 60.0  # RGB distance accepted as "this object's colour"
 MISSING_PENALTY = 0.5  # position error charged when the object's colour is absent
@@ -106,7 +107,9 @@ class Evaluator:
       raise ValueError(f"dynamics evaluator: num_samples={num_samples} must be >= 1")
     self.every, self.num_samples, self.seed = every, num_samples, seed
 
-  def run(self, predict_fns, step):
+  def run(self, predict_fns, step, out_dir=None):
+    """out_dir (RUN/eval/<step>/<name> when run by the trainer or the eval CLI): the generated
+    frames as NNN.png; those already there are reused."""
     for needed in ("validation_pairs", "generate_images"):
       if needed not in predict_fns:
         raise ValueError(f"dynamics evaluator needs predict function {needed!r}; this system has {sorted(predict_fns)}")
@@ -114,5 +117,6 @@ class Evaluator:
     if not pairs:
       raise ValueError("dynamics evaluator: the run's validation split has no labelled pairs")
     prompts = [{"text": p["text"], "images": [p["source"]]} for p in pairs]
-    generated = predict_fns["generate_images"](prompts, rng_seed=self.seed)
+    generate = predict_fns["generate_images"]  # prompt i always gets seed + i, alone or batched
+    generated = cached_images(out_dir, len(prompts), lambda i: generate([prompts[i]], rng_seed=self.seed + i)[0])
     return evaluate([dict(p, generated=resize_uint8(g, p["target"].shape[:2])) for p, g in zip(pairs, generated)])

@@ -4,13 +4,15 @@
 (or a full dotted module path, for a lab's own evaluator); the module's `Evaluator` class is
 built from the remaining fields. An evaluator has `every` (steps; 0 = only at the end) and
 `run(predict_fns, step) -> {metric: float}`, where predict_fns are the system's (see
-systems.base.System.predict_fns). Results go to metrics.jsonl as `eval/<name>/<metric>` and to
-WORKDIR/eval/<step>.json.
+systems.base.System.predict_fns); a `run` with an `out_dir` parameter gets
+WORKDIR/eval/<step>/<name>/ for its images. Results go to metrics.jsonl as `eval/<name>/<metric>`
+and to WORKDIR/eval/<step>.json.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -63,7 +65,11 @@ def run_evaluators(
   what an earlier run of that step wrote) and returns the flat `eval/<name>/<metric>` dict."""
   flat, results = {}, {}
   for name in names if names is not None else evaluators:
-    metrics = {k: float(v) for k, v in evaluators[name].run(predict_fns, step).items()}
+    run = evaluators[name].run
+    extra = {}
+    if workdir is not None and "out_dir" in inspect.signature(run).parameters:  # it writes images
+      extra["out_dir"] = Path(workdir) / "eval" / str(step) / name
+    metrics = {k: float(v) for k, v in run(predict_fns, step, **extra).items()}
     results[name] = metrics
     flat.update({f"eval/{name}/{k}": v for k, v in metrics.items()})
   if workdir is not None and results:
