@@ -82,8 +82,8 @@ class Task:
 
   def predict_fns(self, model: nnx.Module) -> dict:
     """The functions config.evals evaluators call during training, for this model (the
-    system's System.predict_fns; default: none)."""
-    return {}
+    system's System.predict_fns; every task has `validation_losses`)."""
+    return {"validation_losses": validation_losses_fn(self, model)}
 
   # For tools.aot's analytic FLOPs (6 * N * tokens): the parameter-path prefix whose count is N
   # ("" = all trainable parameters, None = the estimate does not apply), and whether that
@@ -114,3 +114,33 @@ def system_module(name: str):
 def get_task(config) -> Task:
   """The training task of `config.task` (the system package's `Task` class)."""
   return system_module(config.task).Task(config)
+
+
+def validation_losses_fn(task: Task, model: nnx.Module):
+  """validation_losses(num_batches) -> the mean of the task's loss and loss_* metrics over the
+  first `num_batches` batches of its validation split (fixed order and loss noise: the same
+  figures for the same parameters). One process: the host batch is the whole batch."""
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def losses(state, batch, rng):
+    loss, metrics = task.loss_fn(nnx.merge(graphdef, state), batch, rng)
+    return {"loss": loss, **{k: v for k, v in metrics.items() if k.startswith("loss")}}
+
+  def validation_losses(num_batches: int) -> dict[str, float]:
+    it = iter(task.dataset("validation", seed=0, global_batch=int(task.config.batch_size)))
+    sums, seen = {}, 0
+    for i in range(num_batches):
+      try:
+        batch = next(it)
+      except StopIteration:
+        break
+      out = jax.device_get(losses(state, jax.tree.map(jax.numpy.asarray, batch), jax.random.key(i)))
+      for k, v in out.items():
+        sums[k] = sums.get(k, 0.0) + float(v)
+      seen += 1
+    if not seen:
+      raise ValueError("the validation split gave no batch: is the dataset's validation split empty?")
+    return {**{k: v / seen for k, v in sums.items()}, "batches": float(seen)}
+
+  return validation_losses

@@ -65,7 +65,7 @@ class LMTask(Task):
       source = ProgressionSource(num, d.seq_len, self.config.model.vocab_size, d.seed + 1)
       return np.stack([source[i]["tokens"] for i in range(num)])
 
-    return {"score_tokens": score_tokens, "heldout_tokens": heldout_tokens}
+    return {**super().predict_fns(model), "score_tokens": score_tokens, "heldout_tokens": heldout_tokens}
 
   def batch_counts(self, batch):
     return {"tokens": float(np.prod(batch["tokens"].shape))}

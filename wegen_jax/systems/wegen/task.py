@@ -102,7 +102,7 @@ class WeGenTask(Task):
   def predict_fns(self, model):
     from wegen_jax.systems.wegen.system import WeGenSystem
 
-    return WeGenSystem(self.config, model).predict_fns()
+    return {**super().predict_fns(model), **WeGenSystem(self.config, model).predict_fns()}
 
   def token_params_prefix(self):
     return "llm"  # 6*N*tokens covers the LLM's matmuls; stage 1 trains none of them
