@@ -49,9 +49,11 @@ def main(_):
   step = load_run_parameters(model, workdir, step=_STEP.value)
   path = workdir / "eval" / f"{step}.json"
   done = set(json.loads(path.read_text())) if path.exists() and not _FORCE.value else set()
-  names = [n for n in (_ONLY.value or evaluators) if n not in done]
-  for name in sorted(set(_ONLY.value or evaluators) & done):
-    print(f"{name}: already in {path} (--force recomputes it)")
+  wanted = _ONLY.value or list(evaluators)
+  for name in wanted:
+    if name in done:
+      print(f"{name}: already in {path} (--force recomputes it)")
+  names = [n for n in wanted if n not in done]
   if names:
     run_evaluators(evaluators, task.predict_fns(model), step, workdir, names)
   print(json.dumps({"step": step, **json.loads(path.read_text())}, indent=2))

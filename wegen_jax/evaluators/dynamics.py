@@ -19,6 +19,7 @@ import numpy as np
 
 from wegen_jax.data.image_preprocess import resize_uint8
 from wegen_jax.data.synthetic import COLOURS
+from wegen_jax.evaluators import require_predict_fns
 from wegen_jax.evaluators.image_cache import cached_images
 
 COLOUR_TOLERANCE = 60.0  # RGB distance accepted as "this object's colour"
@@ -110,9 +111,7 @@ class Evaluator:
   def run(self, predict_fns, step, out_dir=None):
     """out_dir (RUN/eval/<step>/<name> when run by the trainer or the eval CLI): the generated
     frames as NNN.png; those already there are reused."""
-    for needed in ("validation_pairs", "generate_images"):
-      if needed not in predict_fns:
-        raise ValueError(f"dynamics evaluator needs predict function {needed!r}; this system has {sorted(predict_fns)}")
+    require_predict_fns(predict_fns, ("validation_pairs", "generate_images"), "dynamics")
     pairs = predict_fns["validation_pairs"](self.num_samples)
     if not pairs:
       raise ValueError("dynamics evaluator: the run's validation split has no labelled pairs")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from wegen_jax.evaluators import require_predict_fns
+
 
 class Evaluator:
   def __init__(self, every: int = 0, num_rows: int = 64, batch_size: int = 16):
@@ -18,11 +20,7 @@ class Evaluator:
     self.every, self.num_rows, self.batch_size = every, num_rows, batch_size
 
   def run(self, predict_fns, step):
-    for needed in ("heldout_tokens", "score_tokens"):
-      if needed not in predict_fns:
-        raise ValueError(
-          f"perplexity evaluator needs predict function {needed!r}; this system has {sorted(predict_fns)}"
-        )
+    require_predict_fns(predict_fns, ("heldout_tokens", "score_tokens"), "perplexity")
     rows = predict_fns["heldout_tokens"](self.num_rows)
     total = count = 0.0
     for start in range(0, len(rows), self.batch_size):

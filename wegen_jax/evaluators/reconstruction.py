@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from wegen_jax.data.image_preprocess import resize_uint8
+from wegen_jax.evaluators import require_predict_fns
 
 
 def frame_mae(images, drawn) -> float:
@@ -29,11 +30,7 @@ class Evaluator:
     self.every, self.num_images, self.seed = every, num_images, seed
 
   def run(self, predict_fns, step):
-    for needed in ("validation_images", "reconstruct_images"):
-      if needed not in predict_fns:
-        raise ValueError(
-          f"reconstruction evaluator needs predict function {needed!r}; this system has {sorted(predict_fns)}"
-        )
+    require_predict_fns(predict_fns, ("validation_images", "reconstruct_images"), "reconstruction")
     images = predict_fns["validation_images"](self.num_images)
     if not images:
       raise ValueError("reconstruction evaluator: the run's validation split has no frames")

@@ -8,6 +8,8 @@ Reports `loss` and each `loss_*` term (WeGen: ce, mse, cos, diffusion) averaged 
 
 from __future__ import annotations
 
+from wegen_jax.evaluators import require_predict_fns
+
 
 class Evaluator:
   def __init__(self, every: int = 0, num_batches: int = 4):
@@ -16,8 +18,5 @@ class Evaluator:
     self.every, self.num_batches = every, num_batches
 
   def run(self, predict_fns, step):
-    if "validation_losses" not in predict_fns:
-      raise ValueError(
-        f"validation_loss evaluator needs predict function 'validation_losses'; have {sorted(predict_fns)}"
-      )
+    require_predict_fns(predict_fns, ("validation_losses",), "validation_loss")
     return predict_fns["validation_losses"](self.num_batches)

@@ -8,6 +8,7 @@ MGCC and the plain LM share one loop.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from typing import Any, Mapping
@@ -116,16 +117,24 @@ def get_task(config) -> Task:
   return system_module(config.task).Task(config)
 
 
+@functools.cache
+def _loss_terms(task: Task):
+  """The task's jitted loss and loss_* terms, one per task: the trainer asks for predict
+  functions at every periodic eval, and this compiles once (graphdef static, state traced)."""
+
+  def terms(graphdef, state, batch, rng):
+    loss, metrics = task.loss_fn(nnx.merge(graphdef, state), batch, rng)
+    return {"loss": loss, **{k: v for k, v in metrics.items() if k.startswith("loss")}}
+
+  return jax.jit(terms, static_argnums=0)
+
+
 def validation_losses_fn(task: Task, model: nnx.Module):
   """validation_losses(num_batches) -> the mean of the task's loss and loss_* metrics over the
   first `num_batches` batches of its validation split (fixed order and loss noise: the same
   figures for the same parameters). One process: the host batch is the whole batch."""
   graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def losses(state, batch, rng):
-    loss, metrics = task.loss_fn(nnx.merge(graphdef, state), batch, rng)
-    return {"loss": loss, **{k: v for k, v in metrics.items() if k.startswith("loss")}}
+  losses = _loss_terms(task)
 
   def validation_losses(num_batches: int) -> dict[str, float]:
     it = iter(task.dataset("validation", seed=0, global_batch=int(task.config.batch_size)))
@@ -135,7 +144,7 @@ def validation_losses_fn(task: Task, model: nnx.Module):
         batch = next(it)
       except StopIteration:
         break
-      out = jax.device_get(losses(state, jax.tree.map(jax.numpy.asarray, batch), jax.random.key(i)))
+      out = jax.device_get(losses(graphdef, state, jax.tree.map(jax.numpy.asarray, batch), jax.random.key(i)))
       for k, v in out.items():
         sums[k] = sums.get(k, 0.0) + float(v)
       seen += 1

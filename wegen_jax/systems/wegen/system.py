@@ -85,10 +85,7 @@ class WeGenSystem(base.System):
   def validation_pairs(self, num: int) -> list[dict]:
     """The first `num` labelled validation pairs of the run's data: text (the first dynamics
     description), source A, target B and B's ground truth (boxes, box_frame, box_label, record)."""
-    from wegen_jax.data.source import dynamics_dataset
-
-    records = dynamics_dataset(self.config.data.dir, "validation", num_frames=2)
-    picked = [r for r in (records[i] for i in range(len(records))) if r is not None and r["labelled"]][:num]
+    picked = [r for r in self._validation_records() if r["labelled"]][:num]
     return [
       dict(
         text=r["dynamics"][0],
@@ -104,10 +101,14 @@ class WeGenSystem(base.System):
 
   def validation_images(self, num: int) -> list[np.ndarray]:
     """The first `num` validation frames (the second frame of each record)."""
+    return [r["frames"][1] for r in self._validation_records()][:num]
+
+  def _validation_records(self) -> list[dict]:
+    """The readable two-frame records of the run's validation split, in order."""
     from wegen_jax.data.source import dynamics_dataset
 
     records = dynamics_dataset(self.config.data.dir, "validation", num_frames=2)
-    return [r["frames"][1] for r in (records[i] for i in range(len(records))) if r is not None][:num]
+    return [r for r in (records[i] for i in range(len(records))) if r is not None]
 
   def validation_samples(self, num: int, seed: int = 0) -> list[base.Sample]:
     """The first `num` labelled validation pairs: `[INST] <A> d1 [/INST]` -> the model's frame
