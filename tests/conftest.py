@@ -20,3 +20,32 @@ def torch_seed():
   torch = pytest.importorskip("torch")
   torch.manual_seed(0)
   return torch
+
+
+@pytest.fixture(scope="session")
+def curated_dir(tmp_path_factory):
+  """Three generator clips curated and labelled with the synthetic ground truth (a TFDS data dir)."""
+  from wegen_jax.data import synthetic as S
+  from wegen_jax.curation import __main__ as curate_cli
+
+  root = tmp_path_factory.mktemp("wegen_data")
+  (root / "videos").mkdir()
+  for i in range(3):
+    frames, gt = S.generate_clip(10 + i, S.ClipSpec(num_frames=36))
+    S.write_clip(str(root / "videos" / f"clip_{i}"), frames, gt, "h264")
+  assert (
+    curate_cli.main(
+      [
+        "--videos",
+        str(root / "videos"),
+        "--out",
+        str(root / "data"),
+        "--config",
+        "configs/curate.py:preset=synthetic",
+        "--label",
+        "--no-progress",
+      ]
+    )
+    == 0
+  )
+  return root / "data"

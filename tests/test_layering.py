@@ -32,13 +32,16 @@ ALLOWED = {
   "systems": BELOW_TRAINING | {"convert", "training", "evaluators"},
   "curation": BELOW_TRAINING | {"convert", "training", "evaluators", "systems"},
 }
-ENTRY_POINTS = {"wegen_jax", "tools", "demo", "train", "sample", "generate", "eval", "chat"}  # may import anything
+# may import anything; "__main__" is every package's `python -m` module (run, never imported)
+ENTRY_POINTS = {"wegen_jax", "tools", "demo", "train", "sample", "generate", "eval", "chat", "__main__"}
 
 
 def _group(path: Path) -> str:
   rel = path.relative_to(ROOT)
   if rel.parts[0] == "kernels":
     return "kernels"
+  if rel.name == "__main__.py":
+    return "__main__"
   return rel.parts[1] if len(rel.parts) > 2 else rel.stem.replace("__init__", "wegen_jax")
 
 

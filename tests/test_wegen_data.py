@@ -111,35 +111,6 @@ def test_examples_pad_to_fixed_shapes_and_invalid_become_empty(tok):
     assert not empty["example_valid"] and empty["segment_ids"].sum() == 0 and not empty["image_valid"].any()
 
 
-@pytest.fixture(scope="module")
-def curated_dir(tmp_path_factory):
-  """Three generator clips curated and labelled with the synthetic ground truth."""
-  from wegen_jax.data import synthetic as S
-  from wegen_jax.curation import __main__ as curate_cli
-
-  root = tmp_path_factory.mktemp("wegen_data")
-  (root / "videos").mkdir()
-  for i in range(3):
-    frames, gt = S.generate_clip(10 + i, S.ClipSpec(num_frames=36))
-    S.write_clip(str(root / "videos" / f"clip_{i}"), frames, gt, "h264")
-  assert (
-    curate_cli.main(
-      [
-        "--videos",
-        str(root / "videos"),
-        "--out",
-        str(root / "data"),
-        "--config",
-        "configs/curate.py:preset=synthetic",
-        "--label",
-        "--no-progress",
-      ]
-    )
-    == 0
-  )
-  return root / "data"
-
-
 def test_pipeline_batches_from_curated_data(curated_dir, tok):
   import jax
   from wegen_jax.data.loader import DeviceLoader

@@ -253,13 +253,18 @@ def read_state_dict(path: str | os.PathLike) -> Mapping[str, np.ndarray]:
   )
 
 
+MAX_SHARD_BYTES = 5 * 2**30
+
+
 def save_state_dict(
   tensors: Mapping[str, np.ndarray],
   directory: str | os.PathLike,
   filename: str = "model.safetensors",
-  max_shard_bytes: int = 5 * 2**30,
+  max_shard_bytes: int | None = None,
 ) -> None:
-  """Writes one safetensors file, or HF-style shards plus an index when over max_shard_bytes."""
+  """Writes one safetensors file, or HF-style shards plus an index when over max_shard_bytes
+  (default MAX_SHARD_BYTES, HF's 5 GB shards)."""
+  max_shard_bytes = max_shard_bytes or MAX_SHARD_BYTES
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   total = sum(np.asarray(t).nbytes for t in tensors.values())

@@ -252,6 +252,33 @@ def fill_timm_eva(
   )
 
 
+def timm_kwargs(cfg: EVAConfig) -> dict[str, Any]:
+  """timm `Eva(**kwargs)` arguments that build this tower (config_from_timm's inverse): with
+  num_classes=0 and global_pool='' its forward_features is the tower's all-token output."""
+  if cfg.activation != "gelu":
+    raise CheckpointError(f"EVA activation {cfg.activation!r} has no timm Eva equivalent")
+  if cfg.norm_eps != 1e-6:  # another eps needs a norm_layer object, which config.json cannot hold
+    raise CheckpointError(f"EVA norm_eps={cfg.norm_eps} differs from timm's LayerNorm default 1e-6")
+  return dict(
+    img_size=cfg.image_size,
+    patch_size=cfg.patch_size,
+    in_chans=cfg.in_channels,
+    embed_dim=cfg.width,
+    depth=cfg.depth,
+    num_heads=cfg.num_heads,
+    mlp_ratio=cfg.mlp_dim / cfg.width,
+    qkv_bias=cfg.qkv_bias,
+    use_post_norm=cfg.post_norm,
+    init_values=1.0 if cfg.layer_scale else None,  # the value is the init only; the weights overwrite it
+    class_token=cfg.class_token,
+    no_embed_class=not cfg.embed_class,
+    num_classes=0,
+    global_pool="",
+    use_fc_norm=False,
+    use_post_transformer_norm=cfg.final_norm,
+  )
+
+
 def export_timm_eva(model: EVAVisionTower, *, layout: str = "timm", dtype=None) -> dict[str, np.ndarray]:
   """State dict in timm `Eva` names (layout='timm', also EVA-CLIP's visual.pt layout) or in
   WeGen's eva_vision layout (layout='wegen': one qkv.bias with a zero k third)."""

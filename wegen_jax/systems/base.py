@@ -99,6 +99,19 @@ class System:
 
   step: int | None = None
 
+  # PyTorch layouts this system exports and imports (`python -m wegen_jax.convert export|import`,
+  # convert/runs.py); the tables that map its parameters live in its package.
+  export_layouts: tuple[str, ...] = ()
+
+  def export_pytorch(self, out: Path, *, layout: str, dtype=None) -> list[str]:
+    """Writes every component into the folder `out` (exists, empty); returns the parts written."""
+    raise NotImplementedError(f"{type(self).__name__} has no PyTorch export")
+
+  @classmethod
+  def import_pytorch(cls, config, src: Path) -> tuple[nnx.Module, list[str]]:
+    """(model with every parameter from the files in `src`, the parts read) for `config`."""
+    raise NotImplementedError(f"{cls.__name__} has no PyTorch import")
+
   def generate(self, requests: Sequence[Request]) -> list[Response]:
     """Answers each request (text and/or images)."""
     raise NotImplementedError(f"{type(self).__name__} does not generate")

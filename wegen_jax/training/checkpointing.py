@@ -35,6 +35,8 @@ from wegen_jax.layers.paths import param_paths, path_string
 log = logging.getLogger(__name__)
 
 DIGEST_FILE = "wegen_digest.json"
+# In a run directory that holds imported weights only (`convert import`: no optimizer state).
+IMPORTED_FILE = "IMPORTED.json"
 ITEMS = ("state", "data", "config")
 
 

@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from wegen_jax.training.checkpointing import IMPORTED_FILE
+
 
 class ConfigError(ValueError):
   """A config value or path that cannot work; the message says how to fix it."""
@@ -51,6 +53,11 @@ def check_training_config(config, workdir: str | os.PathLike) -> None:
       f"config.grad_accum={accum!r} must be >= 1 and divide config.batch_size={config.batch_size} into micro-batches"
     )
   _writable_dir(Path(workdir), "workdir")
+  if (Path(workdir) / IMPORTED_FILE).exists():
+    raise ConfigError(
+      f"--workdir {workdir} holds imported weights ({IMPORTED_FILE}), not a training state to resume: train a new "
+      f"run from them with --workdir NEW_DIR --config.init_from={workdir} (and config.init_components)"
+    )
   init_from = config.get("init_from")
   if init_from:
     checkpoints = Path(init_from) / "checkpoints"

@@ -15,6 +15,7 @@ import numpy as np
 from wegen_jax.data.image_preprocess import resize_uint8
 from wegen_jax.generation import SamplingConfig
 from wegen_jax.systems import base
+from wegen_jax.systems.wegen import export
 from wegen_jax.systems.wegen.generate import (
   ImageSampling,
   ImageTokens,
@@ -31,6 +32,16 @@ class WeGenSystem(base.System):
     super().__init__(config, model)
     self.tokenizer = load_tokenizer(config.data.tokenizer)
     self.image_tokens = ImageTokens.from_tokenizer(self.tokenizer, model.cfg.num_image_tokens)
+
+  export_layouts = export.LAYOUTS
+
+  def export_pytorch(self, out, *, layout: str, dtype=None) -> list[str]:
+    return export.export(self.model, self.config, out, layout=layout, dtype=dtype)
+
+  @classmethod
+  def import_pytorch(cls, config, src):
+    model = cls.build_model(config)
+    return model, export.import_into(model, src)
 
   def image_sampling(self, **overrides) -> ImageSampling:
     s = self.config.sampling
