@@ -6,6 +6,7 @@ and leaves nothing behind."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,8 +157,14 @@ def test_authors_layout_holds_their_names_and_loads_in_pytorch(runs, system):
     want = llama(_t(ids)).logits.numpy()
   np.testing.assert_allclose(np.asarray(model.llm(jnp.asarray(ids))), want, atol=0.1, rtol=0.05)  # bf16 weights
 
+  # released files come without our config: import asks for it, then reads them
+  released = root / "released"
+  shutil.copytree(out, released, ignore=shutil.ignore_patterns("wegen_config.json", "MANIFEST.json", "README.md"))
+  with pytest.raises(CheckpointError, match="pass --config"):
+    import_run(released, root / "from_authors", system="wegen")
+  assert not (root / "from_authors").exists()
   # and they import back: every parameter within bf16 rounding of the run's
-  run_back = import_run(out, root / "from_authors", system="wegen")
+  run_back = import_run(released, root / "from_authors", system="wegen", config=run_config(run))
   assert run_back["parts"] == ["mllm", "vision", "vae"]
   _, ours = latest_parameters(run / "checkpoints")
   _, back = latest_parameters(root / "from_authors" / "checkpoints")
@@ -175,6 +182,8 @@ def test_import_back_trains_from_the_same_loss(runs, hf_export, curated_dir):
   _, back = latest_parameters(imported / "checkpoints")
   assert set(back) == set(ours)
   assert all(np.array_equal(back[k], ours[k]) for k in ours)  # float32 export: exact
+  loaded = WeGenSystem.from_run(run_config(imported), imported)  # what eval and chat load
+  assert loaded.step == 0 and loaded.model.cfg == WeGenSystem.from_run(run_config(run), run).model.cfg
 
   losses = {}
   for name, source in (("from_run", run), ("from_import", imported)):
@@ -244,3 +253,13 @@ def test_bad_input_is_one_line_and_leaves_nothing(runs, hf_export, tmp_path, mon
   with pytest.raises(OSError, match="disk full"):
     export_run(run, tmp_path / "half")
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_docs_tables_are_the_codes():
+  from configs.wegen import get_config
+
+  config = get_config("size=7b,stage=2")
+  doc = (REPO / "docs" / "CONVERT_TABLES.md").read_text()
+  assert doc.split("---\n", 1)[1].lstrip("\n") == WeGenSystem.mapping_tables(config), (
+    "docs/CONVERT_TABLES.md is stale: regenerate it as it says"
+  )

@@ -262,7 +262,9 @@ def _conv1x1_as_linear(x):
 
 
 # The VAE's attention projections were 1x1 convs in old checkpoints ([out, in, 1, 1]); accept both.
-_VAE_LINEAR = Transform(lambda x: _conv1x1_as_linear(x).T, lambda x: x.T)
+_VAE_LINEAR = Transform(
+  lambda x: _conv1x1_as_linear(x).T, lambda x: x.T, "transpose [out, in] -> [in, out] (an old 1x1 conv: squeezed)"
+)
 
 
 def vae_rules(cfg: VAEConfig) -> list[Rule]:

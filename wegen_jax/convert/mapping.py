@@ -27,11 +27,12 @@ from wegen_jax.layers.paths import param_paths
 class Transform:
   to_jax: Callable[[np.ndarray], np.ndarray]
   to_torch: Callable[[np.ndarray], np.ndarray]
+  name: str = "copy"  # how the mapping tables (docs/CONVERT_TABLES.md) describe it
 
 
 COPY = Transform(lambda x: x, lambda x: x)
-LINEAR = Transform(lambda x: x.T, lambda x: x.T)  # [out, in] <-> [in, out]
-CONV = Transform(lambda x: x.transpose(2, 3, 1, 0), lambda x: x.transpose(3, 2, 0, 1))  # OIHW <-> HWIO
+LINEAR = Transform(lambda x: x.T, lambda x: x.T, "transpose [out, in] -> [in, out]")
+CONV = Transform(lambda x: x.transpose(2, 3, 1, 0), lambda x: x.transpose(3, 2, 0, 1), "OIHW -> HWIO")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,3 +203,11 @@ def export_state_dict(model: nnx.Module, rules: Sequence[Rule], dtype=None) -> d
     value = transform.to_torch(value)
     out[key] = np.ascontiguousarray(value).reshape(np.shape(value))  # keep 0-d tensors 0-d
   return out
+
+
+def rules_table(rules: Sequence[Rule]) -> str:
+  """A Markdown table of a conversion table: our parameter path, their key, the transform
+  (`{i}`, `{j}`, ... stand for block indices)."""
+  rows = ["| wegen_jax parameter | PyTorch key | transform |", "|---|---|---|"]
+  rows += [f"| `{r.ours}` | `{r.theirs}` | {r.transform.name} |" for r in rules]
+  return "\n".join(rows) + "\n"

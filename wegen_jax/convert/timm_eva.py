@@ -29,8 +29,8 @@ from wegen_jax.convert.mapping import CONV, LINEAR, Rule, Transform, export_stat
 from wegen_jax.models.eva import EVA_CLIP_E_14_PLUS_448, EVAConfig, EVAVisionTower
 from wegen_jax.models.vit import resample_pos_embed
 
-_POS = Transform(lambda x: x.reshape(x.shape[-2:]), lambda x: x[None])  # [1, N, D] <-> [N, D]
-_CLS = Transform(lambda x: x.reshape(x.shape[-1]), lambda x: x[None, None])  # [1, 1, D] <-> [D]
+_POS = Transform(lambda x: x.reshape(x.shape[-2:]), lambda x: x[None], "[1, N, D] -> [N, D]")
+_CLS = Transform(lambda x: x.reshape(x.shape[-1]), lambda x: x[None, None], "[1, 1, D] -> [D]")
 _IGNORE = (
   r"(^|\.)(norm|fc_norm|head)\.",
   r"(^|\.)rope\.",

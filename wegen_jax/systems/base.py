@@ -108,6 +108,11 @@ class System:
     raise NotImplementedError(f"{type(self).__name__} has no PyTorch export")
 
   @classmethod
+  def mapping_tables(cls, config) -> str:
+    """Markdown tables of every parameter's PyTorch key and transform (docs/CONVERT_TABLES.md)."""
+    raise NotImplementedError(f"{cls.__name__} has no conversion tables")
+
+  @classmethod
   def import_pytorch(cls, config, src: Path) -> tuple[nnx.Module, list[str]]:
     """(model with every parameter from the files in `src`, the parts read) for `config`."""
     raise NotImplementedError(f"{cls.__name__} has no PyTorch import")

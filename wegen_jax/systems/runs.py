@@ -210,3 +210,16 @@ def _import(args):
       raise CheckpointError(str(e)) from None
   manifest = import_run(args.src, args.out, system=args.system, config=config)
   print(f"wrote run {args.out}: {', '.join(manifest['parts'])} at step 0")
+
+
+@command(
+  "tables",
+  "print a system's conversion tables as Markdown (docs/CONVERT_TABLES.md is this for WeGen-7B)",
+  lambda p: p.add_argument("--config", required=True, help="config file[:arg], e.g. configs/wegen.py:size=7b"),
+)
+def _tables(args):
+  try:
+    config = load_config(args.config)
+  except FileNotFoundError as e:
+    raise CheckpointError(str(e)) from None
+  print(get_system(config).mapping_tables(config), end="")

@@ -29,9 +29,17 @@ from pathlib import Path
 import numpy as np
 
 from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict, save_state_dict, write_json_config
-from wegen_jax.convert.diffusers import fill_diffusers_unet, fill_diffusers_vae, save_diffusers_unet, save_diffusers_vae
+from wegen_jax.convert import hf_llm, timm_eva
+from wegen_jax.convert.diffusers import (
+  fill_diffusers_unet,
+  fill_diffusers_vae,
+  save_diffusers_unet,
+  save_diffusers_vae,
+  unet_rules,
+  vae_rules,
+)
 from wegen_jax.convert.hf_llm import fill_hf_llm, save_hf_llm
-from wegen_jax.convert.mapping import load_state_dict
+from wegen_jax.convert.mapping import load_state_dict, rules_table
 from wegen_jax.convert.timm_eva import (
   PROJECTOR_RULES,
   export_timm_eva,
@@ -39,7 +47,8 @@ from wegen_jax.convert.timm_eva import (
   fill_timm_eva,
   timm_kwargs,
 )
-from wegen_jax.models.patch_autoencoder import PatchAutoencoder
+from wegen_jax.convert.mapping import LINEAR, Rule
+from wegen_jax.models.patch_autoencoder import PatchAutoencoder, PatchAutoencoderConfig
 from wegen_jax.systems.wegen.convert import (
   export_authors_detokenizer,
   export_authors_mllm,
@@ -236,3 +245,31 @@ turns this folder back into a run directory.
 The .bin files hold plain tensors (torch.load(..., weights_only=True) reads them).
 """
   return f"# WeGen weights ({layout} layout), written by `python -m wegen_jax.convert export`\n\n{body}"
+
+
+def mapping_tables(cfg) -> str:
+  """Markdown: every conversion table of a WeGenConfig, per exported file (docs/CONVERT_TABLES.md)."""
+  vae = (
+    "The PatchAutoencoder has no parameters.\n"
+    if isinstance(cfg.vae, PatchAutoencoderConfig)
+    else rules_table(vae_rules(cfg.vae))
+  )
+  sections = [
+    ("`llm/model.safetensors` (hf); `llm.` + the key in `pytorch_model_merged.bin` (authors)", "llm.",
+     rules_table(hf_llm.rules(cfg.llm))),
+    ("`vision/model.safetensors` (hf, timm `Eva`); `visual.pt` (authors)", "vision.",
+     "timm and EVA-CLIP store `attn.qkv.weight` fused ([3 * width, width]: q, k, v rows) with `attn.q_bias` and "
+     "`attn.v_bias`; the authors' `visual.pt` holds `attn.qkv.bias` with a zero k third instead. Split, they map "
+     "as below.\n\n" + rules_table(timm_eva.rules())),
+    ("`projectors/model.safetensors` (hf); `pytorch_model_merged.bin` (authors)", "input_proj. / output_proj.",
+     rules_table([Rule(f"{ours}.proj.kernel", f"{theirs}.proj.weight", LINEAR)
+                  for ours, theirs in (("input_proj", "input_resampler"), ("output_proj", "output_resampler"))])
+     + "`input_resampler.avgpoolquery.scale` (an unused parameter of the authors' AvgPoolQuery) is written as 1.\n"),
+    ("`unet/diffusion_pytorch_model.safetensors` (hf); `adapter.unet.` + the key in `pytorch_model_merged.bin`, "
+     "`unet.` + the key in `detokenizer/pytorch_model.bin` (authors)", "unet.", rules_table(unet_rules(cfg.unet))),
+    ("`vae/diffusion_pytorch_model.safetensors` (both layouts)", "vae.", vae),
+  ]  # fmt: skip
+  out = []
+  for title, ours, table in sections:
+    out.append(f"### {title}\n\nOur paths are under `{ours}` of the WeGen module.\n\n{table}")
+  return "\n".join(out)

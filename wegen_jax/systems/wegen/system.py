@@ -16,6 +16,7 @@ from wegen_jax.data.image_preprocess import resize_uint8
 from wegen_jax.generation import SamplingConfig
 from wegen_jax.systems import base
 from wegen_jax.systems.wegen import export
+from wegen_jax.systems.wegen.config import WeGenConfig
 from wegen_jax.systems.wegen.generate import (
   ImageSampling,
   ImageTokens,
@@ -37,6 +38,10 @@ class WeGenSystem(base.System):
 
   def export_pytorch(self, out, *, layout: str, dtype=None) -> list[str]:
     return export.export(self.model, self.config, out, layout=layout, dtype=dtype)
+
+  @classmethod
+  def mapping_tables(cls, config) -> str:
+    return export.mapping_tables(WeGenConfig.from_dict(config.model))
 
   @classmethod
   def import_pytorch(cls, config, src):
