@@ -4,6 +4,7 @@ a restated projector and autoencoder) with the JAX run's outputs; imported back 
 training with the same loss; the one-device run exports the same tensors; bad input is one line
 and leaves nothing behind."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -85,6 +86,7 @@ def test_hf_export_loads_in_pytorch_with_the_runs_outputs(hf_export, system):
   assert manifest["step"] == 1 and set(manifest["parts"]) >= {"llm", "vision", "projectors", "unet", "vae"}
   for name, entry in manifest["files"].items():  # the checksums describe the files
     assert (out / name).stat().st_size == entry["bytes"], name
+    assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"], name
 
   llama = transformers.LlamaForCausalLM.from_pretrained(out / "llm").eval()
   ids = rs.randint(0, model.cfg.llm.vocab_size, (2, 10))
@@ -159,7 +161,7 @@ def test_authors_layout_holds_their_names_and_loads_in_pytorch(runs, system):
 
   # released files come without our config: import asks for it, then reads them
   released = root / "released"
-  shutil.copytree(out, released, ignore=shutil.ignore_patterns("wegen_config.json", "MANIFEST.json", "README.md"))
+  shutil.copytree(out, released, ignore=shutil.ignore_patterns("run_config.json", "MANIFEST.json", "README.md"))
   with pytest.raises(CheckpointError, match="pass --config"):
     import_run(released, root / "from_authors", system="wegen")
   assert not (root / "from_authors").exists()
@@ -263,3 +265,31 @@ def test_docs_tables_are_the_codes():
   assert doc.split("---\n", 1)[1].lstrip("\n") == WeGenSystem.mapping_tables(config), (
     "docs/CONVERT_TABLES.md is stale: regenerate it as it says"
   )
+
+
+def test_lm_run_exports_to_an_hf_folder_and_back(tmp_path):
+  import lm_runs
+
+  c = lm_runs.config(total_steps=2, ckpt_every=2, num_devices=1, mesh=dict(data=1, fsdp=1, tensor=1))
+  train(c, tmp_path / "run")
+  manifest = export_run(tmp_path / "run", tmp_path / "hf")
+  assert manifest["parts"] == ["llm"] and manifest["step"] == 2
+  llama = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+  model = run_system(tmp_path / "run").model
+  ids = np.random.RandomState(0).randint(0, c.model.vocab_size, (2, 12))
+  with torch.no_grad():
+    want = llama(_t(ids)).logits.numpy()
+  np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids))), want, atol=1e-4, rtol=1e-4)
+  import_run(tmp_path / "hf", tmp_path / "back", system="lm")
+  _, ours = latest_parameters(tmp_path / "run" / "checkpoints")
+  _, back = latest_parameters(tmp_path / "back" / "checkpoints")
+  assert set(back) == set(ours) and all(np.array_equal(back[k], ours[k]) for k in ours)
+  with pytest.raises(CheckpointError, match="exports hf"):
+    export_run(tmp_path / "run", tmp_path / "a", layout="authors")
+
+
+def run_system(run):
+  from wegen_jax.systems.base import get_system
+
+  config = run_config(run)
+  return get_system(config).from_run(config, run)

@@ -34,6 +34,7 @@ from wegen_jax.systems.base import get_system
 from wegen_jax.training.checkpointing import IMPORTED_FILE, Checkpointer
 
 MANIFEST = "MANIFEST.json"
+RUN_CONFIG = "run_config.json"  # the exported run's config: what import builds the model from
 DTYPES = ("float32", "bfloat16")
 
 
@@ -101,13 +102,20 @@ def write_manifest(directory: Path, **info) -> dict:
   return manifest
 
 
+def _system_of(config):
+  try:
+    return get_system(config)
+  except (ValueError, ModuleNotFoundError) as e:
+    raise CheckpointError(str(e)) from None
+
+
 def export_run(
   run_dir: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None, layout: str = "hf", dtype=None
 ) -> dict:
   """Writes every component of a training run's checkpoint as PyTorch files; returns the manifest."""
   run_dir = Path(run_dir).absolute()
   config = run_config(run_dir)
-  system_cls = get_system(config)
+  system_cls = _system_of(config)
   if layout not in system_cls.export_layouts:
     raise CheckpointError(
       f"--layout {layout!r}: system {config.task!r} exports {', '.join(system_cls.export_layouts) or 'nothing'}"
@@ -115,6 +123,7 @@ def export_run(
   system = _from_run(system_cls, config, run_dir, step)
   with staged_output(out) as tmp:
     parts = system.export_pytorch(tmp, layout=layout, dtype=parse_dtype(dtype))
+    (tmp / RUN_CONFIG).write_text(json.dumps(config.to_dict(), indent=2, default=str))
     manifest = write_manifest(
       tmp, system=config.task, layout=layout, dtype=dtype or "as trained", source=str(run_dir), step=system.step,
       parts=parts,
@@ -139,16 +148,16 @@ def import_run(
   if not src.exists():
     raise CheckpointError(f"--from {src} does not exist")
   if config is None:
-    stored = src / "wegen_config.json"  # written by export
+    stored = src / RUN_CONFIG  # written by export
     if not stored.is_file():
       raise CheckpointError(
-        f"{src} has no wegen_config.json (it was not written by `export`): pass --config with the config "
+        f"{src} has no {RUN_CONFIG} (it was not written by `export`): pass --config with the config "
         f"these weights belong to, e.g. --config configs/{system}.py:size=7b,stage=2"
       )
     config = ml_collections.ConfigDict(json.loads(stored.read_text()))
   if config.get("task") != system:
     raise CheckpointError(f"--system {system} but the config is of system {config.get('task')!r}")
-  system_cls = get_system(config)
+  system_cls = _system_of(config)
   model, parts = system_cls.import_pytorch(config, src)
   with staged_output(out) as tmp:
     save_weights_run(model, config, tmp)
@@ -194,7 +203,7 @@ def _import_args(p):
   p.add_argument("--system", required=True, help="the system the weights belong to (wegen, ...)")
   p.add_argument("--out", required=True, help="run directory to create (must not exist)")
   p.add_argument(
-    "--config", default=None, help="config file[:arg] of the weights (default: the export's wegen_config.json)"
+    "--config", default=None, help="config file[:arg] of the weights (default: the export's run_config.json)"
   )
 
 
@@ -222,4 +231,4 @@ def _tables(args):
     config = load_config(args.config)
   except FileNotFoundError as e:
     raise CheckpointError(str(e)) from None
-  print(get_system(config).mapping_tables(config), end="")
+  print(_system_of(config).mapping_tables(config), end="")

@@ -10,7 +10,7 @@ layout=hf (what a PyTorch user loads with the libraries):
   unet/         diffusers UNet2DConditionModel (cross_attention_dim = the vision width)
   vae/          diffusers AutoencoderKL; the tiny default's parameter-free PatchAutoencoder is
                 config.json only (space-to-depth, see models/patch_autoencoder.py)
-  wegen_config.json  the run's config (import reads it), README.md
+  README.md     (export_run adds run_config.json, the run's config, and MANIFEST.json)
 layout=authors (what hzphzp/WeGen's code loads; names of systems/wegen/convert.py):
   pytorch_model_merged.bin      ContinuousLVLMJointLLMSDVAR state dict (llm.*, input_resampler.*,
                                 output_resampler.*, adapter.* = the detokenizer UNet)
@@ -73,7 +73,6 @@ def export(model, config, out: Path, *, layout: str, dtype=None) -> list[str]:
     parts = _export_authors(model, out, dtype)
   else:
     raise CheckpointError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
-  (out / "wegen_config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
   (out / "README.md").write_text(_readme(model, layout))
   return parts
 
@@ -229,7 +228,7 @@ The image path: vision tower patch tokens (CLS dropped, no final norm) -> averag
 tokens -> input_resampler -> the LLM's embeddings at the <img_i> positions. Generated image tokens:
 the LLM's last hidden states -> output_resampler -> {d.num_image_tokens} x {d.vision.width} features -> the UNet's
 encoder_hidden_states, text_embeds = their mean, time_ids = zeros.{" The UNet's input is the latents concatenated with the features as an 8x8 grid (nearest-upsampled to the latent size)." if d.spatial_features else ""}
-wegen_config.json is the run's config: `python -m wegen_jax.convert import --from THIS --system wegen --out RUN`
+run_config.json is the run's config: `python -m wegen_jax.convert import --from THIS --system wegen --out RUN`
 turns this folder back into a run directory.
 """
   else:
