@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ from wegen_jax.config_utils import load_config
 from wegen_jax.convert.checkpoint_io import CheckpointError
 from wegen_jax.convert.cli import command
 from wegen_jax.systems.base import get_system
-from wegen_jax.training.checkpointing import IMPORTED_FILE, Checkpointer
+from wegen_jax.training.checkpointing import IMPORTED_FILE, Checkpointer, file_sha256
 
 MANIFEST = "MANIFEST.json"
 RUN_CONFIG = "run_config.json"  # the exported run's config: what import builds the model from
@@ -82,21 +81,13 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
     raise
 
 
-def _sha256(path: Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    while chunk := f.read(1 << 23):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def write_manifest(directory: Path, **info) -> dict:
   """MANIFEST.json: what was written (sha256 and bytes per file) and from what."""
   files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
   manifest = {
     **info,
     "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "files": {str(p.relative_to(directory)): {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files},
+    "files": {str(p.relative_to(directory)): {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in files},
   }
   (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
   return manifest

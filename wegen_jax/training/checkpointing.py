@@ -54,7 +54,7 @@ def _manager(directory: Path, options: ocp.CheckpointManagerOptions | None = Non
   return ocp.CheckpointManager(directory, options=options, item_names=ITEMS, item_handlers=handlers)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
     while chunk := f.read(1 << 23):
@@ -65,7 +65,7 @@ def _sha256(path: Path) -> str:
 def step_digest(step_dir: Path) -> dict[str, str]:
   """{relative path: sha256} of every file of a checkpoint step (the digest file excepted)."""
   files = sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != DIGEST_FILE)
-  return {str(p.relative_to(step_dir)): _sha256(p) for p in files}
+  return {str(p.relative_to(step_dir)): file_sha256(p) for p in files}
 
 
 def write_digest(step_dir: Path) -> None:
