@@ -27,16 +27,17 @@ def _torch_conv_init(fan_in: int):
 
 class Conv2d(nnx.Module):
   """NHWC conv with symmetric zero padding; `stride` 2 with padding 0 is preceded by
-  diffusers' asymmetric (0, 1, 0, 1) pad when `pad_right_bottom` is set."""
+  diffusers' asymmetric (0, 1, 0, 1) pad when `pad_right_bottom` is set. kernel_size and
+  padding may be (height, width) pairs (Inception's 1x7 / 7x1 convolutions)."""
 
   def __init__(
     self,
     in_features: int,
     out_features: int,
-    kernel_size: int = 3,
+    kernel_size: int | tuple[int, int] = 3,
     *,
     stride: int = 1,
-    padding: int | None = None,
+    padding: int | tuple[int, int] | None = None,
     pad_right_bottom: bool = False,
     use_bias: bool = True,
     dtype=None,
@@ -44,13 +45,16 @@ class Conv2d(nnx.Module):
     rngs: nnx.Rngs,
   ):
     self.stride, self.dtype = stride, dtype
-    self.padding = (kernel_size - 1) // 2 if padding is None else padding
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+    if padding is None:
+      padding = (kh - 1) // 2 if isinstance(kernel_size, int) else ((kh - 1) // 2, (kw - 1) // 2)
+    self.padding = padding
     self.pad_right_bottom = pad_right_bottom
-    init = _torch_conv_init(in_features * kernel_size * kernel_size)
+    init = _torch_conv_init(in_features * kh * kw)
     self.kernel = param(
       rngs,
       init,
-      (kernel_size, kernel_size, in_features, out_features),
+      (kh, kw, in_features, out_features),
       param_dtype,
       (None, None, "conv_in", "conv_out"),
     )
@@ -65,9 +69,9 @@ class Conv2d(nnx.Module):
     if kernel.shape[:2] == (1, 1) and self.stride == 1:
       y = jnp.dot(x, kernel[0, 0])  # pointwise: a matmul, cheaper than a conv on CPU
     else:
-      p = self.padding
+      ph, pw = (self.padding, self.padding) if isinstance(self.padding, int) else self.padding
       y = jax.lax.conv_general_dilated(
-        x, kernel, (self.stride, self.stride), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x, kernel, (self.stride, self.stride), ((ph, ph), (pw, pw)), dimension_numbers=("NHWC", "HWIO", "NHWC")
       )
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
