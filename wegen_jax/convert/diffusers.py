@@ -42,7 +42,6 @@ _UNSUPPORTED_UNET = {
   "dual_cross_attention": False,
   "only_cross_attention": False,
   "resnet_time_scale_shift": "default",
-  "attention_type": "default",
   "time_embedding_type": "positional",
   "class_embeddings_concat": False,
   "cross_attention_norm": None,
@@ -69,6 +68,10 @@ def unet_config_from_diffusers(d: Mapping[str, Any], **overrides) -> UNetConfig:
     value = d.get(key, ok)
     if value != ok and not (key == "only_cross_attention" and not any(np.atleast_1d(value))):
       raise CheckpointError(f"UNet config: {key}={value!r} is not supported (only {ok!r})")
+  if d.get("attention_type", "default") not in ("default", "gated"):
+    raise CheckpointError(
+      f"UNet config: attention_type={d['attention_type']!r} is not supported ('default', or 'gated' for GLIGEN)"
+    )
   if d.get("addition_embed_type") not in (None, "text_time"):
     raise CheckpointError(
       f"UNet config: addition_embed_type={d['addition_embed_type']!r} is not supported (None or 'text_time')"
@@ -125,6 +128,7 @@ def unet_config_from_diffusers(d: Mapping[str, Any], **overrides) -> UNetConfig:
     projection_class_embeddings_input_dim=d.get("projection_class_embeddings_input_dim"),
     upcast_attention=d.get("upcast_attention", False),
     sample_size=d.get("sample_size"),
+    attention_type=d.get("attention_type", "default"),
   )
   if d.get("norm_num_groups", 32) is None:
     raise CheckpointError("UNet config: norm_num_groups=None is not supported")
@@ -165,6 +169,10 @@ def unet_config_to_diffusers(cfg: UNetConfig) -> dict:
     "upcast_attention": cfg.upcast_attention,
     "sample_size": cfg.sample_size,
   }
+  if cfg.attention_type != "default":
+    out["attention_type"] = cfg.attention_type
+    if len(set(cfg.cross_attention_dim)) == 1:  # diffusers' GLIGEN position net takes an int (or tuple), not a list
+      out["cross_attention_dim"] = cfg.cross_attention_dim[0]
   if uniform:
     out["transformer_layers_per_block"] = [t[0] for t in cfg.down_transformer_layers]
     if any(t[0] != cfg.up_transformer_layers[i][0] for i, t in enumerate(reversed(cfg.down_transformer_layers))):
@@ -254,6 +262,29 @@ def unet_rules(cfg: UNetConfig) -> list[Rule]:
       Rule(t + "ff.out.kernel", t + "ff.net.2.weight", LINEAR),
       Rule(t + "ff.out.bias", t + "ff.net.2.bias"),
     ]
+    if cfg.attention_type == "gated":  # GLIGEN's fuser in every transformer block
+      f = t + "fuser."
+      out += _attention_rules(f + "attn", f + "attn") + _top_rules((f + "linear",))
+      out += [
+        Rule(f + f"{n}.{leaf}", f + f"{n}.{pt}")
+        for n in ("norm1", "norm2")
+        for leaf, pt in (("scale", "weight"), ("bias", "bias"))
+      ]
+      out += [
+        Rule(f + "ff.proj.kernel", f + "ff.net.0.proj.weight", LINEAR),
+        Rule(f + "ff.proj.bias", f + "ff.net.0.proj.bias"),
+        Rule(f + "ff.out.kernel", f + "ff.net.2.weight", LINEAR),
+        Rule(f + "ff.out.bias", f + "ff.net.2.bias"),
+        Rule(f + "alpha_attn", f + "alpha_attn"),
+        Rule(f + "alpha_dense", f + "alpha_dense"),
+      ]
+  if cfg.attention_type == "gated":  # GLIGEN's position net (nn.Sequential indices 0, 2, 4)
+    for j, k in ((0, 0), (1, 2), (2, 4)):
+      out += [
+        Rule(f"position_net.linears.{j}.kernel", f"position_net.linears.{k}.weight", LINEAR),
+        Rule(f"position_net.linears.{j}.bias", f"position_net.linears.{k}.bias"),
+      ]
+    out += [Rule(f"position_net.{n}", f"position_net.{n}") for n in ("null_positive_feature", "null_position_feature")]
   return out
 
 

@@ -80,6 +80,9 @@ class UNetConfig:
   attention_impl: str = "xla"
   remat: bool = False  # rematerialise each block in the backward pass
   scan_layers: bool = False  # scan each transformer stack (layers/scan.py)
+  # "gated": GLIGEN (diffusers attention_type="gated"): a box-token position net and a gated
+  # self-attention `fuser` in every transformer block, used when a call passes `gligen`
+  attention_type: str = "default"
 
   def __post_init__(self):
     for f in dataclasses.fields(self):  # JSON gives lists; configs must stay hashable (jit static)
@@ -107,6 +110,8 @@ class UNetConfig:
         raise ValueError(f"unsupported up block {t!r}; supported: {UP_TYPES}")
     if self.mid_block_type not in MID_TYPES:
       raise ValueError(f"unsupported mid block {self.mid_block_type!r}; supported: {MID_TYPES}")
+    if self.attention_type not in ("default", "gated"):
+      raise ValueError(f"unsupported attention_type {self.attention_type!r}; supported: default, gated (GLIGEN)")
     if self.addition_embed_type not in (None, "text_time"):
       raise ValueError(f"unsupported addition_embed_type {self.addition_embed_type!r}; supported: text_time")
 
@@ -174,6 +179,72 @@ class GEGLUFeedForward(nnx.Module):
     return self.out(h * jax.nn.gelu(gate, approximate=False))
 
 
+class GatedSelfAttentionDense(nnx.Module):
+  """GLIGEN's fuser: self-attention over [visual tokens | projected box tokens], then a GEGLU
+  feed-forward, each added through a tanh gate that starts closed (alpha = 0)."""
+
+  def __init__(
+    self, dim: int, context_dim: int, heads: int, head_dim: int, *, dtype=None, param_dtype=jnp.float32, rngs
+  ):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.linear = Dense(context_dim, dim, axes=(None, "embed"), use_bias=True, **kw)
+    self.attn = Attention(dim, heads, head_dim, out_bias=True, **kw)
+    self.ff = GEGLUFeedForward(dim, 4 * dim, **kw)
+    self.norm1 = LayerNorm(dim, eps=1e-5, **kw)
+    self.norm2 = LayerNorm(dim, eps=1e-5, **kw)
+    self.alpha_attn = nnx.Param(jnp.zeros((), param_dtype), logical_axes=())
+    self.alpha_dense = nnx.Param(jnp.zeros((), param_dtype), logical_axes=())
+
+  def __call__(self, x, objs, scale=1.0):
+    """scale: 0 turns grounding off (GLIGEN's scheduled sampling), traced so one program serves both."""
+    n = x.shape[1]
+    objs = self.linear(objs.astype(x.dtype))
+    gate = jnp.tanh(self.alpha_attn[...]).astype(x.dtype) * scale
+    x = x + gate * self.attn(self.norm1(jnp.concatenate([x, objs], axis=1)))[:, :n]
+    return x + jnp.tanh(self.alpha_dense[...]).astype(x.dtype) * scale * self.ff(self.norm2(x))
+
+
+def fourier_box_embedding(boxes, num_freqs: int = 8):
+  """boxes [B, N, 4] (xyxy in [0, 1]) -> [B, N, num_freqs * 2 * 4], diffusers' order (freq, sin|cos, coord)."""
+  freqs = 100.0 ** (jnp.arange(num_freqs, dtype=jnp.float32) / num_freqs)
+  emb = boxes.astype(jnp.float32)[..., None] * freqs  # [B, N, 4, F]
+  emb = jnp.stack([jnp.sin(emb), jnp.cos(emb)], axis=-1)  # [B, N, 4, F, 2]
+  return jnp.transpose(emb, (0, 1, 3, 4, 2)).reshape(boxes.shape[:2] + (num_freqs * 8,))
+
+
+class GLIGENPositionNet(nnx.Module):
+  """GLIGEN's text-only position net (diffusers GLIGENTextBoundingboxProjection): per box its
+  phrase embedding and Fourier box embedding (learned null features where masks = 0) -> an MLP
+  (512, SiLU, 512, SiLU) -> one box token of the UNet's cross-attention width."""
+
+  def __init__(
+    self, positive_len: int, out_dim: int, *, fourier_freqs: int = 8, dtype=None, param_dtype=jnp.float32, rngs
+  ):
+    kw = dict(use_bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.fourier_freqs = fourier_freqs
+    position_dim = fourier_freqs * 8
+    self.linears = nnx.List(
+      [
+        Dense(positive_len + position_dim, 512, **kw),
+        Dense(512, 512, **kw),
+        Dense(512, out_dim, axes=("mlp", "embed"), **kw),
+      ]
+    )
+    self.null_positive_feature = nnx.Param(jnp.zeros((positive_len,), param_dtype), logical_axes=("embed",))
+    self.null_position_feature = nnx.Param(jnp.zeros((position_dim,), param_dtype), logical_axes=(None,))
+
+  def __call__(self, boxes, masks, positive_embeddings):
+    """boxes [B, N, 4], masks [B, N] (1 = a real box), positive_embeddings [B, N, positive_len]."""
+    m = masks.astype(jnp.float32)[..., None]
+    xyxy = fourier_box_embedding(boxes, self.fourier_freqs)
+    xyxy = xyxy * m + (1 - m) * self.null_position_feature[...].astype(jnp.float32)
+    pos = positive_embeddings.astype(jnp.float32) * m + (1 - m) * self.null_positive_feature[...].astype(jnp.float32)
+    h = jnp.concatenate([pos, xyxy], axis=-1)
+    h = jax.nn.silu(self.linears[0](h))
+    h = jax.nn.silu(self.linears[1](h))
+    return self.linears[2](h)
+
+
 class BasicTransformerBlock(nnx.Module):
   """Pre-norm self-attention, cross-attention, GEGLU feed-forward, each residual."""
 
@@ -184,6 +255,7 @@ class BasicTransformerBlock(nnx.Module):
     cross_dim: int,
     *,
     attention_impl: str = "xla",
+    gated: bool = False,
     dtype=None,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
@@ -198,9 +270,13 @@ class BasicTransformerBlock(nnx.Module):
     )
     self.norm3 = LayerNorm(dim, eps=1e-5, **kw)
     self.ff = GEGLUFeedForward(dim, 4 * dim, **kw)
+    self.fuser = GatedSelfAttentionDense(dim, cross_dim, heads, head_dim, **kw) if gated else None
 
-  def __call__(self, x, context):
+  def __call__(self, x, context, gligen=None):
+    """gligen: (box tokens [B, N, cross_dim], scale) for a GLIGEN UNet, else None."""
     x = x + self.attn1(self.norm1(x))
+    if gligen is not None and self.fuser is not None:
+      x = self.fuser(x, *gligen)
     x = x + self.attn2(self.norm2(x), context)
     return x + self.ff(self.norm3(x))
 
@@ -221,6 +297,7 @@ class Transformer2DModel(nnx.Module):
     attention_impl: str = "xla",
     scan: bool = False,
     remat: bool = False,
+    gated: bool = False,
     dtype=None,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
@@ -235,11 +312,14 @@ class Transformer2DModel(nnx.Module):
       self.proj_in = Conv2d(channels, inner, 1, **kw)
       self.proj_out = Conv2d(inner, channels, 1, **kw)
     self.transformer_blocks = nnx.List(
-      [BasicTransformerBlock(inner, heads, cross_dim, attention_impl=attention_impl, **kw) for _ in range(depth)]
+      [
+        BasicTransformerBlock(inner, heads, cross_dim, attention_impl=attention_impl, gated=gated, **kw)
+        for _ in range(depth)
+      ]
     )
     self.scan, self.remat = scan, remat
 
-  def __call__(self, x, context):
+  def __call__(self, x, context, gligen=None):
     b, h, w, _ = x.shape
     # 1x1 conv and linear projections are the same matmul on NHWC; only the weight layout differs.
     t = self.proj_in(self.norm(x))
@@ -247,10 +327,10 @@ class Transformer2DModel(nnx.Module):
     if self.scan and len(self.transformer_blocks) > 1:  # SDXL's 10-deep stacks
       # remat: the backward keeps only each layer's input; a scan differentiated without it
       # stores every layer's attention probabilities at once (1.4 TB/chip for SDXL at 1024 px)
-      t = scan_blocks(self.transformer_blocks, t, lambda block, h: block(h, context), remat=self.remat)
+      t = scan_blocks(self.transformer_blocks, t, lambda block, h: block(h, context, gligen), remat=self.remat)
     else:
       for block in self.transformer_blocks:
-        t = block(t, context)
+        t = block(t, context, gligen)
     return self.proj_out(t.reshape(b, h, w, t.shape[-1])) + x
 
 
@@ -333,6 +413,7 @@ class DownBlock(nnx.Module):
             attention_impl=cfg.attention_impl,
             scan=cfg.scan_layers,
             remat=cfg.remat,
+            gated=cfg.attention_type == "gated",
             **kw,
           )
           for j in range(n)
@@ -342,12 +423,12 @@ class DownBlock(nnx.Module):
     last = i == len(cfg.block_out_channels) - 1
     self.downsamplers = None if last else nnx.List([Downsample2D(out_ch, padding=cfg.downsample_padding, **kw)])
 
-  def __call__(self, x, temb, context):
+  def __call__(self, x, temb, context, gligen=None):
     skips = []
     for j, resnet in enumerate(self.resnets):
       x = _call(self.cfg, resnet, x, temb)
       if self.attentions is not None:
-        x = _call(self.cfg, self.attentions[j], x, context)
+        x = _call(self.cfg, self.attentions[j], x, context, gligen)
       x = constrain(x, NHWC_AXES)
       skips.append(x)
     if self.downsamplers is not None:
@@ -396,6 +477,7 @@ class UpBlock(nnx.Module):
             attention_impl=cfg.attention_impl,
             scan=cfg.scan_layers,
             remat=cfg.remat,
+            gated=cfg.attention_type == "gated",
             **kw,
           )
           for j in range(n)
@@ -404,12 +486,12 @@ class UpBlock(nnx.Module):
     )
     self.upsamplers = None if i == nb - 1 else nnx.List([Upsample2D(out_ch, **kw)])
 
-  def __call__(self, x, skips, temb, context, upsample_size=None):
+  def __call__(self, x, skips, temb, context, upsample_size=None, gligen=None):
     for j, resnet in enumerate(self.resnets):
       x = jnp.concatenate([x, skips[-1 - j]], axis=-1)
       x = _call(self.cfg, resnet, x, temb)
       if self.attentions is not None:
-        x = _call(self.cfg, self.attentions[j], x, context)
+        x = _call(self.cfg, self.attentions[j], x, context, gligen)
       x = constrain(x, NHWC_AXES)
     if self.upsamplers is not None:
       x = self.upsamplers[0](x, upsample_size)
@@ -447,6 +529,7 @@ class MidBlock(nnx.Module):
           attention_impl=cfg.attention_impl,
           scan=cfg.scan_layers,
           remat=cfg.remat,
+          gated=cfg.attention_type == "gated",
           **kw,
         )
       ]
@@ -455,10 +538,10 @@ class MidBlock(nnx.Module):
     )
     self.cfg = cfg
 
-  def __call__(self, x, temb, context):
+  def __call__(self, x, temb, context, gligen=None):
     x = self.resnets[0](x, temb)
     for attention, resnet in zip(self.attentions, self.resnets[1:]):
-      x = resnet(_call(self.cfg, attention, x, context), temb)
+      x = resnet(_call(self.cfg, attention, x, context, gligen), temb)
     return x
 
 
@@ -492,6 +575,11 @@ class UNet2DConditionModel(nnx.Module):
     for i in range(len(boc)):
       self.up_blocks.append(UpBlock(cfg, i, ch, rngs=rngs))
       ch = boc[len(boc) - 1 - i]
+    self.position_net = (
+      GLIGENPositionNet(cfg.cross_attention_dim[0], cfg.cross_attention_dim[0], **kw)
+      if cfg.attention_type == "gated"
+      else None
+    )
     self.conv_norm_out = GroupNorm(cfg.norm_num_groups, boc[0], eps=cfg.norm_eps, **kw)
     self.conv_out = Conv2d(boc[0], cfg.out_channels, cfg.conv_out_kernel, **kw)
 
@@ -523,8 +611,11 @@ class UNet2DConditionModel(nnx.Module):
       emb = activation(cfg.time_embedding_act_fn)(emb)
     return emb
 
-  def forward_nhwc(self, x, timesteps, encoder_hidden_states, added_cond_kwargs=None):
-    """The UNet on NHWC sample; returns NHWC (the layout samplers keep between steps)."""
+  def forward_nhwc(self, x, timesteps, encoder_hidden_states, added_cond_kwargs=None, gligen=None):
+    """The UNet on NHWC sample; returns NHWC (the layout samplers keep between steps).
+    gligen (a GLIGEN UNet, attention_type="gated"): dict boxes [B, N, 4] xyxy in [0, 1], masks
+    [B, N], positive_embeddings [B, N, cross_dim] (the phrases' text-encoder pooled states), and
+    optionally scale (0 = grounding off for this step), as diffusers' cross_attention_kwargs["gligen"]."""
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
     x = constrain(x.astype(dtype), NHWC_AXES)
@@ -532,23 +623,31 @@ class UNet2DConditionModel(nnx.Module):
       x = 2 * x - 1.0
     context = encoder_hidden_states.astype(dtype)
     temb = self.time_embed(timesteps, x.shape[0], added_cond_kwargs)
+    grounding = None
+    if gligen is not None:
+      if self.position_net is None:
+        raise ValueError("gligen boxes need a GLIGEN UNet (UNetConfig.attention_type='gated')")
+      objs = self.position_net(gligen["boxes"], gligen["masks"], gligen["positive_embeddings"]).astype(dtype)
+      grounding = (objs, jnp.asarray(gligen.get("scale", 1.0), dtype))
     x = self.conv_in(x)
     skips = [x]
     for block in self.down_blocks:
-      x, outs = block(x, temb, context)
+      x, outs = block(x, temb, context, grounding)
       skips += outs
     if self.mid_block is not None:
-      x = self.mid_block(x, temb, context)
+      x = self.mid_block(x, temb, context, grounding)
     for i, block in enumerate(self.up_blocks):
       n = len(block.resnets)
       mine, skips = skips[-n:], skips[:-n]
       size = skips[-1].shape[1:3] if skips else None
-      x = block(x, mine, temb, context, size)
+      x = block(x, mine, temb, context, size, grounding)
     x = activation(cfg.act_fn)(self.conv_norm_out(x))
     return self.conv_out(x)
 
-  def __call__(self, sample, timesteps, encoder_hidden_states, added_cond_kwargs=None):
-    out = self.forward_nhwc(jnp.transpose(sample, (0, 2, 3, 1)), timesteps, encoder_hidden_states, added_cond_kwargs)
+  def __call__(self, sample, timesteps, encoder_hidden_states, added_cond_kwargs=None, gligen=None):
+    out = self.forward_nhwc(
+      jnp.transpose(sample, (0, 2, 3, 1)), timesteps, encoder_hidden_states, added_cond_kwargs, gligen
+    )
     return jnp.transpose(out, (0, 3, 1, 2))
 
 
