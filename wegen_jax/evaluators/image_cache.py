@@ -3,8 +3,10 @@ them, and a killed evaluation reuses those already written (nothing is generated
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -21,18 +23,105 @@ def cached_images(
   out_dir.mkdir(parents=True, exist_ok=True)
   images = []
   for i in range(count):
-    path = out_dir / f"{i:03d}.png"
-    try:
-      with Image.open(path) as im:
-        images.append(np.asarray(im.convert("RGB")))
-      continue
-    except FileNotFoundError:
-      pass
-    except OSError:  # torn or foreign file: make it again
-      path.unlink()
-    image = np.asarray(generate_one(i), np.uint8)
-    tmp = path.with_suffix(".png.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    tmp.replace(path)  # atomic: a killed run never leaves a half-written PNG under the real name
+    image = read_image(image_path(out_dir, i))
+    if image is None:
+      image = np.asarray(generate_one(i), np.uint8)
+      _write(image_path(out_dir, i), image)  # atomic: a killed run never leaves a half-written PNG
     images.append(image)
   return images
+
+
+def image_path(out_dir: str | Path, i: int) -> Path:
+  return Path(out_dir) / f"{i:03d}.png"
+
+
+def read_image(path: Path) -> np.ndarray | None:
+  """uint8 [H, W, 3] from a complete PNG, None when absent; a torn file is removed (made again)."""
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"))
+  except FileNotFoundError:
+    return None
+  except OSError:
+    path.unlink()
+    return None
+
+
+def _write(path: Path, image: np.ndarray) -> None:
+  tmp = path.with_suffix(".png.tmp")
+  Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
+  tmp.replace(path)
+
+
+def process_slice(count: int, process_index: int, process_count: int) -> range:
+  """The contiguous block of image indices process `process_index` of `process_count` generates."""
+  return range(count * process_index // process_count, count * (process_index + 1) // process_count)
+
+
+def ensure_images(
+  out_dir: str | Path,
+  count: int,
+  generate_batch: Callable[[list[int]], list[np.ndarray]],
+  *,
+  batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> int:
+  """Makes out_dir/NNN.png for i < count: this process generates the missing ones of its slice
+  (`process_slice`, by jax.process_index) in batches of at most `batch_size` consecutive indices
+  (so prompt i keeps seed + i however the batches fall), each written as soon as it is made;
+  then waits for every process. Returns how many images this process generated."""
+  import jax
+
+  pi = jax.process_index() if process_index is None else process_index
+  pc = jax.process_count() if process_count is None else process_count
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  todo = [i for i in process_slice(count, pi, pc) if read_image(image_path(out_dir, i)) is None]
+  batches, made = [], 0
+  for i in todo:  # runs of consecutive missing indices, at most batch_size long
+    if batches and batches[-1][-1] == i - 1 and len(batches[-1]) < batch_size:
+      batches[-1].append(i)
+    else:
+      batches.append([i])
+  for batch in batches:
+    images = generate_batch(batch)
+    if len(images) != len(batch):
+      raise ValueError(f"generate_images returned {len(images)} images for {len(batch)} prompts")
+    for i, image in zip(batch, images):
+      _write(image_path(out_dir, i), image)
+    made += len(batch)
+  if pc > 1 and process_count is None:  # every slice must be on the (shared) disk before scoring
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f"eval images {out_dir}")
+  return made
+
+
+@contextlib.contextmanager
+def generated_images(
+  generate_images: Callable,
+  prompts: Sequence[dict],
+  out_dir: str | Path | None,
+  *,
+  seed: int = 0,
+  batch_size: int | None = None,
+) -> Iterator[Callable[[int], np.ndarray]]:
+  """Generates (sharded over processes, resumable: `ensure_images`) image i of prompt i with
+  seed + i, then yields a reader i -> uint8 image. batch_size: prompts per generate_images call
+  (default: the local device count, one prompt per device). out_dir None: a temporary folder."""
+  import jax
+
+  batch_size = batch_size or jax.local_device_count()
+  with contextlib.ExitStack() as stack:
+    if out_dir is None:
+      if jax.process_count() > 1:
+        raise ValueError("evaluating on several processes needs an out_dir on a disk they share")
+      out_dir = stack.enter_context(tempfile.TemporaryDirectory())
+    ensure_images(
+      out_dir,
+      len(prompts),
+      lambda idx: generate_images([prompts[i] for i in idx], rng_seed=seed + idx[0]),
+      batch_size=batch_size,
+    )
+    yield lambda i: read_image(image_path(out_dir, i))

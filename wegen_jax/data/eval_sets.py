@@ -1,0 +1,137 @@
+"""Readers for the papers' evaluation sets: COCO-2014 captions, VIST (SIS) stories, VisDial v1.0.
+
+Each gives `EvalItem`s: the prompt for a system's `generate_images` and the ground-truth image.
+Nothing is downloaded; a missing file names its path and where the dataset comes from.
+
+  load_eval_set(dict(kind="coco_captions", annotations=".../captions_val2014.json",
+                     images_dir=".../val2014", num=30000, seed=0))
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from PIL import Image
+
+SOURCES = {
+  "coco_captions": "COCO 2014: https://cocodataset.org/#download (annotations_trainval2014.zip, val2014.zip)",
+  "vist": "VIST SIS: https://visionandlanguage.net/VIST/json_files/story-in-sequence/SIS-with-labels.tar.gz "
+  "(images: GILL's evals/download_vist_images.py saves them as <photo_flickr_id>.png)",
+  "visdial": "VisDial v1.0: https://visualdialog.org/data (visdial_1.0_val.zip, VisualDialog_val2018.zip)",
+}
+
+
+@dataclasses.dataclass
+class EvalItem:
+  key: str  # the ground truth's id (COCO image id, VIST photo id, VisDial image id)
+  text: str  # the whole text context
+  target: Path | None  # ground-truth image file
+  segments: list = dataclasses.field(default_factory=list)  # interleaved str / image Path, in order
+
+  def prompt(self) -> dict:
+    """generate_images' prompt: text, context images (uint8, in order) and the interleaved
+    `segments` (str or uint8 image) for systems that keep the order (GILL, MGCC)."""
+    segments = [s if isinstance(s, str) else load_rgb(s) for s in self.segments]
+    images = [s for s in segments if not isinstance(s, str)]
+    return {"text": self.text, "images": images, "segments": segments or [self.text]}
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+  with Image.open(path) as im:
+    return np.asarray(im.convert("RGB"))
+
+
+def _json(path, kind: str):
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{kind} annotation file not found: {path}; get it from {SOURCES[kind]}")
+  return json.loads(path.read_text())
+
+
+def _images_dir(path, kind: str) -> Path:
+  path = Path(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"{kind} image folder not found: {path}; get it from {SOURCES[kind]}")
+  return path
+
+
+def coco_captions(annotations, images_dir=None, num: int | None = None, seed: int = 0) -> list[EvalItem]:
+  """One caption per image (drawn with `seed`) of `num` images drawn with `seed` from a COCO
+  captions json (captions_val2014.json); target = images_dir/file_name when images_dir is given."""
+  data = _json(annotations, "coco_captions")
+  folder = _images_dir(images_dir, "coco_captions") if images_dir is not None else None
+  captions = collections.defaultdict(list)
+  for a in sorted(data["annotations"], key=lambda a: a["id"]):
+    captions[a["image_id"]].append(a["caption"].strip())
+  images = sorted((im for im in data["images"] if captions[im["id"]]), key=lambda im: im["id"])
+  rng = random.Random(seed)
+  if num is not None:
+    if num > len(images):
+      raise ValueError(f"{annotations} has {len(images)} captioned images; num={num} asks for more")
+    images = rng.sample(images, num)
+  return [
+    EvalItem(str(im["id"]), rng.choice(captions[im["id"]]), folder / im["file_name"] if folder else None)
+    for im in images
+  ]
+
+
+def _vist_image(folder: Path, photo_id: str) -> Path | None:
+  for ext in (".png", ".jpg", ".jpeg"):
+    if (folder / f"{photo_id}{ext}").is_file():
+      return folder / f"{photo_id}{ext}"
+  return None
+
+
+def vist_stories(sis_json, images_dir, num: int | None = None) -> list[EvalItem]:
+  """GILL's VIST protocol: captions c1..c5 with images i1..i4 (interleaved c1 i1 .. c4 i4 c5) ->
+  generate i5. A story with a missing image is skipped, as GILL's scripts skip it."""
+  data, folder = _json(sis_json, "vist"), _images_dir(images_dir, "vist")
+  stories = collections.defaultdict(list)  # file order, as GILL's val_formatted.json
+  for (a,) in data["annotations"]:
+    stories[a["story_id"]].append((a["text"], a["photo_flickr_id"]))
+  items = []
+  for story in stories.values():
+    paths = [_vist_image(folder, pid) for _, pid in story]
+    if any(p is None for p in paths):
+      continue
+    segments = []
+    for k, (text, _) in enumerate(story):
+      segments += [text] + ([paths[k]] if k < len(story) - 1 else [])
+    items.append(EvalItem(story[-1][1], " ".join(t for t, _ in story), paths[-1], segments))
+  return items[:num]
+
+
+def visdial_dialogs(visdial_json, images_dir, num: int | None = None, split: str = "val") -> list[EvalItem]:
+  """GILL's VisDial protocol: the dialog's rounds as 'Q: {question}?' / 'A: {answer}' lines
+  (no caption) -> generate the image VisualDialog_<split>2018_<id:012d>.jpg (skipped when
+  absent, as GILL's scripts skip it)."""
+  data, folder = _json(visdial_json, "visdial")["data"], _images_dir(images_dir, "visdial")
+  items = []
+  for d in data["dialogs"]:
+    key = str(d["image_id"]).rjust(12, "0")
+    target = folder / f"VisualDialog_{split}2018_{key}.jpg"
+    if not target.is_file():
+      continue
+    lines = []
+    for r in d["dialog"]:
+      lines += [f"Q: {data['questions'][r['question']]}?", f"A: {data['answers'][r['answer']]}"]
+    items.append(EvalItem(key, "\n".join(lines), target))
+  return items[:num]
+
+
+READERS = {"coco_captions": coco_captions, "vist": vist_stories, "visdial": visdial_dialogs}
+
+
+def load_eval_set(spec: Mapping) -> list[EvalItem]:
+  """Items of the set `spec['kind']` (coco_captions, vist, visdial) read with the other fields."""
+  spec = dict(spec)
+  kind = spec.pop("kind", None)
+  if kind not in READERS:
+    raise ValueError(f"eval set kind={kind!r}; choose from {sorted(READERS)}")
+  return READERS[kind](**spec)
