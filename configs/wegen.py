@@ -11,6 +11,9 @@ cross_attention_dim 1792 and a 1792 + 6*256 = 3328 add-embedding input, the SDXL
 Data: wegen_jax.systems.wegen.pipeline over the TFDS dir `data.dir` (dataset wegen_dynamics), e.g.
   python -m wegen_jax.data.synthetic --out /tmp/syn --num 16 --config configs/synthetic.py
   python -m wegen_jax.curation --videos /tmp/syn --out /tmp/dyn --config configs/curate.py:preset=synthetic --label
+Stage 3 (PSR and text-to-image data mixed into the dynamics data, data.first_turn) continues stage 2:
+  python -m wegen_jax.train --config configs/wegen.py:size=tiny,stage=3 --workdir /tmp/wegen3 \
+      --config.data.dir=DATA_DIR --config.init_from=/tmp/wegen2
 arg: size=tiny|7b, stage=1|2|3.
 """
 
@@ -207,6 +210,16 @@ def get_config(arg=None):
   # k of them; diffusion_images_per_example then counts per row). At tiny sizes it gained nothing
   # (bench/packing_bench.py: per-image work dominates the step), so the default is one per row.
   c.data = dict(preset["data"], dir="", tokenizer="", num_image_tokens=64, pack=1)
+  # Where frame A of a record comes from (systems/wegen/psr.py): the input image (editing), its
+  # caption (text-to-image), its short prompt (drawn directly), or a PSR turn (short prompt ->
+  # the detailed caption, then A). The tiny default also learns text-to-image in stage 2, so a
+  # chat can start from text alone; stage 3 adds the PSR and short-prompt data.
+  c.data.first_turn = {
+    2: dict(image=0.5, caption=0.5) if tiny else dict(image=1.0),
+    3: dict(image=0.25, caption=0.25, short=0.25, psr=0.25),
+  }.get(stage, {})
+  if tiny and stage > 1:  # a drawn frame A adds its caption to a triple: up to ~660 byte-level tokens
+    c.data.max_len = 704
   # Local pretrained weights for a fresh run (wegen_jax/systems/wegen/pretrained.py), e.g. 7B stage 1:
   #   --config.pretrained.vision=/w/EVA02_CLIP_E_psz14_plus_s9B.visual.pt
   #   --config.pretrained.unet=/w/sdxl-base/unet --config.pretrained.vae=/w/sdxl-base/vae
@@ -227,6 +240,11 @@ def get_config(arg=None):
     var_cfg_scale=1.0,
     max_new_tokens=0,
     temperature=0.0,
+    # prompt self-rewriting (Request.options['psr']): the rewrite is sampled at this temperature,
+    # at most psr_max_tokens long, then the image is drawn from it
+    psr=False,
+    psr_temperature=1.0,
+    psr_max_tokens=192 if tiny else 256,
   )
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.sharding_rules = [list(r) for r in DEFAULT_RULES]

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -369,6 +370,21 @@ def caption(gt: dict[str, Any], i: int) -> str:
     return f"an empty scene with {bg}."
   objs = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
   return f"{objs} on {bg}."
+
+
+_OBJECT_IN_CAPTION = re.compile(r"\ba (?:striped )?(\w+) (" + "|".join(SHAPES) + r") at the ")
+
+
+def short_prompt(text: str, max_words: int = 8) -> str:
+  """The vague prompt a user might type for a detailed caption, e.g. 'a red circle and a blue
+  square.' for `caption(gt, i)`'s sentence (object names only: no places, textures or background).
+  Other captions keep their first clause, at most `max_words` words. Prompt self-rewriting (PSR)
+  trains short prompt -> detailed caption + image on these pairs."""
+  names = [f"a {colour} {shape}" for colour, shape in _OBJECT_IN_CAPTION.findall(text)]
+  if names:
+    return (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]) + "."
+  first = re.split(r"[,.;]", text.strip(), maxsplit=1)[0].split()
+  return " ".join(first[:max_words]) + "." if first else ""
 
 
 # ---------------------------------------------------------------------------------------------- writing

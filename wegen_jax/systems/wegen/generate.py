@@ -157,6 +157,20 @@ class VARGuidanceHook(ForcedTokensHook):
     return token, embed, use_embed, new
 
 
+class ImageFirstHook(ForcedTokensHook):
+  """ForcedTokensHook that starts with `<img>` itself: the first generated token is forced to
+  the trigger, so the image follows the prompt directly (PSR's drawing step after the rewrite,
+  and a chat turn that must answer with an image). State -2 = 'emit the trigger now'."""
+
+  def init(self, batch, hidden_size):
+    return jnp.full((batch,), -2, jnp.int32)
+
+  def step(self, state, token, hidden):
+    start = state == -2
+    token = jnp.where(start, self.trigger, token)
+    return super().step(jnp.where(start, -1, state), token, hidden)
+
+
 def image_positions(input_ids: np.ndarray, tokens: ImageTokens, num_images: int) -> np.ndarray:
   """[B, N, Q] positions of each image's `<img_i>` run in the (left-padded) prompt, in order;
   unused slots 0. Every run must start with `<img_00000>`."""
@@ -254,10 +268,12 @@ def generate(
   var_cfg_scale: float = 1.0,
   image_sampling: ImageSampling = ImageSampling(),
   rng=None,
+  image_first: bool = False,
 ) -> WeGenOutput:
   """Continues left-padded prompts [B, P]; pixel_values [B, N, 3, S, S] are the prompt's input
   images in order of appearance (zeros for unused slots). Returns tokens, text tokens and the
-  generated images (uint8 [k, H, W, 3] per row)."""
+  generated images (uint8 [k, H, W, 3] per row). image_first: the continuation starts with an
+  image (`<img>` forced) instead of the model choosing when to draw."""
   input_ids = np.asarray(input_ids, np.int32)
   b = input_ids.shape[0]
   rng = jax.random.key(0) if rng is None else rng
@@ -280,8 +296,10 @@ def generate(
 
   forced = tokens.image + (tokens.eoi,)
   feedback = [True] * q + [False]
+  if image_first and var_cfg_scale != 1.0:
+    raise ValueError("image_first supports var_cfg_scale=1 only (VAR CFG starts its branch at an emitted <img>)")
   if var_cfg_scale == 1.0:
-    hook = ForcedTokensHook(tokens.boi, forced, _Feedback(model), feedback)
+    hook = (ImageFirstHook if image_first else ForcedTokensHook)(tokens.boi, forced, _Feedback(model), feedback)
   else:
     hook = VARGuidanceHook(model, tokens.boi, forced, feedback, var_cfg_scale, sampling.max_new_tokens)
   out = decode(

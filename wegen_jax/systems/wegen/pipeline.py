@@ -10,6 +10,8 @@ Per example (L = data.max_len, N = data.max_images, Q = data.num_image_tokens):
 An example that cannot be used (unlabelled, longer than L, more than N images) becomes an
 empty row (all padding, no targets) instead of being dropped, so every process sees the same
 global batch indices and resumed runs stay exact; `example_valid` counts them.
+`data.first_turn` weights draw frame A from text in some records (text-to-image and PSR turns,
+systems/wegen/psr.py); the others give A as the input image.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from wegen_jax.data.image_preprocess import preprocess_image, sd_preprocess
 from wegen_jax.data.loader import process_batches
+from wegen_jax.systems.wegen.psr import first_turn, first_turn_kind
 from wegen_jax.systems.wegen.sequences import TokenSequence, build_sequence, dynamics_turns
 from wegen_jax.systems.wegen.tokenizer import WeGenTokenizer, load_tokenizer
 from wegen_jax.training.losses import IGNORE_INDEX
@@ -82,7 +85,11 @@ def record_sequence(record: dict, tok: WeGenTokenizer, d) -> tuple[TokenSequence
   """A labelled record as (sequence, frames); None for one that cannot train (unlabelled)."""
   if not record["labelled"] or not all(record["dynamics"]):
     return None
-  turns = dynamics_turns(record["dynamics"], record["caption"], d.get("caption_first", False))
+  weights = d.get("first_turn", None) or {}
+  weights = weights.to_dict() if hasattr(weights, "to_dict") else dict(weights)
+  if d.get("caption_first", False):
+    weights = dict(caption=1.0)
+  turns = dynamics_turns(record["dynamics"], first_turn=first_turn(record, first_turn_kind(record, weights)))
   return build_sequence(tok, turns, d.num_image_tokens), record["frames"]
 
 

@@ -2,7 +2,8 @@
 
 A request becomes SEED-X turns: earlier turns' texts and images form the prompt (an earlier
 result is an input image of the next turn, which is how refinement keeps what was liked), the
-new turn's images go before its text, and the model continues after `[/INST]`.
+new turn's images go before its text, and the model continues after `[/INST]`. With PSR on
+(systems/wegen/psr.py) the model first writes a detailed prompt, then draws it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import jax
 import numpy as np
 
 from wegen_jax.data.image_preprocess import resize_uint8
-from wegen_jax.generation import SamplingConfig
+from wegen_jax.generation import SamplingConfig, left_pad
 from wegen_jax.systems import base
 from wegen_jax.systems.wegen import export
 from wegen_jax.systems.wegen.config import WeGenConfig
@@ -24,8 +25,12 @@ from wegen_jax.systems.wegen.generate import (
   images_to_pixels,
   reconstruct,
 )
+from wegen_jax.systems.wegen.psr import psr_text
 from wegen_jax.systems.wegen.sequences import Turn, build_sequence
 from wegen_jax.systems.wegen.tokenizer import load_tokenizer
+
+
+PAD_BUCKET = 64  # prompts are left-padded to a multiple of this many tokens (fewer compiles)
 
 
 class WeGenSystem(base.System):
@@ -52,7 +57,7 @@ class WeGenSystem(base.System):
     s = self.config.sampling
     return ImageSampling(num_steps=s.num_steps, guidance_scale=s.guidance_scale, **overrides)
 
-  def _prompt(self, request: base.Request) -> tuple[np.ndarray, list[np.ndarray]]:
+  def _prompt(self, request: base.Request, text: str | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """(prompt ids ending after `[/INST]\\n`, input images in order of appearance)."""
     turns, images = [], []
     for past in request.history:
@@ -65,37 +70,74 @@ class WeGenSystem(base.System):
         )
       )
       images += [*past.images, *past.reply_images]
-    turns.append(Turn(user_text=request.text, user_images=len(request.images)))
+    turns.append(Turn(user_text=request.text if text is None else text, user_images=len(request.images)))
     images += list(request.images)
     ids = build_sequence(self.tokenizer, turns, self.model.cfg.num_image_tokens).input_ids[:-1]  # no last </s>
     return ids, images
 
+  def _decode(self, rows, pixels, rng, *, max_new_tokens, temperature, stop, var_cfg_scale=1.0, image_first=False):
+    """One batched WeGen decode of token rows of any lengths (left-padded to a multiple of
+    PAD_BUCKET, so turns of similar length share one compiled program)."""
+    ids, mask = left_pad(rows, self.tokenizer.pad_id)
+    extra = -ids.shape[1] % PAD_BUCKET
+    ids = np.pad(ids, ((0, 0), (extra, 0)), constant_values=self.tokenizer.pad_id)
+    mask = np.pad(mask, ((0, 0), (extra, 0)))
+    return generate(
+      self.model,
+      ids,
+      attention_mask=mask,
+      tokens=self.image_tokens,
+      pixel_values=pixels,
+      rng=rng,
+      var_cfg_scale=var_cfg_scale,
+      sampling=SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=stop),
+      image_sampling=self.image_sampling(),
+      image_first=image_first,
+    )
+
   def generate(self, requests: Sequence[base.Request]) -> list[base.Response]:
+    """Each request's `num_samples` continuations, decoded as one batch. Options (defaults in
+    config.sampling): psr (prompt self-rewriting: the model first samples a detailed prompt at
+    psr_temperature, then draws it; Response.extras['prompts'] holds the rewrites),
+    force_image (the answer starts with an image), temperature, max_new_tokens, var_cfg_scale."""
     defaults, room = self.config.sampling, 2 * self.model.cfg.num_image_tokens
     responses = []
     for request in requests:
-      ids, images = self._prompt(request)
-      size = self.model.cfg.vision.image_size
-      pixels = images_to_pixels(images, size)[None] if images else None
-      text, out_images = [], []
-      for k in range(request.num_samples):
-        out = generate(
-          self.model,
-          ids[None],
-          tokens=self.image_tokens,
-          pixel_values=pixels,
-          rng=jax.random.key(request.seed + k),
-          var_cfg_scale=float(request.options.get("var_cfg_scale", defaults.var_cfg_scale)),
-          sampling=SamplingConfig(
-            max_new_tokens=int(request.options.get("max_new_tokens", defaults.max_new_tokens or room)),
-            temperature=float(request.options.get("temperature", defaults.temperature)),
-            stop_tokens=(self.tokenizer.eos_id,),
-          ),
-          image_sampling=self.image_sampling(),
+      opt = lambda name, default=None: request.options.get(name, defaults.get(name, default))
+      psr = bool(opt("psr", False))
+      ids, images = self._prompt(request, psr_text(request.text) if psr else None)
+      n, size = request.num_samples, self.model.cfg.vision.image_size
+      pixels = np.repeat(images_to_pixels(images, size)[None], n, 0) if images else None
+      rows, rewrites, key = [ids] * n, [], jax.random.key(request.seed)
+      if psr:  # 1. sample n detailed prompts (stop where the model would start drawing)
+        key, k_rewrite = jax.random.split(key)
+        out = self._decode(
+          rows,
+          pixels,
+          k_rewrite,
+          max_new_tokens=int(opt("psr_max_tokens", 192)),
+          temperature=float(opt("psr_temperature", 1.0)),
+          stop=(self.tokenizer.eos_id, self.tokenizer.img_start_id),
         )
-        text.append(self.tokenizer.decode(out.text_tokens[0]).strip())
-        out_images += list(out.images[0])
-      responses.append(base.Response(text="\n".join(t for t in text if t), images=out_images))
+        rewrites = [self.tokenizer.decode(t).strip() for t in out.text_tokens]
+        eos = self.tokenizer.eos_id
+        rows = [np.concatenate([ids, np.asarray([i for i in t if i != eos], np.int32)]) for t in out.text_tokens]
+      out = self._decode(  # 2. the images (after the rewrites when psr)
+        rows,
+        pixels,
+        key,
+        max_new_tokens=int(opt("max_new_tokens") or room),
+        temperature=float(opt("temperature", 0.0)),
+        stop=(self.tokenizer.eos_id,),
+        var_cfg_scale=float(opt("var_cfg_scale", 1.0)),
+        image_first=psr or bool(opt("force_image", False)),
+      )
+      text = [self.tokenizer.decode(t).strip() for t in out.text_tokens]
+      if psr:
+        text = [f"{r} {t}".strip() for r, t in zip(rewrites, text)]
+      images_out = [im for row in out.images for im in row]
+      extras = dict(prompts=rewrites) if psr else {}
+      responses.append(base.Response(text="\n".join(t for t in text if t), images=images_out, extras=extras))
     return responses
 
   def validation_pairs(self, num: int) -> list[dict]:
