@@ -19,6 +19,8 @@ from typing import Mapping
 import numpy as np
 from PIL import Image
 
+from wegen_jax.data import synthetic
+
 SOURCES = {
   "coco_captions": "COCO 2014: https://cocodataset.org/#download (annotations_trainval2014.zip, val2014.zip)",
   "vist": "VIST SIS: https://visionandlanguage.net/VIST/json_files/story-in-sequence/SIS-with-labels.tar.gz "
@@ -135,3 +137,40 @@ def load_eval_set(spec: Mapping) -> list[EvalItem]:
   if kind not in READERS:
     raise ValueError(f"eval set kind={kind!r}; choose from {sorted(READERS)}")
   return READERS[kind](**spec)
+
+
+GENEVAL_TASKS = ("colour", "two_object", "count", "position")
+_TASK_OBJECTS = {"colour": (1, 1), "two_object": (2, 2), "count": (1, 3), "position": (2, 2)}
+
+
+def synthetic_scenes(task: str, num: int, size: int = 64, seed: int = 0):
+  """GenEval-style prompts drawn from the synthetic renderer (data/synthetic.py): static one-frame
+  scenes of solid objects with distinct colours that do not touch, each as (prompt, frame,
+  objects [(colour, shape, x, y)]). colour / two_object / count prompt the objects' names
+  ('a red circle and a blue square.'), position the full caption with their regions."""
+  lo, hi = _TASK_OBJECTS[task]
+  spec = synthetic.ClipSpec(size=size, num_frames=1, static=True, min_objects=lo, max_objects=hi)
+  out, s = [], 0
+  while len(out) < num:
+    s += 1
+    frame, gt = synthetic.generate_clip(seed * 1_000_003 + GENEVAL_TASKS.index(task) * 100_003 + s, spec)
+    objs = gt["scenes"][0]["objects"]
+    boxes = [np.asarray(r["box"], float) for r in gt["frames"][0]["objects"] if r["visible"]]
+    if len(boxes) != len(objs) or len({o["colour"] for o in objs}) != len(objs):
+      continue
+    if any(o["texture"] != "solid" for o in objs) or _touching(boxes, margin=2):
+      continue
+    if task == "position" and any(min(abs(v - 1 / 3), abs(v - 2 / 3)) < 0.05 for o in objs for v in (o["x"], o["y"])):
+      continue  # a centre near a region border names an ambiguous place
+    text = synthetic.caption(gt, 0)
+    prompt = text if task == "position" else synthetic.short_prompt(text)
+    out.append((prompt, frame[0], [(o["colour"], o["shape"], o["x"], o["y"]) for o in objs]))
+  return out
+
+
+def _touching(boxes, margin: float) -> bool:
+  for i, a in enumerate(boxes):
+    for b in boxes[i + 1 :]:
+      if a[0] < b[2] + margin and b[0] < a[2] + margin and a[1] < b[3] + margin and b[1] < a[3] + margin:
+        return True
+  return False
