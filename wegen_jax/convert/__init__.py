@@ -20,3 +20,4 @@ from wegen_jax.convert.hf_llm import config_from_hf, hf_config, load_hf_llm, sav
 from wegen_jax.convert.diffusers import load_diffusers_unet, load_diffusers_vae, save_diffusers_unet, save_diffusers_vae
 from wegen_jax.convert.hf_clip import load_hf_clip, save_hf_clip
 from wegen_jax.convert.timm_eva import export_timm_eva, export_wegen_projectors, load_timm_eva, load_wegen_projectors
+from wegen_jax.convert.hf_qwen2_5_vl import load_hf_qwen2_5_vl, save_hf_qwen2_5_vl

@@ -5,6 +5,10 @@ P + max_new_tokens slots, so the whole loop (prefill + `lax.while_loop`) compile
 shape. A `DecodeHook` can rewrite each step: force the next token and/or replace the next
 input embedding. WeGen uses it to feed back input_proj(output_proj(h)) for the 64 image
 positions; GILL uses it to force [IMG1..7] after [IMG0] (see ForcedTokensHook).
+
+Models with their own prompt inputs (Qwen2.5-VL's images) prepare the prompt's input embeddings
+and rope positions ([B, P], or [3, B, P] for M-RoPE) outside the loop; decoded tokens continue at
+the prompt's largest position + 1 on every axis (transformers' rope_deltas).
 """
 
 from __future__ import annotations
@@ -98,23 +102,41 @@ def generate(
   sampling: SamplingConfig = SamplingConfig(),
   rng=None,
   hook: DecodeHook | None = None,
+  inputs_embeds=None,
+  positions=None,
+  **model_inputs,
 ) -> GenerateOutput:
-  """Decodes `sampling.max_new_tokens` tokens after left-padded prompts [B, P]."""
+  """Decodes `sampling.max_new_tokens` tokens after left-padded prompts [B, P].
+
+  inputs_embeds [B, P, E] / positions ([B, P] or [3, B, P]): the prompt's input embeddings and
+  rope positions when not the plain token embeddings and 0.. over the mask. model_inputs (e.g.
+  pixel_values=, image_grid_thw= for Qwen2_5_VL) go to `model.prepare_inputs(input_ids,
+  attention_mask, **model_inputs)`, which returns both."""
   input_ids = jnp.asarray(input_ids, jnp.int32)
   mask = np.ones(input_ids.shape, np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
   _check_left_padded(mask)
+  if model_inputs:
+    if not hasattr(model, "prepare_inputs"):
+      raise ValueError(f"{type(model).__name__} takes no extra generate() inputs (got {sorted(model_inputs)})")
+    embeds, pos = model.prepare_inputs(input_ids, attention_mask=mask, **model_inputs)
+    inputs_embeds = embeds if inputs_embeds is None else inputs_embeds
+    positions = pos if positions is None else positions
+  if positions is None:
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
   rng = jax.random.key(0) if rng is None else rng
   graphdef, state = nnx.split((model, hook or DecodeHook()))
-  return _generate(graphdef, state, input_ids, jnp.asarray(mask), rng, sampling)
+  return _generate(graphdef, state, input_ids, jnp.asarray(mask), rng, sampling, inputs_embeds, jnp.asarray(positions))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampling"))
-def _generate(graphdef, state, input_ids, mask, rng, sampling: SamplingConfig) -> GenerateOutput:
+def _generate(
+  graphdef, state, input_ids, mask, rng, sampling: SamplingConfig, inputs_embeds, positions
+) -> GenerateOutput:
   model, hook = nnx.merge(graphdef, state)
   b, p = input_ids.shape
   n = sampling.max_new_tokens
-  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-  out = model.forward(input_ids, positions=positions, segment_ids=mask, cache=model.init_cache(b, p + n), cache_index=0)
+  prompt = dict(inputs_embeds=inputs_embeds) if inputs_embeds is not None else dict(input_ids=input_ids)
+  out = model.forward(**prompt, positions=positions, segment_ids=mask, cache=model.init_cache(b, p + n), cache_index=0)
   hidden = out.hidden_states[:, -1]
   stop = jnp.asarray(sampling.stop_tokens or (-1,), jnp.int32)
 
@@ -154,13 +176,15 @@ def _generate(graphdef, state, input_ids, mask, rng, sampling: SamplingConfig) -
   def cond(carry):
     return (carry[0] < n) & ~jnp.all(carry[5])
 
-  positions_last = positions[:, -1] if positions.ndim == 2 else positions[..., -1]
+  # the next position is one past the prompt's largest (over valid tokens and M-RoPE axes)
+  last = jnp.max(jnp.where(mask.astype(bool), positions, -1), axis=-1)
+  last = last if positions.ndim == 2 else jnp.max(last, axis=0)
   carry = (
     jnp.int32(0),
     out.cache,
     out.logits[:, -1],
     hidden,
-    positions_last + 1,
+    last + 1,
     jnp.zeros((b,), bool),
     jnp.full((b, n), sampling.pad_token, jnp.int32),
     jnp.zeros((b, n, hidden.shape[-1]), hidden.dtype),

@@ -214,6 +214,8 @@ class LLM(nnx.Module):
       positions = jnp.broadcast_to(jnp.arange(t)[None] + cache_index, (b, t))
       if cfg.mrope_section is not None:
         positions = jnp.broadcast_to(positions[None], (3, b, t))
+    elif cfg.mrope_section is not None and positions.ndim == 2:  # text positions: all three M-RoPE axes equal
+      positions = jnp.broadcast_to(positions[None], (3,) + positions.shape)
     if self.proj_in is not None:
       x = self.proj_in(x)
     rope = None

@@ -92,6 +92,21 @@ LLM_PRESETS = {
     rope_theta=1e6,
     max_position_embeddings=512,
   ),
+  # A tiny M-RoPE text model for Qwen2.5-VL tests (head_dim 16: mrope_section sums to 8).
+  "tiny_qwen_vl": dict(
+    family="qwen2",
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=176,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    qkv_bias=True,
+    tie_word_embeddings=True,
+    rope_theta=1e6,
+    mrope_section=(2, 3, 3),
+    max_position_embeddings=512,
+  ),
   "tiny_opt": dict(
     family="opt",
     vocab_size=256,
@@ -110,6 +125,35 @@ LLM_PRESETS = {
     position_embedding="learned",
     max_position_embeddings=512,
     tie_word_embeddings=True,
+  ),
+}
+
+# Qwen2.5-VL vision towers (QwenVisionConfig fields), keyed like their text model in LLM_PRESETS.
+QWEN_VISION_PRESETS = {
+  "qwen2_5_vl_3b": dict(
+    depth=32,
+    hidden_size=1280,
+    intermediate_size=3420,
+    num_heads=16,
+    out_hidden_size=2048,
+    patch_size=14,
+    temporal_patch_size=2,
+    spatial_merge_size=2,
+    window_size=112,
+    fullatt_block_indexes=(7, 15, 23, 31),
+  ),
+  # windows of 2x2 merged patches, so small images already split into several windows
+  "tiny_qwen_vl": dict(
+    depth=4,
+    hidden_size=32,
+    intermediate_size=48,
+    num_heads=2,
+    out_hidden_size=64,
+    patch_size=2,
+    temporal_patch_size=2,
+    spatial_merge_size=2,
+    window_size=8,
+    fullatt_block_indexes=(1, 3),
   ),
 }
 

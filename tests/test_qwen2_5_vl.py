@@ -1,0 +1,208 @@
+"""Qwen2.5-VL vs transformers' Qwen2_5_VLForConditionalGeneration (random tiny float32 model):
+M-RoPE positions, logits with images in a padded batch, greedy generation, save/load round trips.
+
+Everything (grids, token ids, windows) is derived from CFG, so other configs check the same way.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from wegen_jax import convert
+from wegen_jax.convert.hf_qwen2_5_vl import hf_config
+from wegen_jax.generation import SamplingConfig, generate
+from wegen_jax.layers.paths import param_paths
+from wegen_jax.models.qwen2_5_vl import qwen2_5_vl_config, vision_layout
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 256
+CFG = qwen2_5_vl_config(
+  "tiny_qwen_vl", image_token_id=VOCAB - 6, video_token_id=VOCAB - 5, vision_start_token_id=VOCAB - 4,
+  vision_end_token_id=VOCAB - 3,
+)  # fmt: skip
+NEW_TOKENS = 8
+
+
+def _grids(cfg):
+  """Three image grids (t, h, w in patches): several full and partial windows, one window, and a small one."""
+  v = cfg.vision
+  m = v.spatial_merge_size
+  win = max(v.window_size // m // v.patch_size, 1)
+  merged = [(win + 1, 2 * win + 1), (win, win), (1, 2)]
+  return np.asarray([(1, h * m, w * m) for h, w in merged], np.int64)
+
+
+def _batch(cfg, seed=0):
+  """Left-padded rows: text + image + text + image + text; text + image + text; text only."""
+  rs = np.random.RandomState(seed)
+  grids = _grids(cfg)
+  tokens = [int(t * h * w) // cfg.vision.merge_unit for t, h, w in grids]
+  text = lambda n: list(rs.randint(1, min(cfg.image_token_id, cfg.vision_start_token_id) - 1, n))
+  image = lambda i: [cfg.vision_start_token_id] + [cfg.image_token_id] * tokens[i] + [cfg.vision_end_token_id]
+  rows = [text(3) + image(0) + text(2) + image(1) + text(2), text(2) + image(2) + text(3), text(6)]
+  width = max(map(len, rows))
+  ids = np.zeros((len(rows), width), np.int64)
+  mask = np.zeros_like(ids)
+  for i, r in enumerate(rows):
+    ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
+  pixels = rs.randn(int(np.prod(grids, axis=1).sum()), cfg.vision.patch_dim).astype(np.float32)
+  return ids, mask, pixels, grids
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+  """A random HF model (all weights perturbed, norms included) saved by transformers."""
+  torch.manual_seed(0)
+  config = transformers.Qwen2_5_VLConfig(**{k: v for k, v in hf_config(CFG).items() if k != "architectures"})
+  model = transformers.Qwen2_5_VLForConditionalGeneration(config).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(torch.randn_like(p) * 0.2)  # large enough that greedy decoding does not repeat one token
+  path = tmp_path_factory.mktemp("qwen_vl_hf")
+  model.save_pretrained(path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def hf_model(hf_dir):
+  return transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def ours(hf_dir):
+  return convert.load_hf_qwen2_5_vl(hf_dir)
+
+
+def _hf_inputs(ids, mask, pixels, grids):
+  t = lambda a: torch.from_numpy(np.asarray(a))
+  return dict(
+    input_ids=t(ids),
+    attention_mask=t(mask),
+    pixel_values=t(pixels),
+    image_grid_thw=t(grids),
+    mm_token_type_ids=t((ids == CFG.image_token_id).astype(np.int64)),
+  )
+
+
+def _hf_logits(model, batch):
+  with torch.no_grad():
+    return model(**_hf_inputs(*batch)).logits.numpy()
+
+
+@nnx.jit(static_argnames=("grid",))
+def _logits(model, ids, mask, pixels, grid):
+  return model(ids, pixel_values=pixels, image_grid_thw=np.asarray(grid), attention_mask=mask)
+
+
+def _our_logits(model, batch):
+  ids, mask, pixels, grids = batch
+  return np.asarray(_logits(model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pixels), tuple(map(tuple, grids))))
+
+
+def test_window_layout_splits_and_inverts():
+  grids = _grids(CFG)
+  lay = vision_layout(CFG.vision, grids)
+  n = int(np.prod(grids, axis=1).sum())
+  np.testing.assert_array_equal(np.sort(lay.patch_order), np.arange(n))  # a permutation
+  assert len(np.unique(lay.window_segments)) > len(grids)  # windows really split the images
+  assert len(np.unique(lay.full_segments)) == len(grids)
+  # every window lies inside one image
+  for w in np.unique(lay.window_segments):
+    assert len(np.unique(lay.full_segments[lay.window_segments == w])) == 1
+
+
+def test_rope_index_matches_transformers(hf_model, ours):
+  ids, mask, _, grids = _batch(CFG)
+  want_pos, want_delta = hf_model.model.get_rope_index(
+    torch.from_numpy(ids),
+    mm_token_type_ids=torch.from_numpy((ids == CFG.image_token_id).astype(np.int64)),
+    image_grid_thw=torch.from_numpy(grids),
+    attention_mask=torch.from_numpy(mask),
+  )
+  pos, delta = ours.get_rope_index(ids, grids, mask)
+  np.testing.assert_array_equal(np.asarray(pos), want_pos.numpy())
+  np.testing.assert_array_equal(np.asarray(delta), want_delta.numpy())
+  # traced ids and grids give the same
+  pos_jit, _ = jax.jit(ours.get_rope_index)(jnp.asarray(ids), jnp.asarray(grids), jnp.asarray(mask))
+  np.testing.assert_array_equal(np.asarray(pos_jit), want_pos.numpy())
+
+
+def test_logits_match_transformers_with_images(hf_model, ours):
+  batch = _batch(CFG)
+  mask = batch[1].astype(bool)
+  want, got = _hf_logits(hf_model, batch), _our_logits(ours, batch)
+  assert got.shape == want.shape and got.dtype == np.float32
+  err = np.abs(got - want)[mask].max()
+  assert err <= 1e-4, err
+  # the image features matter: other pixels change the logits after the images
+  other = (batch[0], batch[1], batch[2] + 1.0, batch[3])
+  assert np.abs(_our_logits(ours, other) - got)[mask].max() > 1e-3
+
+
+def test_forward_returns_hidden_states(ours):
+  ids, mask, pixels, grids = _batch(CFG)
+  out = ours.forward(ids, pixel_values=pixels, image_grid_thw=grids, attention_mask=mask)
+  assert out.hidden_states.shape == ids.shape + (CFG.text.hidden_size,)
+  emb = np.asarray(ours.language_model.embed.embedding[...])
+  np.testing.assert_allclose(np.asarray(out.hidden_states) @ emb.T, np.asarray(out.logits), atol=1e-4)  # tied head
+
+
+def test_greedy_generation_matches_transformers(hf_model, ours):
+  ids, mask, pixels, grids = _batch(CFG, seed=1)
+  with torch.no_grad():
+    want = hf_model.generate(
+      **_hf_inputs(ids, mask, pixels, grids),
+      max_new_tokens=NEW_TOKENS,
+      min_new_tokens=NEW_TOKENS,
+      do_sample=False,
+      pad_token_id=0,
+      eos_token_id=None,
+      return_dict_in_generate=True,
+      output_logits=True,
+    )
+  out = generate(
+    ours,
+    ids,
+    attention_mask=mask,
+    pixel_values=pixels,
+    image_grid_thw=grids,
+    sampling=SamplingConfig(max_new_tokens=NEW_TOKENS),
+  )
+  np.testing.assert_array_equal(np.asarray(out.tokens), want.sequences[:, ids.shape[1] :].numpy())
+  # each step's logits too (the M-RoPE positions continue with transformers' rope_deltas)
+  lm = ours.language_model
+  head = lm.embed.attend if lm.lm_head is None else lm.lm_head
+  logits = np.asarray(head(out.hidden_states))
+  np.testing.assert_allclose(logits, torch.stack(want.logits, 1).numpy(), atol=1e-4)
+
+
+def test_save_loads_in_transformers_and_back(ours, hf_model, tmp_path):
+  convert.save_hf_qwen2_5_vl(ours, tmp_path)
+  # transformers saves the released layout (`visual.`, `model.layers.`) that `ours` was loaded from;
+  # we write transformers 5's (`model.visual.`, `model.language_model.`): both key layouts load
+  assert "model.language_model.embed_tokens.weight" in convert.read_state_dict(tmp_path)
+  reloaded_hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float32).eval()
+  batch = _batch(CFG, seed=2)
+  mask = batch[1].astype(bool)
+  np.testing.assert_allclose(_hf_logits(reloaded_hf, batch)[mask], _hf_logits(hf_model, batch)[mask], atol=1e-5)
+  back = convert.load_hf_qwen2_5_vl(tmp_path)
+  a, b = param_paths(ours), param_paths(back)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k].get_value()), np.asarray(b[k].get_value()), err_msg=k)
+
+
+def test_missing_files_and_bad_inputs_are_clear(ours, tmp_path):
+  with pytest.raises(convert.CheckpointError, match=str(tmp_path)):
+    convert.load_hf_qwen2_5_vl(tmp_path)
+  ids, mask, pixels, grids = _batch(CFG)
+  fewer = ids.copy()
+  fewer[0, np.argmax(ids[0] == CFG.image_token_id)] = 1
+  with pytest.raises(ValueError, match="image-pad tokens"):
+    ours.forward(fewer, pixel_values=pixels, image_grid_thw=grids, attention_mask=mask)
+  with pytest.raises(ValueError, match="patches"):
+    ours.forward(ids, pixel_values=pixels[1:], image_grid_thw=grids, attention_mask=mask)
