@@ -140,3 +140,41 @@ def lora_dropout(module: nnx.Module, key: jax.Array | None):
     yield
   finally:
     _DROPOUT_KEYS.reset(token)
+
+
+def _swap(module: nnx.Module, wrapped: bool, store: list):
+  """Replaces each LoRADense by its base (recording where), or puts the recorded ones back."""
+  if wrapped:
+    for parent, name, layer in store:
+      setattr(parent, name, layer)
+    return
+
+  def visit(m):
+    for name, child in _children(m):
+      if isinstance(child, LoRADense):
+        store.append((m, name, child))
+        setattr(m, name, child.base)
+      else:
+        visit(child)
+
+  visit(module)
+
+
+@contextlib.contextmanager
+def lora_unwrapped(module: nnx.Module, merged: bool = False):
+  """Inside the block `module` has plain Dense layers with the base parameters (for loaders and
+  exporters written for the plain model); with merged=True the LoRA updates are folded in.
+  Afterwards the wrappers (and the unmerged base kernels) are back."""
+  store: list = []
+  layers = lora_layers(module)
+  if merged:
+    for layer in layers:
+      layer.merge()
+  _swap(module, False, store)
+  try:
+    yield module
+  finally:
+    _swap(module, True, store)
+    if merged:
+      for layer in layers:
+        layer.unmerge()

@@ -1,0 +1,156 @@
+"""GoT: reasoning-chain MLLM + SSGM + 12-channel SDXL UNet (SYSTEMS.md §2), stages 1 and 2.
+
+  python -m wegen_jax.train --config configs/got.py:size=tiny,stage=1 --workdir /tmp/got1
+
+size=tiny trains in minutes on a CPU on the embedded synthetic scenes (generated in memory:
+captions -> chains with ground-truth boxes -> 32-px frames; edit instructions on a clip's first
+frame -> its last frame); loss_ce and loss_diffusion fall. size=3b holds the real dimensions:
+Qwen2.5-VL-3B-Instruct's text model (hidden 2048, LoRA r 32 / alpha 32 / dropout 0.05 on
+q, k, v, o, gate, up, down), SSGM 2048 -> 2048 tokens and 2048 -> 1280 pooled, the SDXL-base UNet
+with 12 input channels at 1024 px, the SDXL VAE; fresh runs read local weights, e.g.
+  --config.pretrained.llm=/w/Qwen2.5-VL-3B-Instruct --config.pretrained.unet=/w/sdxl/unet
+  --config.pretrained.vae=/w/sdxl/vae --config.data.tokenizer=/w/Qwen2.5-VL-3B-Instruct
+(the 3B data, LAHR-/JourneyDB-/OmniEdit-GoT, has no loader here yet: only the synthetic default).
+Generate, or edit the chain and regenerate: python -m wegen_jax.systems.got --help.
+arg: size=tiny|3b, stage=1|2.
+"""
+
+import ml_collections
+
+from wegen_jax.config_utils import parse_arg
+from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS
+from wegen_jax.parallel.sharding import DEFAULT_RULES
+
+_SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json, conv_in widened to 12
+  block_out_channels=[320, 640, 1280],
+  down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+  up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+  layers_per_block=2,
+  transformer_layers_per_block=[1, 2, 10],
+  attention_head_dim=[5, 10, 20],
+  use_linear_projection=True,
+  cross_attention_dim=2048,
+  addition_embed_type="text_time",
+  addition_time_embed_dim=256,
+  projection_class_embeddings_input_dim=1280 + 6 * 256,
+  norm_num_groups=32,
+  in_channels=12,
+  out_channels=4,
+  sample_size=128,
+)
+_SDXL_VAE = dict(
+  block_out_channels=[128, 256, 512, 512],
+  layers_per_block=2,
+  latent_channels=4,
+  norm_num_groups=32,
+  scaling_factor=0.13025,
+  sample_size=1024,
+  force_upcast=True,
+)
+
+SIZES = {
+  "3b": dict(
+    model=dict(
+      # Qwen's 151936 embedding rows already hold GoT's 66 added tokens (ids 151665..151730)
+      llm=dict(LLM_DEFAULTS, **LLM_PRESETS["qwen2_5_vl_3b"], remat="full"),
+      unet=_SDXL_UNET,
+      vae=_SDXL_VAE,
+      pooled_dim=1280,
+      unet_remat=True,
+      dtype="bfloat16",
+      scan_layers=True,
+      attention_impl="auto",
+      vae_encode_slices=4,
+      lora_rank=32,
+      lora_alpha=32.0,
+    ),
+    data=dict(max_len=1024, image_size=1024, max_boxes=8),
+    batch_size=128,
+    sampling=dict(num_steps=50, max_new_tokens=1024),
+  ),
+  "tiny": dict(
+    model=dict(
+      # byte-level tokens + Qwen's chat/grounding tokens + GoT's 66: 336 ids
+      llm=dict(LLM_DEFAULTS, **dict(LLM_PRESETS["tiny_qwen"], vocab_size=384, max_position_embeddings=1024)),
+      unet=dict(
+        block_out_channels=[32, 64],
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+        layers_per_block=1,
+        attention_head_dim=[2, 4],
+        use_linear_projection=True,
+        cross_attention_dim=64,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8,
+        norm_num_groups=8,
+        in_channels=3 * 12,  # [noisy | reference | spatial] folded-pixel latents
+        out_channels=12,
+        sample_size=16,
+      ),
+      # 32-px frames folded 2x2 into 16x16x12 latents (models/patch_autoencoder.py: exact, no training)
+      vae=dict(_class_name="PatchAutoencoder", patch_size=2, shift_factor=-0.49, scaling_factor=3.15, sample_size=32),
+      pooled_dim=32,
+      dtype="float32",
+      attention_impl="xla",
+      lora_rank=8,  # the paper's r 32 on a 64-wide model would be half its width
+      lora_alpha=8.0,
+    ),
+    # the longest synthetic edit example is ~560 byte-level tokens
+    data=dict(max_len=640, image_size=32, max_boxes=4),
+    batch_size=4,
+    sampling=dict(num_steps=20, max_new_tokens=256),
+  ),
+}
+
+# SYSTEMS.md §2: Adam betas (0.9, 0.98), eps 1e-6, wd 0.05, cosine; stage 1 60k steps / 500 warm-up
+# at 1e-4, stage 2 10k / 200 at 5e-5.
+_STAGE_OPT = {
+  1: dict(lr=1e-4, total_steps=60_000, warmup_steps=500),
+  2: dict(lr=5e-5, total_steps=10_000, warmup_steps=200),
+}
+
+
+def get_config(arg=None):
+  args = parse_arg(arg, size="tiny", stage=1)
+  size, stage = args["size"], int(args["stage"])
+  if size not in SIZES:
+    raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
+  if stage not in _STAGE_OPT:
+    raise ValueError(f"stage={stage}; choose 1 or 2")
+  preset = SIZES[size]
+  tiny = size == "tiny"
+  c = ml_collections.ConfigDict()
+  c.task = "got"
+  c.stage = stage
+  c.seed = 0
+  opt = dict(_STAGE_OPT[stage], weight_decay=0.05, b1=0.9, b2=0.98, eps=1e-6, min_lr_ratio=0.0, grad_clip=1.0)
+  if tiny:  # minutes on a CPU
+    opt.update(total_steps=300 if stage == 1 else 100, warmup_steps=10, lr=1e-3 if stage == 1 else 5e-4)
+  c.optimizer = opt
+  c.total_steps = opt["total_steps"]
+  c.log_every = 10 if tiny else 50
+  c.ckpt_every = 100 if tiny else 1000
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+  c.compilation_cache_dir = ""
+  c.batch_size = preset["batch_size"]
+  c.grad_accum = 1
+  c.model = dict(preset["model"], num_gen_tokens=64, noise_offset=0.1, cond_drop=0.05, lora_dropout=0.05)
+  c.data = dict(
+    preset["data"],
+    tokenizer="",
+    seed=0,
+    num_records=100_000,  # synthetic: generated from the index, never repeated in a tiny run
+    num_validation=32,
+    render_size=64,  # frames are drawn at 64 px and resized to image_size
+    edit_fraction=0.5,
+  )
+  c.sampling = dict(preset["sampling"], temperature=0.0)
+  # Stage 2 continues stage 1 (a run directory): --config.init_from=/tmp/got1
+  c.pretrained = dict(llm="", unet="", vae="")
+  c.init_from = ""
+  c.init_components = () if stage == 1 else ("llm", "semantic", "pooled", "unet", "vae")
+  c.mesh = dict(data=1, fsdp=-1, tensor=1)
+  c.sharding_rules = [list(r) for r in DEFAULT_RULES]
+  return c

@@ -1,0 +1,72 @@
+"""Pretrained weights for a fresh GoT run, from local files named in `config.pretrained`.
+
+llm   Qwen2.5-VL-3B-Instruct HF directory (its text model; the vision tower is skipped until the
+      VL model lands): the LoRA wrappers keep their fresh A / zero B, GoT's 66 added token rows
+      start at the mean of the checkpoint's rows (HF resize_token_embeddings' default)
+unet  diffusers UNet folder: SDXL-base's 4-channel unet/ (conv_in widened to 12 inputs, the 8
+      new channels zero, as the authors do) or a GoT 12-channel one
+vae   diffusers AutoencoderKL folder (SDXL vae/)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from flax import nnx
+
+from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict
+from wegen_jax.convert.diffusers import fill_diffusers_unet, fill_diffusers_vae
+from wegen_jax.convert.hf_llm import fill_hf_llm
+from wegen_jax.layers.lora import lora_unwrapped
+from wegen_jax.models.unet import UNet2DConditionModel, widen_conv_in
+
+SOURCES = ("llm", "unet", "vae")
+
+
+def load_llm(model, path) -> None:
+  state_dict = read_state_dict(path)
+  rows = next(v.shape[0] for k, v in state_dict.items() if k.endswith("embed_tokens.weight"))
+  with lora_unwrapped(model.llm):
+    fill_hf_llm(model.llm, state_dict, grow_vocab=True, source=str(path))
+  table = model.llm.embed.embedding
+  if table.shape[0] > rows:
+    mean = table[...][:rows].mean(axis=0)
+    table.set_value(table[...].at[rows:].set(mean))
+
+
+def load_unet(model, path) -> None:
+  """A 12-channel folder fills the UNet as is; a 4-channel one is widened (new channels zero)."""
+  state_dict = read_state_dict(path)
+  in_channels = state_dict["conv_in.weight"].shape[1]
+  cfg = model.unet.cfg
+  if in_channels == cfg.in_channels:
+    fill_diffusers_unet(model.unet, state_dict)
+    return
+  small = nnx.eval_shape(lambda: UNet2DConditionModel(cfg.replace(in_channels=in_channels), rngs=nnx.Rngs(0)))
+  fill_diffusers_unet(small, state_dict)
+  wide = widen_conv_in(small, cfg.in_channels)
+  nnx.update(model.unet, nnx.state(wide))
+
+
+_LOADERS = {"llm": load_llm, "unet": load_unet, "vae": lambda m, p: fill_diffusers_vae(m.vae, p)}
+
+
+def load_pretrained(model, paths: Mapping[str, str]) -> list[str]:
+  """Fills the parts of `model` named in `paths` (empty entries skipped); returns those loaded."""
+  unknown = sorted(set(paths) - set(SOURCES))
+  if unknown:
+    raise ValueError(f"config.pretrained has unknown entries {unknown}; known: {list(SOURCES)}")
+  loaded = []
+  for name in SOURCES:
+    path = paths.get(name) or ""
+    if not path:
+      continue
+    if not Path(path).exists():
+      raise CheckpointError(
+        f"config.pretrained.{name} = {path!r} does not exist; point it at a local copy of the weights"
+      )
+    _LOADERS[name](model, path)
+    print(f"loaded pretrained {name} from {path}", flush=True)
+    loaded.append(name)
+  return loaded

@@ -1,0 +1,103 @@
+"""GoT behind the System interface: text (and a source image to edit) in, chain and image out.
+
+Interactive editing (SYSTEMS.md §2): `chains()` returns only the reasoning chains as `Chain`
+objects (phrase, box, colour per object); the user edits them (move a box, swap an object) and
+`generate()` with options={'chain': edited} skips the chain generation and draws from it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from wegen_jax.generation.sampling import SamplingConfig
+from wegen_jax.systems import base
+from wegen_jax.systems.got.chain import Chain, chain_box_iou, parse_chain
+from wegen_jax.systems.got.generate import gen_hidden_states, render, write_chains
+from wegen_jax.systems.got.tokenizer import load_tokenizer
+
+
+def _as_chain(chain) -> Chain:
+  if isinstance(chain, Chain):
+    return chain
+  if isinstance(chain, str):
+    return parse_chain(chain)
+  return Chain.from_dict(chain)
+
+
+class GoTSystem(base.System):
+  def __init__(self, config, model):
+    super().__init__(config, model)
+    self.tokenizer = load_tokenizer(config.data.get("tokenizer", ""), model.cfg.num_gen_tokens)
+
+  def _sampling(self, **overrides) -> SamplingConfig:
+    s = self.config.sampling
+    kw = dict(max_new_tokens=int(s.max_new_tokens), temperature=float(s.temperature))
+    return SamplingConfig(**{**kw, **overrides})
+
+  def prompt(self, request: base.Request) -> str:
+    if len(request.images) > 1:
+      raise ValueError(f"GoT edits one image per request; got {len(request.images)}")
+    return self.tokenizer.prompt_text(request.text, edit=bool(request.images))
+
+  def chains(self, requests: Sequence[base.Request]) -> list[Chain]:
+    """Only the reasoning chains (the first half of generate), to show and edit."""
+    texts = write_chains(
+      self.model, self.tokenizer, [self.prompt(r) for r in requests], self._sampling(), seed=requests[0].seed
+    )
+    return [parse_chain(t) for t in texts]
+
+  def generate(self, requests: Sequence[base.Request]) -> list[base.Response]:
+    """Per request: options 'chain' (a Chain, its dict or its text) skips writing the chain;
+    'only_chain' returns the chain without drawing; 'num_steps' overrides the sampler's steps."""
+    out = []
+    for r in requests:  # one at a time: each mode has its own guidance and its own shapes
+      prompt = self.prompt(r)
+      chain = r.options.get("chain")
+      chain = _as_chain(chain) if chain is not None else self.chains([r])[0]
+      if r.options.get("only_chain"):
+        out.append(base.Response(chain.text(), [], {"chain": chain.to_dict()}))
+        continue
+      images = self.draw([prompt], [chain], [r.images[0] if r.images else None], seed=r.seed, **_steps(r))
+      out.append(base.Response(chain.text(), [images[0]], {"chain": chain.to_dict()}))
+    return out
+
+  def draw(self, prompts, chains: Sequence[Chain], sources, *, seed: int = 0, num_steps: int | None = None):
+    """uint8 images for chat prompts and their (possibly edited) chains; sources None = T2I."""
+    hidden = gen_hidden_states(self.model, self.tokenizer, prompts, [c.text() for c in chains])
+    mode = "edit" if sources[0] is not None else "t2i"
+    if any((s is not None) != (mode == "edit") for s in sources):
+      raise ValueError("draw() takes either all T2I or all editing requests in one call")
+    return render(
+      self.model,
+      hidden,
+      chains,
+      sources,
+      mode=mode,
+      size=int(self.config.data.image_size),
+      seed=seed,
+      num_steps=num_steps or int(self.config.sampling.num_steps),
+    )
+
+  def predict_fns(self):
+    def generate_images(prompts: list[dict], rng_seed: int = 0):
+      reqs = [base.Request(p["text"], images=tuple(p.get("images", ())), seed=rng_seed) for p in prompts]
+      return [r.images[0] for r in self.generate(reqs)]
+
+    def chain_iou(num: int) -> dict[str, float]:
+      """Box IoU of the chains written for `num` held-out examples against their ground truth."""
+      from wegen_jax.systems.got.data import SyntheticGoTSource
+
+      source = SyntheticGoTSource(self.config.data, "validation")
+      examples = [source.example(i) for i in range(num)]
+      reqs = [base.Request(e["text"], images=(e["source"],) if e["edit"] else ()) for e in examples]
+      scores = [chain_box_iou(self.chains([r])[0], e["chain"]) for r, e in zip(reqs, examples)]
+      return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+    return {"generate_images": generate_images, "chain_box_iou": chain_iou}
+
+
+def _steps(request: base.Request) -> dict:
+  n = request.options.get("num_steps")
+  return {"num_steps": int(n)} if n else {}
