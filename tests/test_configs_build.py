@@ -35,6 +35,7 @@ MODEL_SPECS = (
   + [f"configs/lm_generate.py:model={m}" for m in LLM_PRESETS]
   + [f"configs/wegen.py:size={size},stage={stage}" for size in ("tiny", "7b") for stage in (1, 2, 3)]
   + [f"configs/eval/wegen_dynamics.py:stage={stage}" for stage in (1, 2)]
+  + ["configs/eval/wegen_coco.py", "configs/eval/geneval_synthetic.py"]
 )
 # Configs without a model (curation and the synthetic corpus), with their presets: they only have to load.
 OTHER_SPECS = [f"configs/curate.py{p}" for p in ("", ":preset=synthetic", ":preset=clip", ":preset=vlm")] + [
@@ -211,8 +212,8 @@ def test_dedup_merges_only_the_wegen_stages():
   merged = sorted(tuple(map(_short, g)) for g in GROUPS if len(g) > 1)
   evals = tuple(f"eval/wegen_dynamics:stage={t}" for t in (1, 2))  # configs/eval/ reuse the tiny model
   assert merged == [
-    tuple(f"wegen:size=7b,stage={t}" for t in (1, 2, 3)),
-    tuple(f"wegen:size=tiny,stage={t}" for t in (1, 2, 3)) + evals,
+    tuple(f"wegen:size=7b,stage={t}" for t in (1, 2, 3)) + ("eval/wegen_coco",),
+    tuple(f"wegen:size=tiny,stage={t}" for t in (1, 2, 3)) + evals + ("eval/geneval_synthetic",),
   ]
   assert not any(key[0] == "unloadable" for key in map(_model_key, MODEL_SPECS))
 

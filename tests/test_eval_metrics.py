@@ -59,8 +59,8 @@ def test_vist_and_visdial_readers_follow_gill(tmp_path):
   (tmp_path / "sis.json").write_text(json.dumps({"annotations": anns}))
   (story,) = eval_sets.vist_stories(tmp_path / "sis.json", tmp_path / "vist")
   prompt = story.prompt()
-  kinds = ["t" if isinstance(s, str) else "i" for s in prompt["segments"]]
-  assert kinds == list("titititit") and prompt["segments"][-1] == "caption 4" and len(prompt["images"]) == 4
+  assert prompt["text"] == "<image>".join(f"caption {k}" for k in range(5)) and len(prompt["images"]) == 4
+  np.testing.assert_array_equal(prompt["images"][1], np.asarray(Image.open(tmp_path / "vist" / "p1.png")))
   assert story.key == "p4" and story.target.name == "p4.png"
   (tmp_path / "vd").mkdir()
   _png(tmp_path / "vd" / "VisualDialog_val2018_000000000042.jpg", 1)

@@ -29,19 +29,19 @@ SOURCES = {
 }
 
 
+IMAGE_MARK = "<image>"  # a context image's place in a prompt's text (GILL's generate.split_prompt)
+
+
 @dataclasses.dataclass
 class EvalItem:
   key: str  # the ground truth's id (COCO image id, VIST photo id, VisDial image id)
-  text: str  # the whole text context
+  text: str  # the whole text context, an IMAGE_MARK where each context image goes
   target: Path | None  # ground-truth image file
-  segments: list = dataclasses.field(default_factory=list)  # interleaved str / image Path, in order
+  images: list[Path] = dataclasses.field(default_factory=list)  # context image files, in order
 
   def prompt(self) -> dict:
-    """generate_images' prompt: text, context images (uint8, in order) and the interleaved
-    `segments` (str or uint8 image) for systems that keep the order (GILL, MGCC)."""
-    segments = [s if isinstance(s, str) else load_rgb(s) for s in self.segments]
-    images = [s for s in segments if not isinstance(s, str)]
-    return {"text": self.text, "images": images, "segments": segments or [self.text]}
+    """generate_images' prompt: 'text' and the context 'images' (uint8, read now)."""
+    return {"text": self.text, "images": [load_rgb(p) for p in self.images]}
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -102,10 +102,8 @@ def vist_stories(sis_json, images_dir, num: int | None = None) -> list[EvalItem]
     paths = [_vist_image(folder, pid) for _, pid in story]
     if any(p is None for p in paths):
       continue
-    segments = []
-    for k, (text, _) in enumerate(story):
-      segments += [text] + ([paths[k]] if k < len(story) - 1 else [])
-    items.append(EvalItem(story[-1][1], " ".join(t for t, _ in story), paths[-1], segments))
+    text = IMAGE_MARK.join(t for t, _ in story)  # c1 <i1> c2 <i2> c3 <i3> c4 <i4> c5
+    items.append(EvalItem(story[-1][1], text, paths[-1], paths[:-1]))
   return items[:num]
 
 
