@@ -28,3 +28,14 @@ def test_truth_scores_one_and_noise_zero(tmp_path):
   shifted = lambda prompts, rng_seed=0: [np.roll(frames[p["text"]], 32, axis=1) for p in prompts]  # moved half a frame
   moved = ev.run({"generate_images": shifted}, 0)
   assert moved["colour"] == 1.0 and moved["position"] < 0.5
+
+
+def test_registry_lists_every_evaluator_module():
+  import importlib
+  import pkgutil
+
+  import wegen_jax.evaluators as pkg
+
+  modules = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
+  with_evaluator = {m for m in modules if hasattr(importlib.import_module(f"{pkg.__name__}.{m}"), "Evaluator")}
+  assert with_evaluator == set(pkg.TYPES)
