@@ -94,13 +94,18 @@ def _hf_logits(model, batch):
 
 
 @nnx.jit(static_argnames=("grid",))
-def _logits(model, ids, mask, pixels, grid):
-  return model(ids, pixel_values=pixels, image_grid_thw=np.asarray(grid), attention_mask=mask)
+def _forward(model, ids, mask, pixels, grid):
+  return model.forward(ids, pixel_values=pixels, image_grid_thw=np.asarray(grid), attention_mask=mask)[:2]
+
+
+def _our_outputs(model, batch):
+  ids, mask, pixels, grids = batch
+  out = _forward(model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pixels), tuple(map(tuple, grids)))
+  return tuple(map(np.asarray, out))
 
 
 def _our_logits(model, batch):
-  ids, mask, pixels, grids = batch
-  return np.asarray(_logits(model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pixels), tuple(map(tuple, grids))))
+  return _our_outputs(model, batch)[0]
 
 
 def test_window_layout_splits_and_inverts():
@@ -144,11 +149,12 @@ def test_logits_match_transformers_with_images(hf_model, ours):
 
 
 def test_forward_returns_hidden_states(ours):
-  ids, mask, pixels, grids = _batch(CFG)
-  out = ours.forward(ids, pixel_values=pixels, image_grid_thw=grids, attention_mask=mask)
-  assert out.hidden_states.shape == ids.shape + (CFG.text.hidden_size,)
-  emb = np.asarray(ours.language_model.embed.embedding[...])
-  np.testing.assert_allclose(np.asarray(out.hidden_states) @ emb.T, np.asarray(out.logits), atol=1e-4)  # tied head
+  batch = _batch(CFG)
+  logits, hidden = _our_outputs(ours, batch)
+  assert hidden.shape == batch[0].shape + (CFG.text.hidden_size,)
+  lm = ours.language_model
+  head = lm.embed.attend if lm.lm_head is None else lm.lm_head
+  np.testing.assert_allclose(np.asarray(head(jnp.asarray(hidden))), logits, atol=1e-4)
 
 
 def test_greedy_generation_matches_transformers(hf_model, ours):
@@ -206,3 +212,19 @@ def test_missing_files_and_bad_inputs_are_clear(ours, tmp_path):
     ours.forward(fewer, pixel_values=pixels, image_grid_thw=grids, attention_mask=mask)
   with pytest.raises(ValueError, match="patches"):
     ours.forward(ids, pixel_values=pixels[1:], image_grid_thw=grids, attention_mask=mask)
+
+
+def test_sharded_2x2x2_same_logits(hf_dir, ours):
+  from wegen_jax.parallel import activation_sharding, make_mesh, shard_module
+
+  params = param_paths(ours)
+  assert all(len(v.get_metadata()["logical_axes"]) == v.get_value().ndim for v in params.values())
+  mesh = make_mesh(dict(data=2, fsdp=2, tensor=2))
+  sharded = shard_module(convert.load_hf_qwen2_5_vl(hf_dir), mesh)
+  spec = param_paths(sharded)["visual.blocks.0.attn.q.kernel"].get_value().sharding.spec
+  assert any(s is not None for s in spec), spec  # the vision tower is sharded too
+  batch = _batch(CFG, seed=3)
+  with activation_sharding(mesh):
+    got = _our_logits(sharded, batch)
+  mask = batch[1].astype(bool)
+  np.testing.assert_allclose(got[mask], _our_logits(ours, batch)[mask], atol=1e-4)

@@ -299,21 +299,25 @@ def get_rope_index(
   return pos, deltas[:, None].astype(jnp.int32)
 
 
-def check_image_tokens(num_tokens: int, num_features: int, token_id: int) -> None:
-  if int(num_tokens) != num_features:
+def check_image_tokens(input_ids, image_grid_thw, cfg: Qwen2_5_VLConfig) -> None:
+  """Raises unless input_ids hold one image-pad token per merged patch (skipped for traced ids)."""
+  try:
+    num_tokens = int((np.asarray(input_ids) == cfg.image_token_id).sum())
+  except jax.errors.TracerArrayConversionError:
+    return
+  grid = _concrete_grid(image_grid_thw)
+  num_features = int(np.prod(grid, axis=1).sum()) // cfg.vision.merge_unit
+  if num_tokens != num_features:
     raise ValueError(
-      f"input_ids hold {int(num_tokens)} image-pad tokens (id {token_id}) but the images give {num_features} "
-      "features; each image needs t*h*w/spatial_merge_size**2 pad tokens (as transformers' processor inserts)"
+      f"input_ids hold {num_tokens} image-pad tokens (id {cfg.image_token_id}) but image_grid_thw gives "
+      f"{num_features} image features; each image needs t*h*w/spatial_merge_size**2 pad tokens "
+      "(as transformers' processor inserts)"
     )
 
 
 def splice_features(embeds: jax.Array, input_ids: jax.Array, features: jax.Array, token_id: int) -> jax.Array:
   """Replaces the embeddings at `token_id` positions with `features` rows, in row-major order."""
   mask = input_ids == token_id
-  try:
-    check_image_tokens(np.asarray(mask).sum(), features.shape[0], token_id)
-  except jax.errors.TracerArrayConversionError:
-    pass  # traced ids: checked by the caller (prepare_inputs) or not at all
   index = jnp.clip(jnp.cumsum(mask.reshape(-1)) - 1, 0, max(features.shape[0] - 1, 0))
   picked = features[index].reshape(embeds.shape).astype(embeds.dtype)
   return jnp.where(mask[..., None], picked, embeds)
@@ -359,15 +363,14 @@ class Qwen2_5_VL(nnx.Module):
       return embeds
     if image_grid_thw is None:
       raise ValueError("pixel_values need image_grid_thw ([num_images, 3] t, h, w in patches)")
+    check_image_tokens(input_ids, image_grid_thw, self.cfg)
     features = self.get_image_features(pixel_values, image_grid_thw)
     return splice_features(embeds, input_ids, features, self.cfg.image_token_id)
 
   def prepare_inputs(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None):
     """(inputs_embeds, positions) of a prompt, for generation/decode.generate."""
     if pixel_values is not None and image_grid_thw is not None:
-      grid = _concrete_grid(image_grid_thw)
-      expected = int(np.prod(grid, axis=1).sum()) // self.cfg.vision.merge_unit
-      check_image_tokens((np.asarray(input_ids) == self.cfg.image_token_id).sum(), expected, self.cfg.image_token_id)
+      check_image_tokens(input_ids, image_grid_thw, self.cfg)  # here: the ids are traced inside the jit
     embeds = _embed_inputs_jit(self, jnp.asarray(input_ids), pixel_values, _grid_key(image_grid_thw))
     return embeds, self.get_rope_index(input_ids, image_grid_thw, attention_mask)[0]
 
