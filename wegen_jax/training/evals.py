@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import jax
+
 from wegen_jax.training.metrics import strict_json_value
 
 EVALUATORS_PACKAGE = "wegen_jax.evaluators"
@@ -72,7 +74,7 @@ def run_evaluators(
     metrics = {k: float(v) for k, v in run(predict_fns, step, **extra).items()}
     results[name] = metrics
     flat.update({f"eval/{name}/{k}": v for k, v in metrics.items()})
-  if workdir is not None and results:
+  if workdir is not None and results and jax.process_index() == 0:  # one writer on a shared disk
     path = Path(workdir) / "eval" / f"{step}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     merged = json.loads(path.read_text()) if path.exists() else {}
