@@ -32,8 +32,8 @@ def _grids(cfg):
   v = cfg.vision
   m = v.spatial_merge_size
   win = max(v.window_size // m // v.patch_size, 1)
-  merged = [(win + 1, 2 * win + 1), (win, win), (1, 2)]
-  return np.asarray([(1, h * m, w * m) for h, w in merged], np.int64)
+  merged = [(1, win + 1, 2 * win + 1), (1, win, win), (2, 1, 2)]  # t=2: two frames, each its own segment
+  return np.asarray([(t, h * m, w * m) for t, h, w in merged], np.int64)
 
 
 def _batch(cfg, seed=0):
@@ -114,8 +114,8 @@ def test_window_layout_splits_and_inverts():
   n = int(np.prod(grids, axis=1).sum())
   np.testing.assert_array_equal(np.sort(lay.patch_order), np.arange(n))  # a permutation
   assert len(np.unique(lay.window_segments)) > len(grids)  # windows really split the images
-  assert len(np.unique(lay.full_segments)) == len(grids)
-  # every window lies inside one image
+  assert len(np.unique(lay.full_segments)) == grids[:, 0].sum()
+  # every window lies inside one frame
   for w in np.unique(lay.window_segments):
     assert len(np.unique(lay.full_segments[lay.window_segments == w])) == 1
 
@@ -128,12 +128,10 @@ def test_rope_index_matches_transformers(hf_model, ours):
     image_grid_thw=torch.from_numpy(grids),
     attention_mask=torch.from_numpy(mask),
   )
-  pos, delta = ours.get_rope_index(ids, grids, mask)
+  # traced ids and grids (jit) as GoT's training step would pass them
+  pos, delta = jax.jit(ours.get_rope_index)(jnp.asarray(ids), jnp.asarray(grids), jnp.asarray(mask))
   np.testing.assert_array_equal(np.asarray(pos), want_pos.numpy())
   np.testing.assert_array_equal(np.asarray(delta), want_delta.numpy())
-  # traced ids and grids give the same
-  pos_jit, _ = jax.jit(ours.get_rope_index)(jnp.asarray(ids), jnp.asarray(grids), jnp.asarray(mask))
-  np.testing.assert_array_equal(np.asarray(pos_jit), want_pos.numpy())
 
 
 def test_logits_match_transformers_with_images(hf_model, ours):
@@ -228,3 +226,66 @@ def test_sharded_2x2x2_same_logits(hf_dir, ours):
     got = _our_logits(sharded, batch)
   mask = batch[1].astype(bool)
   np.testing.assert_allclose(got[mask], _our_logits(ours, batch)[mask], atol=1e-4)
+
+
+# Qwen/Qwen2.5-VL-3B-Instruct's released config.json (transformers 4.x layout).
+RELEASED_3B = {
+  "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+  "bos_token_id": 151643,
+  "eos_token_id": 151645,
+  "vision_start_token_id": 151652,
+  "vision_end_token_id": 151653,
+  "vision_token_id": 151654,
+  "image_token_id": 151655,
+  "video_token_id": 151656,
+  "hidden_act": "silu",
+  "hidden_size": 2048,
+  "intermediate_size": 11008,
+  "max_position_embeddings": 128000,
+  "max_window_layers": 70,
+  "model_type": "qwen2_5_vl",
+  "num_attention_heads": 16,
+  "num_hidden_layers": 36,
+  "num_key_value_heads": 2,
+  "rms_norm_eps": 1e-06,
+  "rope_theta": 1000000.0,
+  "sliding_window": 32768,
+  "tie_word_embeddings": True,
+  "torch_dtype": "bfloat16",
+  "use_sliding_window": False,
+  "vision_config": {
+    "depth": 32,
+    "hidden_act": "silu",
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "in_chans": 3,
+    "out_hidden_size": 2048,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "spatial_patch_size": 14,
+    "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "tokens_per_second": 2,
+    "temporal_patch_size": 2,
+  },
+  "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+  "vocab_size": 151936,
+}
+
+
+def test_3b_preset_is_the_released_model():
+  from wegen_jax.convert.hf_qwen2_5_vl import config_from_hf
+  from wegen_jax.models.qwen2_5_vl import Qwen2_5_VL
+
+  cfg = qwen2_5_vl_config("qwen2_5_vl_3b")
+  assert config_from_hf(RELEASED_3B) == cfg
+  assert config_from_hf(hf_config(cfg)) == cfg
+  # same parameter count as transformers' model of that config (built on the meta device)
+  with torch.device("meta"):
+    theirs = transformers.Qwen2_5_VLForConditionalGeneration(
+      transformers.Qwen2_5_VLConfig(**{k: v for k, v in RELEASED_3B.items() if k != "architectures"})
+    )
+  abstract = nnx.eval_shape(lambda: Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)))
+  ours = sum(int(np.prod(v.get_value().shape)) for v in param_paths(abstract).values())
+  assert ours == sum(p.numel() for p in theirs.parameters())
