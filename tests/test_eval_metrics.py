@@ -97,11 +97,13 @@ class MeanColour:
   """Stand-in for the Inception (its parity is tests/test_inception.py): per-image colour moments."""
 
   name = "mean-colour"
+  seen = 0  # images featurised, over all instances
 
   def __init__(self, weights, batch_size):
     pass
 
   def __call__(self, images):
+    MeanColour.seen += len(images)
     x = np.stack(images).astype(np.float64)
     return np.concatenate([x.mean((1, 2)), x.std((1, 2, 3))[:, None]], -1)  # 4 dims: full-rank covariance
 
@@ -117,6 +119,7 @@ def _fns(items, draw, calls):
 
 def test_fid_evaluator_resumes_and_caches_reference_stats(coco, tmp_path, monkeypatch):
   monkeypatch.setattr(fid, "InceptionFeatures", MeanColour)
+  monkeypatch.setattr(fid, "CHUNK", 4)  # features are kept per chunk of 4 images
   items = eval_sets.load_eval_set(coco)
   ev = fid.Evaluator(
     dataset=coco, inception_weights=str(tmp_path / "w.pth"), image_size=32, batch_size=4, guidance_scale=2
@@ -126,11 +129,13 @@ def test_fid_evaluator_resumes_and_caches_reference_stats(coco, tmp_path, monkey
   perfect = ev.run(_fns(items, truth, calls), 0, out_dir=tmp_path / "gen")
   assert abs(perfect["fid"]) < 1e-6 and perfect["samples"] == 6 and calls == [(0, 4), (4, 2)]
   assert len(list((tmp_path / "fid_stats").glob("coco_captions-6-32px-*__mean-colour.npz"))) == 1
+  assert MeanColour.seen == 12  # the reference set and the generated images
   noise = lambda it, seed: np.random.default_rng(seed).integers(0, 256, (64, 64, 3), np.uint8)
   (tmp_path / "gen" / "001.png").unlink()  # a killed run: only the missing image is drawn again
   calls.clear()
   again = ev.run(_fns(items, noise, calls), 0, out_dir=tmp_path / "gen")
-  assert calls == [(1, 1)] and 0 < again["fid"]
+  assert calls == [(1, 1)] and 0 < again["fid"] and MeanColour.seen == 12 + 4  # only its chunk is scored again
+  assert ev.run(_fns(items, noise, calls), 0, out_dir=tmp_path / "gen") == again and MeanColour.seen == 16
   assert ev.run(_fns(items, noise, []), 0, out_dir=tmp_path / "noise")["fid"] > 10 * again["fid"]
 
 

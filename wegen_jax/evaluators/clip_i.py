@@ -12,7 +12,6 @@ and `samples` (items whose images exist; GILL skips the others too).
 
 from __future__ import annotations
 
-import numpy as np
 
 from wegen_jax.data.eval_sets import load_eval_set, load_rgb
 from wegen_jax.evaluators import require_predict_fns
@@ -37,14 +36,11 @@ class Evaluator:
     clip = CLIPFeatures(self.clip)
     prompts = _Prompts(items, self.options)
     gen = predict_fns["generate_images"]
-    scores = []
-    with generated_images(gen, prompts, out_dir, seed=self.seed, batch_size=self.batch_size) as image_of:
-      for start in range(0, len(items), CHUNK):
-        idx = range(start, min(len(items), start + CHUNK))
-        generated = clip.images([image_of(i) for i in idx])
-        truth = clip.images([load_rgb(items[i].target) for i in idx])
-        scores.append((generated * truth).sum(-1))
-    return {"clip_i": float(np.concatenate(scores).mean()), "samples": len(items)}
+    with generated_images(gen, prompts, out_dir, seed=self.seed, batch_size=self.batch_size) as generated:
+      truth = lambda idx: clip.images([load_rgb(items[i].target) for i in idx])
+      cosines = lambda idx: (clip.images([generated(i) for i in idx]) * truth(idx)).sum(-1)
+      scores = generated.scored(f"clip_i {self.clip} {self.dataset}", cosines, CHUNK)
+    return {"clip_i": float(scores.mean()), "samples": len(items)}
 
 
 class _Prompts:

@@ -10,7 +10,6 @@ what GoT reports (Emu-Edit CLIP-T 0.276); CLIPScore papers print 100x or 2.5x ma
 
 from __future__ import annotations
 
-import numpy as np
 
 from wegen_jax.data.eval_sets import load_eval_set
 from wegen_jax.evaluators import require_predict_fns
@@ -36,11 +35,9 @@ class Evaluator:
     options = {} if self.guidance is None else {"guidance_scale": float(self.guidance)}
     prompts = [{"text": it.text, "options": options} for it in items]
     gen = predict_fns["generate_images"]
-    scores = []
-    with generated_images(gen, prompts, out_dir, seed=self.seed, batch_size=self.batch_size) as image_of:
-      for start in range(0, len(items), CHUNK):
-        idx = range(start, min(len(items), start + CHUNK))
-        image = clip.images([image_of(i) for i in idx])
-        text = clip.texts([items[i].text for i in idx])
-        scores.append((image * text).sum(-1))
-    return {"clip_t": float(np.concatenate(scores).mean()), "samples": len(items)}
+    with generated_images(gen, prompts, out_dir, seed=self.seed, batch_size=self.batch_size) as generated:
+      cosines = lambda idx: (clip.images([generated(i) for i in idx]) * clip.texts([items[i].text for i in idx])).sum(
+        -1
+      )
+      scores = generated.scored(f"clip_t {self.clip} {self.dataset}", cosines, CHUNK)
+    return {"clip_t": float(scores.mean()), "samples": len(items)}

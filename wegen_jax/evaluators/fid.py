@@ -46,14 +46,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
   return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
-def features_of(extract, count: int, image_of, size: int) -> np.ndarray:
-  out = []
-  for start in range(0, count, CHUNK):
-    chunk = [
-      clean_resize(center_square(image_of(i)), size, quantize=True) for i in range(start, min(count, start + CHUNK))
-    ]
-    out.append(extract(chunk))
-  return np.concatenate(out)
+def features_of(extract, indices, image_of, size: int) -> np.ndarray:
+  """Features of the images at `indices`, centre-cropped square and resized to `size` as uint8."""
+  return extract([clean_resize(center_square(image_of(i)), size, quantize=True) for i in indices])
 
 
 def reference_stats(extract, items, size: int, stats_dir: Path, dataset: dict):
@@ -64,7 +59,9 @@ def reference_stats(extract, items, size: int, stats_dir: Path, dataset: dict):
   if path.is_file():
     with np.load(path) as z:
       return z["mu"], z["sigma"]
-  mu, sigma = statistics(features_of(extract, len(items), lambda i: load_rgb(items[i].target), size))
+  image_of = lambda i: load_rgb(items[i].target)
+  chunks = [range(s, min(len(items), s + CHUNK)) for s in range(0, len(items), CHUNK)]
+  mu, sigma = statistics(np.concatenate([features_of(extract, idx, image_of, size) for idx in chunks]))
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp.npz")
   np.savez(tmp, mu=mu, sigma=sigma, count=len(items))
@@ -92,6 +89,8 @@ class Evaluator:
     options = {} if self.guidance is None else {"guidance_scale": float(self.guidance)}
     prompts = [{"text": it.text, "options": options} for it in items]
     gen = predict_fns["generate_images"]
-    with generated_images(gen, prompts, out_dir, seed=self.seed, batch_size=self.batch_size) as image_of:
-      mu, sigma = statistics(features_of(extract, len(items), image_of, self.size))
+    with generated_images(gen, prompts, out_dir, seed=self.seed, batch_size=self.batch_size) as generated:
+      tag = f"fid {extract.name} {self.size}"
+      features = generated.scored(tag, lambda idx: features_of(extract, idx, generated, self.size), CHUNK)
+    mu, sigma = statistics(features)
     return {"fid": frechet_distance(mu, sigma, mu_ref, sigma_ref), "samples": len(items)}

@@ -70,9 +70,9 @@ class Evaluator:
     prompts = [{"text": prompt} for _, prompt, _, _ in items]
     gen = predict_fns["generate_images"]
     hits = {t: [] for t in self.tasks}
-    with generated_images(gen, prompts, out_dir, seed=self.seed, batch_size=self.batch_size) as image_of:
+    with generated_images(gen, prompts, out_dir, seed=self.seed, batch_size=self.batch_size) as generated:
       for i, (task, _, _, objects) in enumerate(items):
-        image = resize_uint8(image_of(i), (self.size, self.size))
+        image = resize_uint8(generated(i), (self.size, self.size))
         hits[task].append(score(task, image, objects, self.min_area))
     out = {t: float(np.mean(h)) for t, h in hits.items()}
     return {**out, "overall": float(np.mean(list(out.values()))), "samples": len(items)}

@@ -4,6 +4,7 @@ them, and a killed evaluation reuses those already written (nothing is generated
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -91,11 +92,51 @@ def ensure_images(
     for i, image in zip(batch, images):
       _write(image_path(out_dir, i), image)
     made += len(batch)
-  if pc > 1 and process_count is None:  # every slice must be on the (shared) disk before scoring
+  if process_count is None:  # every slice must be on the (shared) disk before scoring
+    _barrier(f"eval images {out_dir}")
+  return made
+
+
+def _barrier(name: str) -> None:
+  import jax
+
+  if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
-    multihost_utils.sync_global_devices(f"eval images {out_dir}")
-  return made
+    multihost_utils.sync_global_devices(name)
+
+
+class Generated:
+  """An evaluation's generated images (out_dir/NNN.png): `self(i)` reads image i; `scored`
+  computes per-chunk results from them once (resumable, split over processes)."""
+
+  def __init__(self, out_dir: str | Path, count: int):
+    self.out_dir, self.count = Path(out_dir), count
+
+  def __call__(self, i: int) -> np.ndarray:
+    return read_image(image_path(self.out_dir, i))
+
+  def scored(self, tag: str, compute: Callable[[range], np.ndarray], chunk: int = 256) -> np.ndarray:
+    """compute(indices) over chunks of the images, concatenated. Chunk k is computed by process
+    k % process_count and kept in out_dir/scores/, keyed by `tag` (what computes it) and the
+    chunk's files (name, size, mtime): a resumed evaluation computes only chunks whose images it
+    has not scored (a regenerated image invalidates its chunk). Every process returns them all."""
+    import jax
+
+    folder = self.out_dir / "scores"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, start in enumerate(range(0, self.count, chunk)):
+      idx = range(start, min(self.count, start + chunk))
+      files = [image_path(self.out_dir, i) for i in idx]
+      key = hashlib.sha1(repr((tag, [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])).encode())
+      paths.append(folder / f"{start:06d}-{key.hexdigest()[:16]}.npy")
+      if k % jax.process_count() == jax.process_index() and not paths[-1].is_file():
+        tmp = paths[-1].with_suffix(".tmp.npy")
+        np.save(tmp, np.asarray(compute(idx)))
+        tmp.replace(paths[-1])
+    _barrier(f"eval scores {self.out_dir} {tag}")
+    return np.concatenate([np.load(p) for p in paths])
 
 
 @contextlib.contextmanager
@@ -106,9 +147,9 @@ def generated_images(
   *,
   seed: int = 0,
   batch_size: int | None = None,
-) -> Iterator[Callable[[int], np.ndarray]]:
+) -> Iterator[Generated]:
   """Generates (sharded over processes, resumable: `ensure_images`) image i of prompt i with
-  seed + i, then yields a reader i -> uint8 image. batch_size: prompts per generate_images call
+  seed + i, then yields them as a `Generated`. batch_size: prompts per generate_images call
   (default: the local device count, one prompt per device). out_dir None: a temporary folder."""
   import jax
 
@@ -124,4 +165,4 @@ def generated_images(
       lambda idx: generate_images([prompts[i] for i in idx], rng_seed=seed + idx[0]),
       batch_size=batch_size,
     )
-    yield lambda i: read_image(image_path(out_dir, i))
+    yield Generated(out_dir, len(prompts))
