@@ -78,7 +78,8 @@ def ensure_images(
   pc = jax.process_count() if process_count is None else process_count
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  todo = [i for i in process_slice(count, pi, pc) if read_image(image_path(out_dir, i)) is None]
+  # writes are atomic, so a file under its final name is complete: no need to decode 30k PNGs here
+  todo = [i for i in process_slice(count, pi, pc) if not image_path(out_dir, i).is_file()]
   batches, made = [], 0
   for i in todo:  # runs of consecutive missing indices, at most batch_size long
     if batches and batches[-1][-1] == i - 1 and len(batches[-1]) < batch_size:
@@ -114,7 +115,12 @@ class Generated:
     self.out_dir, self.count = Path(out_dir), count
 
   def __call__(self, i: int) -> np.ndarray:
-    return read_image(image_path(self.out_dir, i))
+    image = read_image(image_path(self.out_dir, i))
+    if image is None:
+      raise FileNotFoundError(
+        f"{image_path(self.out_dir, i)} is missing or unreadable: rerun the evaluation to draw it"
+      )
+    return image
 
   def scored(self, tag: str, compute: Callable[[range], np.ndarray], chunk: int = 256) -> np.ndarray:
     """compute(indices) over chunks of the images, concatenated. Chunk k is computed by process
