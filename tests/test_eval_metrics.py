@@ -208,3 +208,19 @@ def test_clip_i_scores_the_ground_truth_as_one(tiny_clip, coco, tmp_path):
   assert truth["clip_i"] == pytest.approx(1.0, abs=1e-5)
   shuffled = ev.run(_fns(items, lambda it, s: eval_sets.load_rgb(items[(items.index(it) + 1) % 6].target), []), 0)
   assert shuffled["clip_i"] < 0.999
+
+
+def test_inception_features_preprocess_as_clean_fid():
+  from flax import nnx
+
+  from wegen_jax.evaluators.image_features import InceptionFeatures
+
+  class MeanPixel(nnx.Module):  # stand-in network: what reaches it is what is checked
+    def __call__(self, x):
+      assert x.shape[1:] == (299, 299, 3)
+      return x.mean((1, 2))
+
+  images = [RNG.integers(0, 256, (30 + 5 * k, 40, 3), np.uint8) for k in range(3)]
+  got = InceptionFeatures(None, batch_size=2, model=MeanPixel())(images)  # a padded second batch
+  want = [((clean_resize(im, 299, quantize=False) - 128) / 128).mean((0, 1)) for im in images]
+  np.testing.assert_allclose(got, want, atol=1e-5)
