@@ -14,7 +14,8 @@ from wegen_jax import convert
 from wegen_jax.convert.hf_qwen2_5_vl import hf_config
 from wegen_jax.generation import SamplingConfig, generate
 from wegen_jax.layers.paths import param_paths
-from wegen_jax.models.qwen2_5_vl import qwen2_5_vl_config, vision_layout
+from wegen_jax.data.qwen_vl_images import qwen_vl_pixels
+from wegen_jax.models.qwen2_5_vl import image_tokens, qwen2_5_vl_config, vision_layout
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -40,9 +41,8 @@ def _batch(cfg, seed=0):
   """Left-padded rows: text + image + text + image + text; text + image + text; text only."""
   rs = np.random.RandomState(seed)
   grids = _grids(cfg)
-  tokens = [int(t * h * w) // cfg.vision.merge_unit for t, h, w in grids]
+  image = lambda i: image_tokens(cfg, grids)[i]
   text = lambda n: list(rs.randint(1, min(cfg.image_token_id, cfg.vision_start_token_id) - 1, n))
-  image = lambda i: [cfg.vision_start_token_id] + [cfg.image_token_id] * tokens[i] + [cfg.vision_end_token_id]
   rows = [text(3) + image(0) + text(2) + image(1) + text(2), text(2) + image(2) + text(3), text(6)]
   width = max(map(len, rows))
   ids = np.zeros((len(rows), width), np.int64)
@@ -118,6 +118,31 @@ def test_window_layout_splits_and_inverts():
   # every window lies inside one frame
   for w in np.unique(lay.window_segments):
     assert len(np.unique(lay.full_segments[lay.window_segments == w])) == 1
+
+
+def test_image_inputs_match_the_processor():
+  """Resize (PIL bicubic), normalise and patchify as transformers' Qwen2VLImageProcessor (PIL backend)."""
+  from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+  v = CFG.vision
+  factor = v.patch_size * v.spatial_merge_size
+  kw = dict(
+    patch_size=v.patch_size,
+    temporal_patch_size=v.temporal_patch_size,
+    merge_size=v.spatial_merge_size,
+    min_pixels=(2 * factor) ** 2,
+    max_pixels=(6 * factor) ** 2,
+  )
+  rs = np.random.RandomState(0)
+  images = [
+    rs.randint(0, 256, (5 * factor + 3, 3 * factor - 1, 3), np.uint8),
+    rs.randint(0, 256, (9, 40 * factor, 3), np.uint8),
+  ]
+  want = Qwen2VLImageProcessorPil(**kw)(images=list(images), return_tensors="np")
+  pixels, grid = qwen_vl_pixels(images, **kw)
+  np.testing.assert_array_equal(grid, want["image_grid_thw"])
+  np.testing.assert_allclose(pixels, want["pixel_values"], atol=1e-5)
+  assert pixels.shape == (np.prod(grid, axis=1).sum(), v.patch_dim)
 
 
 def test_rope_index_matches_transformers(hf_model, ours):

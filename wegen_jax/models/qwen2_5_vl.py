@@ -315,6 +315,13 @@ def check_image_tokens(input_ids, image_grid_thw, cfg: Qwen2_5_VLConfig) -> None
     )
 
 
+def image_tokens(cfg: Qwen2_5_VLConfig, image_grid_thw) -> list[list[int]]:
+  """Each image's prompt tokens: <|vision_start|>, one image-pad per merged patch, <|vision_end|>."""
+  grid = _concrete_grid(image_grid_thw)
+  pads = [int(t * h * w) // cfg.vision.merge_unit for t, h, w in grid]
+  return [[cfg.vision_start_token_id] + [cfg.image_token_id] * n + [cfg.vision_end_token_id] for n in pads]
+
+
 def splice_features(embeds: jax.Array, input_ids: jax.Array, features: jax.Array, token_id: int) -> jax.Array:
   """Replaces the embeddings at `token_id` positions with `features` rows, in row-major order."""
   mask = input_ids == token_id
