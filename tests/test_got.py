@@ -193,7 +193,7 @@ def test_synthetic_chains_hold_the_ground_truth_boxes():
     patch = ex["target"][y1 : y2 + 1, x1 : x2 + 1].reshape(-1, 3).astype(int)
     assert patch.size and obj.colour in obj.phrase
   edit = synthetic_example(0, seed=0, size=64, edit_fraction=1.0)
-  assert edit["edit"] and edit["source"].shape == (64, 64, 3) and edit["chain"].text().startswith(edit["text"])
+  assert edit["edit"] and edit["source"].shape == (64, 64, 3) and edit["chain"].text().startswith("After the edit: ")
   assert frame_chain({"frames": [{"scene": 0, "objects": []}], "scenes": [{"background": "gray"}]}, 0, 64).objects == []
 
 

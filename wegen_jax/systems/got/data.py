@@ -3,7 +3,7 @@ GoT examples, generated in memory from the record index.
 
 T2I: the caption of a frame -> a chain naming each visible object with its ground-truth box and
 colour -> that frame. Editing: the first frame of a clip and the dynamics sentence to its last
-frame -> a chain (the instruction, then the target's objects and boxes) -> the last frame.
+frame -> a chain (the target's objects and boxes) -> the last frame.
 Every example has fixed shapes (the batch contract of loss.py):
 
   input_ids, labels, segment_ids, positions [L]   prompt + chain + <|im_gen_start|> + 64 im_gen
@@ -58,7 +58,7 @@ def synthetic_example(index: int, seed: int, size: int, edit_fraction: float) ->
     }
   instruction = describe(gt, 0, last)
   chain = frame_chain(gt, last, size)
-  chain = Chain([f"{instruction} Result: {chain.pieces[0]}"] + chain.pieces[1:], chain.objects)
+  chain = Chain([f"After the edit: {chain.pieces[0]}"] + chain.pieces[1:], chain.objects)
   return {"text": instruction, "edit": True, "chain": chain, "target": frames[last], "source": frames[0]}
 
 
@@ -121,9 +121,13 @@ class SyntheticGoTSource:
 
   def __getitem__(self, i):
     d = self.d
-    return encode_example(
-      self.tok, self.example(i), max_len=int(d.max_len), image_size=int(d.image_size), max_boxes=int(d.max_boxes)
+    encode = lambda ex: encode_example(
+      self.tok, ex, max_len=int(d.max_len), image_size=int(d.image_size), max_boxes=int(d.max_boxes)
     )
+    try:
+      return encode(self.example(i))
+    except ValueError:  # a rare long edit instruction: the same record as text-to-image instead
+      return encode(synthetic_example(int(i), self.seed, int(d.render_size), 0.0))
 
 
 def make_dataset(config, split: str, *, seed: int, global_batch: int):

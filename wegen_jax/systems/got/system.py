@@ -13,6 +13,7 @@ import numpy as np
 
 from wegen_jax.generation.sampling import SamplingConfig
 from wegen_jax.systems import base
+from wegen_jax.systems.got import export
 from wegen_jax.systems.got.chain import Chain, chain_box_iou, parse_chain
 from wegen_jax.systems.got.generate import gen_hidden_states, render, write_chains
 from wegen_jax.systems.got.tokenizer import load_tokenizer
@@ -30,6 +31,16 @@ class GoTSystem(base.System):
   def __init__(self, config, model):
     super().__init__(config, model)
     self.tokenizer = load_tokenizer(config.data.get("tokenizer", ""), model.cfg.num_gen_tokens)
+
+  export_layouts = export.LAYOUTS
+
+  def export_pytorch(self, out, *, layout: str, dtype=None) -> list[str]:
+    return export.export(self.model, self.config, out, layout=layout, dtype=dtype)
+
+  @classmethod
+  def import_pytorch(cls, config, src):
+    model = cls.build_model(config)
+    return model, export.import_into(model, src)
 
   def _sampling(self, **overrides) -> SamplingConfig:
     s = self.config.sampling
@@ -79,6 +90,30 @@ class GoTSystem(base.System):
       seed=seed,
       num_steps=num_steps or int(self.config.sampling.num_steps),
     )
+
+  def validation_samples(self, num: int, seed: int = 0) -> list[base.Sample]:
+    """`num` held-out synthetic examples: the chain written and the image drawn from it, with
+    the ground-truth target and the chain's box IoU against the true boxes."""
+    from wegen_jax.systems.got.data import SyntheticGoTSource, to_pixels
+
+    source = SyntheticGoTSource(self.config.data, "validation")
+    size = int(self.config.data.image_size)
+    out = []
+    for i in range(num):
+      ex = source.example(i)
+      request = base.Request(ex["text"], images=(ex["source"],) if ex["edit"] else (), seed=seed)
+      response = self.generate([request])[0]
+      target = to_pixels(ex["target"], size)
+      out.append(
+        base.Sample(
+          text=ex["text"],
+          inputs=list(request.images),
+          target=np.round((np.transpose(target, (1, 2, 0)) + 1) * 127.5).astype(np.uint8),
+          generated=response.images[0],
+          record={"chain": response.text, "box_iou": chain_box_iou(parse_chain(response.text), ex["chain"])},
+        )
+      )
+    return out
 
   def predict_fns(self):
     def generate_images(prompts: list[dict], rng_seed: int = 0):
