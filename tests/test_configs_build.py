@@ -36,6 +36,7 @@ MODEL_SPECS = (
   + [f"configs/wegen.py:size={size},stage={stage}" for size in ("tiny", "7b") for stage in (1, 2, 3)]
   + [f"configs/eval/wegen_dynamics.py:stage={stage}" for stage in (1, 2)]
   + ["configs/eval/wegen_coco.py", "configs/eval/geneval_synthetic.py"]
+  + [f"configs/got.py:size={size},stage={stage}" for size in ("tiny", "3b") for stage in (1, 2)]
 )
 # Configs without a model (curation and the synthetic corpus), with their presets: they only have to load.
 OTHER_SPECS = [f"configs/curate.py{p}" for p in ("", ":preset=synthetic", ":preset=clip", ":preset=vlm")] + [
@@ -183,12 +184,31 @@ def test_config_builds_its_model(specs):
       assert parts["vae"] == SDXL_VAE_PARAMS, parts
     else:
       assert parts["vae"] == 0, parts  # the tiny size folds pixels (PatchAutoencoder): nothing to learn
+  elif config.get("task") == "got":
+    _check_got(get_task(config).model_config, model, total, args["size"])
   else:
     assert isinstance(model, LLM)
     assert total == llm_param_count(LLMConfig(**config.model))
     if args["model"] in KNOWN_LLM_PARAMS:
       assert total == KNOWN_LLM_PARAMS[args["model"]]
   print(f"{'+'.join(map(_short, specs))}: {total:,} parameters, built in {seconds:.2f} s")
+
+
+def _check_got(cfg, model, total, size):
+  """GoT: the LLM's HF count plus LoRA A/B on q, k, v, o, gate, up, down; SSGM 2048 -> 2048 and
+  2048 -> 1280 with biases; SDXL's UNet with conv_in widened from 4 to 12 input channels."""
+  c, r, e = cfg.llm, cfg.lora_rank, cfg.llm.hidden_size
+  q, kv, inter = c.num_heads * c.dim_per_head, c.kv_heads * c.dim_per_head, c.intermediate_size
+  lora = r * ((e + q) * 2 + (e + kv) * 2 + (e + inter) * 3) * c.num_layers
+  parts = {name: _param_count(getattr(model, name)) for name in ("llm", "semantic", "pooled", "unet", "vae")}
+  assert sum(parts.values()) == total, parts
+  assert parts["llm"] == llm_param_count(c) + lora, parts
+  assert parts["semantic"] == e * e + e and parts["pooled"] == e * cfg.pooled_dim + cfg.pooled_dim, parts
+  if size == "3b":
+    assert parts["llm"] - lora == KNOWN_LLM_PARAMS["qwen2_5_vl_3b"], parts
+    assert lora == 59_867_136, lora  # r 32 over 36 layers
+    assert parts["unet"] == SDXL_UNET_PARAMS + 8 * 320 * 3 * 3, parts
+    assert parts["vae"] == SDXL_VAE_PARAMS, parts
 
 
 def test_training_only_fields_do_not_change_the_model():
