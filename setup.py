@@ -2,7 +2,7 @@
 
 The top-level kernels/ and configs/ folders install as `wegen_jax.kernels` and `wegen_jax.configs`.
 Extras: `torch` (PyTorch references and conversion: install torch==2.13.0 CPU first, see
-the Makefile), `dev` (tests), `tpu` (libtpu: the TPU runtime on TPU VMs, and ahead-of-time
+the Makefile), `dev` (tests), `chat` (the Gradio web UI and its Selenium test), `tpu` (libtpu: the TPU runtime on TPU VMs, and ahead-of-time
 TPU compilation on any host for `python -m wegen_jax.tools.aot`), `gpu` (CUDA 12 plugin).
 """
 
@@ -64,6 +64,9 @@ setup(
   extras_require={
     "torch": TORCH,
     "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6"],
+    # the chat's web UI (python -m wegen_jax.chat --web) and its browser test (Selenium drives
+    # the system's Chromium; selenium 4.51+ needs a certifi newer than the registry here has)
+    "chat": ["gradio==6.31.0", "selenium==4.50.0"],
     # jax's own extras, so libtpu / the CUDA plugin match the pinned jaxlib (libtpu 0.0.42.1)
     "tpu": ["jax[tpu]==0.10.2"],
     "gpu": ["jax[cuda12]==0.10.2"],
