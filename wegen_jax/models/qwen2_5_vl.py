@@ -408,7 +408,8 @@ class Qwen2_5_VL(nnx.Module):
     segment_ids = attention_mask if segment_ids is None else segment_ids
     if inputs_embeds is None:
       inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_grid_thw)
-      if positions is None and cache is None:
+      prefill = cache is None or (isinstance(cache_index, int) and cache_index == 0)
+      if positions is None and prefill:  # later decoding steps need rope_deltas: the caller passes positions
         positions = self.get_rope_index(input_ids, image_grid_thw, segment_ids)[0]
     if segment_ids is not None:
       segment_ids = jnp.asarray(segment_ids).astype(jnp.int32)
