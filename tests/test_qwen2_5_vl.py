@@ -238,12 +238,12 @@ def test_missing_files_and_bad_inputs_are_clear(ours, tmp_path):
 
 
 def test_sharded_2x2x2_same_logits(hf_dir, ours):
-  from wegen_jax.parallel import activation_sharding, make_mesh, shard_module
+  from wegen_jax.parallel import activation_sharding, make_mesh
 
   params = param_paths(ours)
   assert all(len(v.get_metadata()["logical_axes"]) == v.get_value().ndim for v in params.values())
   mesh = make_mesh(dict(data=2, fsdp=2, tensor=2))
-  sharded = shard_module(convert.load_hf_qwen2_5_vl(hf_dir), mesh)
+  sharded = convert.load_hf_qwen2_5_vl(hf_dir, mesh=mesh)  # each tensor straight to its sharding
   spec = param_paths(sharded)["visual.blocks.0.attn.q.kernel"].get_value().sharding.spec
   assert any(s is not None for s in spec), spec  # the vision tower is sharded too
   batch = _batch(CFG, seed=3)
