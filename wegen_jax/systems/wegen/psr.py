@@ -94,3 +94,29 @@ def colours_present(image: np.ndarray, prompt: str, tolerance: float = 60.0, min
   pixels = np.asarray(image, np.float32).reshape(-1, 3)
   hits = [np.mean(np.linalg.norm(pixels - np.asarray(COLOURS[c]), axis=1) < tolerance) >= min_fraction for c in colours]
   return float(np.mean(hits))
+
+
+def measure_psr(system, prompts: Sequence[str], num_samples: int = 4, seed: int = 0) -> dict:
+  """PSR on against off for each short prompt, `num_samples` images each (off draws the prompt
+  directly, `force_image`): the images' diversity (mean pairwise distance /255), how many rewrites
+  are distinct and name every object of the prompt, and the share of the prompt's colours found
+  in the images (a coarse image faithfulness)."""
+  from wegen_jax.systems.base import Request
+
+  rows = []
+  for i, prompt in enumerate(prompts):
+    ask = lambda **o: system.generate([Request(prompt, num_samples=num_samples, seed=seed + i, options=o)])[0]
+    on, off = ask(psr=True), ask(psr=False, force_image=True)
+    rewrites = on.extras.get("prompts", [])
+    rows.append(
+      dict(
+        diversity_on=mean_pairwise_distance(on.images),
+        diversity_off=mean_pairwise_distance(off.images),
+        rewrites_distinct=len(set(rewrites)) / max(len(rewrites), 1),
+        rewrites_faithful=float(np.mean([text_faithful(r, prompt) for r in rewrites])) if rewrites else 0.0,
+        colours_on=float(np.mean([colours_present(im, prompt) for im in on.images])) if on.images else 0.0,
+        colours_off=float(np.mean([colours_present(im, prompt) for im in off.images])) if off.images else 0.0,
+      )
+    )
+  out = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]} if rows else {}
+  return dict(out, prompts=len(rows), num_samples=num_samples)
