@@ -4,8 +4,8 @@
 
 size=tiny trains in minutes on a CPU on the embedded synthetic scenes (generated in memory:
 captions -> chains with ground-truth boxes -> 32-px frames; edit instructions on a clip's first
-frame -> its last frame); loss_ce and loss_diffusion fall. size=3b holds the real dimensions:
-Qwen2.5-VL-3B-Instruct's text model (hidden 2048, LoRA r 32 / alpha 32 / dropout 0.05 on
+frame -> its last frame, the MLLM seeing the first); loss_ce and loss_diffusion fall. size=3b holds
+the real dimensions: Qwen2.5-VL-3B-Instruct (frozen vision tower; text model hidden 2048, LoRA r 32 / alpha 32 / dropout 0.05 on
 q, k, v, o, gate, up, down), SSGM 2048 -> 2048 tokens and 2048 -> 1280 pooled, the SDXL-base UNet
 with 12 input channels at 1024 px, the SDXL VAE; fresh runs read local weights, e.g.
   --config.pretrained.llm=/w/Qwen2.5-VL-3B-Instruct --config.pretrained.unet=/w/sdxl/unet
@@ -18,7 +18,7 @@ arg: size=tiny|3b, stage=1|2.
 import ml_collections
 
 from wegen_jax.config_utils import parse_arg
-from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS
+from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS, QWEN_VISION_PRESETS
 from wegen_jax.parallel.sharding import DEFAULT_RULES
 
 _SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json, conv_in widened to 12
@@ -53,6 +53,10 @@ SIZES = {
     model=dict(
       # Qwen's 151936 embedding rows already hold GoT's 66 added tokens (ids 151665..151730)
       llm=dict(LLM_DEFAULTS, **LLM_PRESETS["qwen2_5_vl_3b"], remat="full"),
+      # the frozen vision tower sees the source image of an edit at 448 px: 256 <|image_pad|> tokens
+      vision=dict(QWEN_VISION_PRESETS["qwen2_5_vl_3b"]),
+      vision_image_size=448,
+      image_token_id=151655,
       unet=_SDXL_UNET,
       vae=_SDXL_VAE,
       pooled_dim=1280,
@@ -71,7 +75,11 @@ SIZES = {
   "tiny": dict(
     model=dict(
       # byte-level tokens + Qwen's chat/grounding tokens + GoT's 66: 336 ids
-      llm=dict(LLM_DEFAULTS, **dict(LLM_PRESETS["tiny_qwen"], vocab_size=384, max_position_embeddings=1024)),
+      llm=dict(LLM_DEFAULTS, **dict(LLM_PRESETS["tiny_qwen_vl"], vocab_size=384, max_position_embeddings=1024)),
+      # a 4-block vision tower on 16-px sources: 8x8 patches merged to 16 <|image_pad|> tokens
+      vision=dict(QWEN_VISION_PRESETS["tiny_qwen_vl"]),
+      vision_image_size=16,
+      image_token_id=269,  # <|image_pad|> of the byte-level tokenizer
       unet=dict(
         block_out_channels=[32, 64],
         down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],

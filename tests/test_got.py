@@ -19,6 +19,7 @@ from wegen_jax.systems.got import GoTConfig, System
 from wegen_jax.systems.got.chain import Chain, box_canvases, box_iou, chain_box_iou, parse_chain
 from wegen_jax.systems.got.config import GUIDANCE
 from wegen_jax.systems.got.data import encode_example, frame_chain, synthetic_example
+from wegen_jax.systems.got.generate import gen_hidden_states
 from wegen_jax.systems.got.model import GoT
 from wegen_jax.systems.got.task import GoTTask, is_trainable
 from wegen_jax.systems.got.tokenizer import load_tokenizer
@@ -91,8 +92,9 @@ def short_examples(n=2):
 def make_batch(config, n=2):
   tok = load_tokenizer("")
   d = config.data
+  cfg = GoTConfig.from_dict(config.model)
   rows = [
-    encode_example(tok, ex, max_len=d.max_len, image_size=d.image_size, max_boxes=d.max_boxes)
+    encode_example(tok, ex, max_len=d.max_len, image_size=d.image_size, max_boxes=d.max_boxes, model_cfg=cfg)
     for ex in short_examples(n)
   ]
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
@@ -215,6 +217,13 @@ def test_generate_chain_then_image_and_edited_chain(setup):
   b = system.generate([Request("move it", images=(source,), options={"chain": edited}, seed=1)])[0]
   assert a.text == CHAIN and b.text == edited.text()
   assert np.abs(a.images[0].astype(int) - b.images[0].astype(int)).max() > 0  # the box steers the image
+  # editing prompts carry the source at <|image_pad|> tokens: the MLLM's hidden states see it
+  prompt = system.prompt(Request("move it", images=(source,)))
+  assert prompt.count("<|image_pad|>") == cfg.vision_tokens == 16
+  h = [
+    np.asarray(gen_hidden_states(model, system.tokenizer, [prompt], [CHAIN], [img])) for img in (source, 255 - source)
+  ]
+  assert np.abs(h[0] - h[1]).max() > 1e-4
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -1,5 +1,5 @@
-"""GoT's release layout (systems/got/export.py): the exported MLLM (LoRA merged) loads in
-transformers with the same logits, the UNet in diffusers with 3 x latent input channels, the SSGM
+"""GoT's release layout (systems/got/export.py): the exported MLLM (Qwen2.5-VL, LoRA merged) loads
+in transformers with the same logits, the UNet in diffusers with 3 x latent input channels, the SSGM
 as the authors' Linear layers; importing the folders back gives the same model function."""
 
 import jax
@@ -32,7 +32,7 @@ def test_export_loads_in_pytorch(exported):
   config, model, out, parts = exported
   assert parts == ["mllm", "unet", "ssgm"]
   ids = np.random.default_rng(0).integers(0, 336, (1, 12))
-  hf = transformers.AutoModelForCausalLM.from_pretrained(out / "mllm").eval()
+  hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "mllm").eval()
   with torch.no_grad():
     theirs = hf(torch.as_tensor(ids)).logits.numpy()
   ours = np.asarray(model.llm(jnp.asarray(ids, jnp.int32)))
@@ -57,6 +57,8 @@ def test_import_back_is_the_same_function(exported):
   ids = jnp.asarray(np.random.default_rng(1).integers(0, 336, (2, 10)), jnp.int32)
   np.testing.assert_allclose(np.asarray(back.llm(ids)), np.asarray(model.llm(ids)), atol=2e-5)
   assert all(not np.asarray(layer.lora_b[...]).any() for layer in lora_layers(back.llm))
+  vis = lambda m: [np.asarray(v.get_value()) for _, v in nnx.to_flat_state(nnx.state(m.visual, nnx.Param))]
+  assert all(np.array_equal(x, y) for x, y in zip(vis(back), vis(model), strict=True))
   assert np.asarray(lora_layers(back.llm)[0].lora_a[...]).std() > 0  # adapters can train again
   for name in ("semantic", "pooled"):
     np.testing.assert_array_equal(

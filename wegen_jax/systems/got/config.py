@@ -11,6 +11,7 @@ from wegen_jax.diffusion.guidance import MultiBranch
 from wegen_jax.diffusion.schedulers import scheduler_from_config
 from wegen_jax.models.llm import LLMConfig
 from wegen_jax.models.patch_autoencoder import PatchAutoencoderConfig
+from wegen_jax.models.qwen2_5_vl import QwenVisionConfig
 from wegen_jax.models.unet import UNetConfig
 from wegen_jax.models.vae import VAEConfig
 from wegen_jax.systems.wegen.config import SDXL_SCHEDULER, _autoencoder_config, _plain
@@ -26,6 +27,11 @@ class GoTConfig:
   llm: LLMConfig
   unet: UNetConfig  # in_channels = 3 x latent channels: [noisy | reference | spatial]
   vae: VAEConfig | PatchAutoencoderConfig
+  # Qwen2.5-VL's vision tower (frozen): editing shows the MLLM the source image, resized to
+  # vision_image_size (448 -> 256 tokens), at its <|image_pad|> tokens (image_token_id). None: text only.
+  vision: QwenVisionConfig | None = None
+  vision_image_size: int = 448
+  image_token_id: int = 151655
   num_gen_tokens: int = 64
   pooled_dim: int = 1280  # SDXL's pooled text_embeds width
   lora_rank: int = 32  # 0: no LoRA (the whole LLM trains)
@@ -65,6 +71,14 @@ class GoTConfig:
         f"{self.unet.projection_class_embeddings_input_dim}"
       )
 
+  @property
+  def vision_tokens(self) -> int:
+    """<|image_pad|> tokens of one source image (0 without a vision tower)."""
+    if self.vision is None:
+      return 0
+    side = self.vision_image_size // self.vision.patch_size
+    return side * side // self.vision.merge_unit
+
   def train_noise_scheduler(self):
     return scheduler_from_config(dict(dict(self.train_scheduler) or GOT_SCHEDULER, _class_name="DDPMScheduler"))
 
@@ -81,9 +95,11 @@ class GoTConfig:
     if "attention_impl" in d:
       extra["attention_impl"] = d["attention_impl"]
     llm_extra = dict(extra, **({"scan_layers": d["scan_layers"]} if "scan_layers" in d else {}))
-    names = {f.name for f in dataclasses.fields(cls)} - {"llm", "unet", "vae"}
+    names = {f.name for f in dataclasses.fields(cls)} - {"llm", "unet", "vae", "vision"}
+    vision = d.get("vision") or None
     return cls(
       llm=LLMConfig(**{**d["llm"], **llm_extra}),
+      vision=None if vision is None else QwenVisionConfig(**{**vision, **extra}),
       unet=unet_config_from_diffusers(d["unet"], **extra, remat=bool(d.get("unet_remat", False))),
       vae=_autoencoder_config(d["vae"], dtype, d.get("attention_impl")),
       **{k: v for k, v in d.items() if k in names},

@@ -12,6 +12,8 @@ Every example has fixed shapes (the batch contract of loss.py):
   gen_positions [64]                               where the 64 im_gen tokens sit
   target, source [3, V, V]                         in [-1, 1]; source black for T2I
   canvases [NB, 3, V, V], canvas_valid [NB]        one box canvas per object (a black one if none)
+  source_patches [N, C*T*P*P]                      with a vision tower: the source as Qwen2.5-VL
+                                                   patches (black for T2I, whose prompt has no image)
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from __future__ import annotations
 import grain
 import numpy as np
 
+from wegen_jax.data.image_preprocess import resize_uint8
 from wegen_jax.data.loader import process_batches
+from wegen_jax.data.qwen_vl_images import qwen_vl_pixels
 from wegen_jax.data.synthetic import ClipSpec, caption, describe, generate_clip
 from wegen_jax.systems.got.chain import Chain, ChainObject, box_canvases, pixel_box_to_chain
 from wegen_jax.systems.got.tokenizer import GoTTokenizer, load_tokenizer
@@ -72,8 +76,27 @@ def to_pixels(image: np.ndarray | None, size: int) -> np.ndarray:
   return np.transpose(image.astype(np.float32) / 127.5 - 1.0, (2, 0, 1))
 
 
-def encode_example(tok: GoTTokenizer, ex: dict, *, max_len: int, image_size: int, max_boxes: int) -> dict:
-  prompt = tok.encode(tok.prompt_text(ex["text"], ex["edit"]))
+def source_patches(image: np.ndarray | None, vision, size: int) -> np.ndarray:
+  """The source image (None: black) resized to size x size as Qwen2.5-VL patches [N, C*T*P*P]."""
+  image = np.zeros((size, size, 3), np.uint8) if image is None else resize_uint8(np.asarray(image), (size, size))
+  patches, _ = qwen_vl_pixels(
+    [image],
+    patch_size=vision.patch_size,
+    temporal_patch_size=vision.temporal_patch_size,
+    merge_size=vision.spatial_merge_size,
+    resize=False,
+  )
+  return patches
+
+
+def encode_example(
+  tok: GoTTokenizer, ex: dict, *, max_len: int, image_size: int, max_boxes: int, model_cfg=None
+) -> dict:
+  """One example in the batch contract; model_cfg (a GoTConfig) with a vision tower adds the
+  source image to editing prompts and `source_patches`."""
+  vision = None if model_cfg is None else model_cfg.vision
+  image_tokens = model_cfg.vision_tokens if vision is not None else 0
+  prompt = tok.encode(tok.prompt_text(ex["text"], ex["edit"], image_tokens=image_tokens))
   chain = tok.encode(ex["chain"].text())
   ids = prompt + chain + tok.image_block() + [tok.gen_end_id, tok.im_end_id]
   if len(ids) > max_len:
@@ -101,14 +124,16 @@ def encode_example(tok: GoTTokenizer, ex: dict, *, max_len: int, image_size: int
   canvases[: max(len(objects), 1)] = box_canvases(objects, image_size, image_size)
   out["canvases"] = canvases
   out["canvas_valid"] = np.arange(max_boxes) < max(len(objects), 1)
+  if vision is not None:
+    out["source_patches"] = source_patches(ex["source"], vision, model_cfg.vision_image_size)
   return out
 
 
 class SyntheticGoTSource:
   """Random access to encoded synthetic GoT examples (a Grain source)."""
 
-  def __init__(self, data, split: str):
-    self.d = data
+  def __init__(self, data, split: str, model_cfg=None):
+    self.d, self.model_cfg = data, model_cfg
     self.tok = load_tokenizer(data.get("tokenizer", ""))
     self.seed = int(data.seed) + (0 if split == "train" else 1_000_003)
     self.size = int(data.num_records if split == "train" else data.get("num_validation", 32))
@@ -122,7 +147,12 @@ class SyntheticGoTSource:
   def __getitem__(self, i):
     d = self.d
     encode = lambda ex: encode_example(
-      self.tok, ex, max_len=int(d.max_len), image_size=int(d.image_size), max_boxes=int(d.max_boxes)
+      self.tok,
+      ex,
+      max_len=int(d.max_len),
+      image_size=int(d.image_size),
+      max_boxes=int(d.max_boxes),
+      model_cfg=self.model_cfg,
     )
     try:
       return encode(self.example(i))
@@ -131,14 +161,21 @@ class SyntheticGoTSource:
 
 
 def make_dataset(config, split: str, *, seed: int, global_batch: int):
-  source = SyntheticGoTSource(config.data, split)
+  from wegen_jax.systems.got.config import GoTConfig
+
+  source = SyntheticGoTSource(config.data, split, GoTConfig.from_dict(config.model))
   return process_batches(grain.MapDataset.source(source).shuffle(seed=seed), global_batch)
 
 
-def empty_example(data) -> dict:
+def empty_example(data, model_cfg=None) -> dict:
   """One example's fields at their fixed shapes (for batch_spec)."""
   v, nb, length = int(data.image_size), int(data.max_boxes), int(data.max_len)
-  return {
+  extra = {}
+  if model_cfg is not None and model_cfg.vision is not None:
+    vis = model_cfg.vision
+    n = (model_cfg.vision_image_size // vis.patch_size) ** 2
+    extra["source_patches"] = np.zeros((n, vis.patch_dim), np.float32)
+  return extra | {
     "input_ids": np.zeros(length, np.int32),
     "labels": np.zeros(length, np.int32),
     "segment_ids": np.zeros(length, np.int32),

@@ -1,7 +1,8 @@
 """GoT in the authors' release layout and back (`python -m wegen_jax.convert export|import`).
 
-  OUT/mllm/        HF Qwen2 folder of the MLLM's text model, LoRA merged into the base kernels
-                   (AutoModelForCausalLM loads it; GoT's 66 tokens are rows of its embeddings)
+  OUT/mllm/        HF Qwen2.5-VL folder (Qwen2_5_VLForConditionalGeneration; a Qwen2 causal LM when
+                   the model has no vision tower), LoRA merged into the base kernels (GoT's 66
+                   tokens are rows of its embeddings)
                    + tokenizer.json when the run names one
   OUT/unet/        diffusers UNet2DConditionModel folder, in_channels 12 ([noisy | reference | spatial])
   OUT/ssgm/        model.safetensors: output_projector.projector.{weight,bias} (2048 -> 2048, the
@@ -24,6 +25,7 @@ import numpy as np
 from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict, save_state_dict, write_json_config
 from wegen_jax.convert.diffusers import fill_diffusers_unet, fill_diffusers_vae, save_diffusers_unet, save_diffusers_vae
 from wegen_jax.convert.hf_llm import fill_hf_llm, save_hf_llm
+from wegen_jax.convert.hf_qwen2_5_vl import fill_hf_qwen2_5_vl, save_hf_qwen2_5_vl
 from wegen_jax.layers.lora import lora_layers, lora_unwrapped
 from wegen_jax.models.vae import AutoencoderKL
 
@@ -45,7 +47,10 @@ def export(model, config, out: Path, *, layout: str = "authors", dtype=None) -> 
     raise CheckpointError(f"--layout {layout!r}: GoT exports {', '.join(LAYOUTS)}")
   out = Path(out)
   with lora_unwrapped(model.llm, merged=True):
-    save_hf_llm(model.llm, out / "mllm", dtype=dtype)
+    if model.visual is not None:
+      save_hf_qwen2_5_vl(model.qwen_vl_view(), out / "mllm", dtype=dtype)
+    else:
+      save_hf_llm(model.llm, out / "mllm", dtype=dtype)
   tokenizer = config.data.get("tokenizer", "")
   if tokenizer:
     from wegen_jax.systems.got.tokenizer import load_tokenizer
@@ -76,7 +81,10 @@ def import_into(model, src: Path) -> list[str]:
     if not (src / part).is_dir():
       raise CheckpointError(f"{src / part} does not exist: a GoT export has mllm/, unet/ and ssgm/ folders")
   with lora_unwrapped(model.llm):
-    fill_hf_llm(model.llm, src / "mllm")
+    if model.visual is not None:
+      fill_hf_qwen2_5_vl(model.qwen_vl_view(), read_state_dict(src / "mllm"), source=str(src / "mllm"))
+    else:
+      fill_hf_llm(model.llm, src / "mllm")
   # fresh adapters on the merged weights (A as at init, B zero): the same function, trainable again
   for i, layer in enumerate(lora_layers(model.llm)):
     a, b = layer.lora_a.get_value(), layer.lora_b.get_value()

@@ -14,7 +14,6 @@ A caller with a chain already (interactive editing) starts at step 2.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import jax
@@ -27,26 +26,35 @@ from wegen_jax.generation.decode import generate as decode, left_pad
 from wegen_jax.generation.sampling import SamplingConfig
 from wegen_jax.systems.got.chain import Chain, box_canvases
 from wegen_jax.systems.got.config import GUIDANCE
-from wegen_jax.systems.got.data import to_pixels
+from wegen_jax.systems.got.data import source_patches, to_pixels
 from wegen_jax.systems.got.tokenizer import GoTTokenizer
 
 
-@contextlib.contextmanager
-def _text_rope(llm):
-  """Text-only rows: M-RoPE with the same index on its three axes is 1-D RoPE, which the decode
-  loop's [B, T] positions drive (the VL model's decoding brings its own 3-D positions)."""
-  cfg = llm.cfg
-  if cfg.mrope_section is not None:
-    llm.cfg = cfg.replace(mrope_section=None)
-  try:
-    yield
-  finally:
-    llm.cfg = cfg
+def _patches(model, sources, batch: int):
+  """[B, N, C*T*P*P] source patches for the vision tower (None without one)."""
+  if model.visual is None:
+    return None
+  sources = sources if sources is not None else [None] * batch
+  cfg = model.cfg
+  return jnp.asarray(np.stack([source_patches(s, cfg.vision, cfg.vision_image_size) for s in sources]))
 
 
-def write_chains(model, tok: GoTTokenizer, prompts: Sequence[str], sampling: SamplingConfig, seed: int = 0):
-  """Chat prompts -> the chains' texts (up to, not including, `<|im_gen_start|>`)."""
+@nnx.jit
+def _prompt_inputs(model, ids, mask, patches):
+  return model.prompt_inputs(ids, mask, patches)
+
+
+def write_chains(
+  model, tok: GoTTokenizer, prompts: Sequence[str], sampling: SamplingConfig, seed: int = 0, sources=None
+):
+  """Chat prompts (with their source images, None for T2I) -> the chains' texts (up to, not
+  including, `<|im_gen_start|>`)."""
   ids, mask = left_pad([tok.encode(p) for p in prompts], tok.pad_id)
+  patches = _patches(model, sources, len(prompts))
+  extra = {}
+  if patches is not None:
+    embeds, positions = _prompt_inputs(model, jnp.asarray(ids), jnp.asarray(mask), patches)
+    extra = dict(inputs_embeds=embeds, positions=positions)
   sampling = SamplingConfig(
     max_new_tokens=sampling.max_new_tokens,
     temperature=sampling.temperature,
@@ -55,8 +63,7 @@ def write_chains(model, tok: GoTTokenizer, prompts: Sequence[str], sampling: Sam
     stop_tokens=(tok.gen_start_id, tok.eos_id, tok.im_end_id),
     pad_token=tok.pad_id,
   )
-  with _text_rope(model.llm):
-    out = decode(model.llm, ids, attention_mask=mask, sampling=sampling, rng=jax.random.key(seed))
+  out = decode(model.llm, ids, attention_mask=mask, sampling=sampling, rng=jax.random.key(seed), **extra)
   tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
   chains = []
   for row, n in zip(tokens, lengths):
@@ -68,16 +75,19 @@ def write_chains(model, tok: GoTTokenizer, prompts: Sequence[str], sampling: Sam
 
 
 @nnx.jit
-def _gen_hidden(llm_owner, ids, positions, segment_ids):
-  return llm_owner.mllm(ids, positions, segment_ids).hidden_states[:, -llm_owner.cfg.num_gen_tokens :]
+def _gen_hidden(model, ids, positions, segment_ids, patches):
+  return model.mllm(ids, positions, segment_ids, patches).hidden_states[:, -model.cfg.num_gen_tokens :]
 
 
-def gen_hidden_states(model, tok: GoTTokenizer, prompts: Sequence[str], chains: Sequence[str]) -> jax.Array:
+def gen_hidden_states(
+  model, tok: GoTTokenizer, prompts: Sequence[str], chains: Sequence[str], sources=None
+) -> jax.Array:
   """The last hidden states at the 64 im_gen positions [B, 64, E] after prompt + chain."""
   rows = [tok.encode(p) + tok.encode(c) + tok.image_block() for p, c in zip(prompts, chains)]
   ids, mask = left_pad(rows, tok.pad_id)
   positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
-  return _gen_hidden(model, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask))
+  patches = _patches(model, sources, len(rows))
+  return _gen_hidden(model, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask), patches)
 
 
 @nnx.jit

@@ -28,7 +28,7 @@ def got_loss(model, batch, rng):
   cfg = model.cfg
   k_drop, k_lora, k_vae, k_noise = jax.random.split(rng, 4)
   with lora_dropout(model.llm, k_lora):
-    out = model.mllm(batch["input_ids"], batch["positions"], batch["segment_ids"])
+    out = model.mllm(batch["input_ids"], batch["positions"], batch["segment_ids"], batch.get("source_patches"))
   ce, _ = cross_entropy(out.logits, batch["labels"])
 
   b = batch["input_ids"].shape[0]

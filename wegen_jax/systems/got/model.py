@@ -3,21 +3,24 @@ UNet with 12 input channels, and the frozen VAE.
 
 Attribute names are the optimizer groups: `llm`, `semantic` (Linear E -> E: the UNet's 64
 cross-attention tokens), `pooled` (Linear E -> 1280, averaged over the 64 tokens: SDXL's
-text_embeds), `unet`, `vae`. The MLLM is the text model of Qwen2.5-VL (models/llm.py); its
-vision tower joins when models/qwen2_5_vl.py lands (editing then also shows the MLLM the source
-image; here the source reaches the UNet as the reference latent only).
+text_embeds), `unet`, `vae`, `visual`. The MLLM is Qwen2.5-VL (models/qwen2_5_vl.py): its text model `llm`
+(models/llm.py, LoRA-wrapped) and, when configured, its frozen vision tower `visual`, whose
+features replace the <|image_pad|> embeddings of the source image in editing prompts (with
+M-RoPE image positions); the source also reaches the UNet as the reference latent.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from wegen_jax.layers import Dense
 from wegen_jax.layers.lora import apply_lora
 from wegen_jax.models.llm import LLM
 from wegen_jax.models.patch_autoencoder import PatchAutoencoder, PatchAutoencoderConfig
+from wegen_jax.models.qwen2_5_vl import Qwen2_5_VL, Qwen2_5_VLConfig, QwenVisionTransformer, get_rope_index
 from wegen_jax.models.unet import UNet2DConditionModel
 from wegen_jax.models.vae import AutoencoderKL
 from wegen_jax.systems.got.config import GoTConfig
@@ -29,6 +32,7 @@ class GoT(nnx.Module):
     e = cfg.llm.hidden_size
     kw = dict(use_bias=True, dtype=jnp.dtype(cfg.llm.dtype), param_dtype=jnp.dtype(cfg.llm.param_dtype), rngs=rngs)
     self.llm = LLM(cfg.llm, rngs=rngs)
+    self.visual = QwenVisionTransformer(cfg.vision, rngs=rngs) if cfg.vision is not None else None
     if cfg.lora_rank:
       apply_lora(
         self.llm, cfg.lora_targets, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, rngs=rngs
@@ -39,10 +43,39 @@ class GoT(nnx.Module):
     autoencoder = PatchAutoencoder if isinstance(cfg.vae, PatchAutoencoderConfig) else AutoencoderKL
     self.vae = autoencoder(cfg.vae, rngs=rngs)
 
-  def mllm(self, input_ids, positions=None, segment_ids=None):
-    """LLMOutput of the MLLM on token rows (M-RoPE text positions: the same index on t, h, w)."""
-    if positions is not None and self.cfg.llm.mrope_section is not None and positions.ndim == 2:
-      positions = jnp.broadcast_to(positions[None], (3,) + positions.shape)
+  def vision_grid(self, num_images: int):
+    side = self.cfg.vision_image_size // self.cfg.vision.patch_size
+    return np.tile(np.asarray([[1, side, side]], np.int64), (num_images, 1))
+
+  def prompt_inputs(self, input_ids, segment_ids, source_patches):
+    """(input embeddings, M-RoPE positions [3, B, T]) with each row's source image spliced in
+    at its <|image_pad|> tokens. source_patches [B, N, C*T*P*P]: one image per row (rows whose
+    prompt has no pad tokens, text-to-image, ignore theirs). The tower runs per image."""
+    b = input_ids.shape[0]
+    grid = self.vision_grid(1)
+    graphdef, state = nnx.split(self.visual)
+    feats = jax.vmap(lambda pv: nnx.merge(graphdef, state)(pv, grid))(source_patches)  # [B, Q, E]
+    feats = jax.lax.stop_gradient(feats)  # the tower is frozen
+    embeds = self.llm.embed_tokens(input_ids)
+    mask = input_ids == self.cfg.image_token_id
+    index = jnp.clip(jnp.cumsum(mask, axis=1) - 1, 0, feats.shape[1] - 1)
+    picked = jnp.take_along_axis(feats, index[..., None], axis=1).astype(embeds.dtype)
+    embeds = jnp.where(mask[..., None], picked, embeds)
+    positions, _ = get_rope_index(
+      input_ids,
+      self.vision_grid(b),
+      segment_ids,
+      image_token_id=self.cfg.image_token_id,
+      spatial_merge_size=self.cfg.vision.spatial_merge_size,
+    )
+    return embeds, positions
+
+  def mllm(self, input_ids, positions=None, segment_ids=None, source_patches=None):
+    """LLMOutput of the MLLM on token rows; with source_patches (and a vision tower) the
+    source images are spliced in and the positions are Qwen2.5-VL's M-RoPE ones."""
+    if source_patches is not None and self.visual is not None:
+      embeds, positions = self.prompt_inputs(input_ids, segment_ids, source_patches)
+      return self.llm.forward(inputs_embeds=embeds, positions=positions, segment_ids=segment_ids)
     return self.llm.forward(input_ids, positions=positions, segment_ids=segment_ids)
 
   def ssgm(self, hidden: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -86,3 +119,11 @@ class GoT(nnx.Module):
   def target_latents(self, pixels: jax.Array, key) -> jax.Array:
     """Training targets: sampled and scaled latents (as SDXL fine-tuning), no gradient."""
     return jax.lax.stop_gradient(self.vae.to_latents(self._encode(pixels).sample(key)))
+
+  def qwen_vl_view(self) -> Qwen2_5_VL:
+    """A Qwen2_5_VL whose vision tower and text model are this model's own modules (not copies),
+    for the Qwen2.5-VL converters (convert/hf_qwen2_5_vl.py)."""
+    vl_cfg = Qwen2_5_VLConfig(self.llm.cfg, self.cfg.vision, image_token_id=self.cfg.image_token_id)
+    view = nnx.eval_shape(lambda: Qwen2_5_VL(vl_cfg, rngs=nnx.Rngs(0)))
+    view.visual, view.language_model = self.visual, self.llm
+    return view

@@ -18,6 +18,7 @@ from flax import nnx
 from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict
 from wegen_jax.convert.diffusers import fill_diffusers_unet, fill_diffusers_vae
 from wegen_jax.convert.hf_llm import fill_hf_llm
+from wegen_jax.convert.hf_qwen2_5_vl import fill_hf_qwen2_5_vl
 from wegen_jax.layers.lora import lora_unwrapped
 from wegen_jax.models.unet import UNet2DConditionModel, widen_conv_in
 
@@ -28,7 +29,10 @@ def load_llm(model, path) -> None:
   state_dict = read_state_dict(path)
   rows = next(v.shape[0] for k, v in state_dict.items() if k.endswith("embed_tokens.weight"))
   with lora_unwrapped(model.llm):
-    fill_hf_llm(model.llm, state_dict, grow_vocab=True, source=str(path))
+    if model.visual is not None:
+      fill_hf_qwen2_5_vl(model.qwen_vl_view(), state_dict, source=str(path))
+    else:
+      fill_hf_llm(model.llm, state_dict, grow_vocab=True, source=str(path))
   table = model.llm.embed.embedding
   if table.shape[0] > rows:
     mean = table[...][:rows].mean(axis=0)

@@ -31,6 +31,11 @@ class GoTSystem(base.System):
   def __init__(self, config, model):
     super().__init__(config, model)
     self.tokenizer = load_tokenizer(config.data.get("tokenizer", ""), model.cfg.num_gen_tokens)
+    if model.cfg.vision is not None and self.tokenizer.image_pad_id != model.cfg.image_token_id:
+      raise ValueError(
+        f"model.image_token_id={model.cfg.image_token_id} but the tokenizer's <|image_pad|> is "
+        f"{self.tokenizer.image_pad_id}: set config.model.image_token_id to it"
+      )
 
   export_layouts = export.LAYOUTS
 
@@ -50,13 +55,15 @@ class GoTSystem(base.System):
   def prompt(self, request: base.Request) -> str:
     if len(request.images) > 1:
       raise ValueError(f"GoT edits one image per request; got {len(request.images)}")
-    return self.tokenizer.prompt_text(request.text, edit=bool(request.images))
+    return self.tokenizer.prompt_text(
+      request.text, edit=bool(request.images), image_tokens=self.model.cfg.vision_tokens
+    )
 
   def chains(self, requests: Sequence[base.Request]) -> list[Chain]:
     """Only the reasoning chains (the first half of generate), to show and edit."""
-    texts = write_chains(
-      self.model, self.tokenizer, [self.prompt(r) for r in requests], self._sampling(), seed=requests[0].seed
-    )
+    sources = [r.images[0] if r.images else None for r in requests]
+    prompts = [self.prompt(r) for r in requests]
+    texts = write_chains(self.model, self.tokenizer, prompts, self._sampling(), seed=requests[0].seed, sources=sources)
     return [parse_chain(t) for t in texts]
 
   def generate(self, requests: Sequence[base.Request]) -> list[base.Response]:
@@ -76,7 +83,7 @@ class GoTSystem(base.System):
 
   def draw(self, prompts, chains: Sequence[Chain], sources, *, seed: int = 0, num_steps: int | None = None):
     """uint8 images for chat prompts and their (possibly edited) chains; sources None = T2I."""
-    hidden = gen_hidden_states(self.model, self.tokenizer, prompts, [c.text() for c in chains])
+    hidden = gen_hidden_states(self.model, self.tokenizer, prompts, [c.text() for c in chains], sources)
     mode = "edit" if sources[0] is not None else "t2i"
     if any((s is not None) != (mode == "edit") for s in sources):
       raise ValueError("draw() takes either all T2I or all editing requests in one call")
@@ -96,7 +103,7 @@ class GoTSystem(base.System):
     the ground-truth target and the chain's box IoU against the true boxes."""
     from wegen_jax.systems.got.data import SyntheticGoTSource, to_pixels
 
-    source = SyntheticGoTSource(self.config.data, "validation")
+    source = SyntheticGoTSource(self.config.data, "validation", self.model.cfg)
     size = int(self.config.data.image_size)
     out = []
     for i in range(num):
@@ -124,7 +131,7 @@ class GoTSystem(base.System):
       """Box IoU of the chains written for `num` held-out examples against their ground truth."""
       from wegen_jax.systems.got.data import SyntheticGoTSource
 
-      source = SyntheticGoTSource(self.config.data, "validation")
+      source = SyntheticGoTSource(self.config.data, "validation", self.model.cfg)
       examples = [source.example(i) for i in range(num)]
       reqs = [base.Request(e["text"], images=(e["source"],) if e["edit"] else ()) for e in examples]
       scores = [chain_box_iou(self.chains([r])[0], e["chain"]) for r, e in zip(reqs, examples)]

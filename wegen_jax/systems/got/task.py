@@ -2,7 +2,7 @@
 
 Trainable (SYSTEMS.md §2): the LLM's LoRA A/B on q, k, v, o, gate, up, down, its token
 embeddings, lm_head (tied to the embeddings in Qwen2.5-VL-3B) and norms; the SSGM projectors;
-the whole UNet. Frozen: the LLM's base kernels and biases, and the VAE.
+the whole UNet. Frozen: the LLM's base kernels and biases, the vision tower and the VAE.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ class GoTTask(Task):
     from wegen_jax.systems.got.data import empty_example
 
     return {
-      k: jax.ShapeDtypeStruct((global_batch,) + v.shape, v.dtype) for k, v in empty_example(self.config.data).items()
+      k: jax.ShapeDtypeStruct((global_batch,) + v.shape, v.dtype)
+      for k, v in empty_example(self.config.data, self.model_config).items()
     }
 
   def predict_fns(self, model):
