@@ -20,11 +20,11 @@ from wegen_jax.models.qwen2_5_vl import image_tokens, qwen2_5_vl_config, vision_
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-VOCAB = 256
-CFG = qwen2_5_vl_config(
-  "tiny_qwen_vl", image_token_id=VOCAB - 6, video_token_id=VOCAB - 5, vision_start_token_id=VOCAB - 4,
-  vision_end_token_id=VOCAB - 3,
-)  # fmt: skip
+_TINY = qwen2_5_vl_config("tiny_qwen_vl")
+_V = _TINY.text.vocab_size  # the special tokens at the top of the vocabulary, as in the released model
+CFG = _TINY.replace(
+  image_token_id=_V - 6, video_token_id=_V - 5, vision_start_token_id=_V - 4, vision_end_token_id=_V - 3
+)
 NEW_TOKENS = 8
 
 
@@ -306,6 +306,8 @@ def test_3b_preset_is_the_released_model():
   cfg = qwen2_5_vl_config("qwen2_5_vl_3b")
   assert config_from_hf(RELEASED_3B) == cfg
   assert config_from_hf(hf_config(cfg)) == cfg
+  small = qwen2_5_vl_config("qwen2_5_vl_3b", text=dict(num_layers=2), vision=dict(depth=3, fullatt_block_indexes=(2,)))
+  assert (small.text.num_layers, small.vision.depth, small.text.hidden_size) == (2, 3, cfg.text.hidden_size)
   # same parameter count as transformers' model of that config (built on the meta device)
   with torch.device("meta"):
     theirs = transformers.Qwen2_5_VLForConditionalGeneration(

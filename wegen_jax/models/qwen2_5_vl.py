@@ -110,8 +110,8 @@ def qwen2_5_vl_config(preset: str = "qwen2_5_vl_3b", *, text=None, vision=None, 
   `text`/`vision` dicts override their fields, kw the token ids."""
   if preset not in QWEN_VISION_PRESETS:
     raise ValueError(f"unknown Qwen2.5-VL preset {preset!r}; known: {sorted(QWEN_VISION_PRESETS)}")
-  text_cfg = LLMConfig(**dict(LLM_DEFAULTS, **LLM_PRESETS[preset], **(text or {})))
-  vision_cfg = QwenVisionConfig(**dict(QWEN_VISION_PRESETS[preset], **(vision or {})))
+  text_cfg = LLMConfig(**{**LLM_DEFAULTS, **LLM_PRESETS[preset], **(text or {})})
+  vision_cfg = QwenVisionConfig(**{**QWEN_VISION_PRESETS[preset], **(vision or {})})
   return Qwen2_5_VLConfig(text_cfg, vision_cfg, **kw)
 
 
