@@ -44,6 +44,11 @@ def split_prompt(text: str, images: Sequence[np.ndarray] = ()) -> list:
   return items
 
 
+def bucket(n: int, step: int) -> int:
+  """n rounded up to a multiple of step: prompts of similar lengths share one compiled program."""
+  return -(-n // step) * step
+
+
 class Prompts:
   """Item lists -> right-padded fixed-shape arrays (ids, segment ids, image slots, pixels)."""
 
@@ -71,7 +76,7 @@ class Prompts:
   def batch(self, prompts, append_img: bool = True, length: int | None = None):
     rows = self.rows(prompts, append_img)
     n = max(1, self.max_images, *(len(r[1]) for r in rows))
-    t = length or max(len(r[0]) for r in rows)
+    t = length or bucket(max(len(r[0]) for r in rows), 64)
     s, nv = self.enc.size, self.enc.nv
     b = len(rows)
     ids = np.full((b, t), self.enc.tok.pad_id, np.int32)
@@ -156,8 +161,11 @@ def decode_text(model: GILL, tok, items, *, max_new_tokens: int, temperature: fl
   """Greedy (or sampled) continuation of one prompt; [IMG1..7] forced after [IMG0]. -> token ids."""
   batch = prompts.batch([items], append_img=False)
   n = int(batch["segment_ids"].sum())
-  ids, mask = left_pad([batch["input_ids"][0, :n].tolist()], tok.pad_id)
+  p = bucket(n, 256)  # left padding to a bucket: one decode program for prompts of similar lengths
+  ids, mask = left_pad([[tok.pad_id] * (p - n) + batch["input_ids"][0, :n].tolist()], tok.pad_id)
+  mask[:, : p - n] = 0
   embeds = _prompt_embeds(model, {k: jnp.asarray(v) for k, v in batch.items()})[:, :n]
+  embeds = jnp.pad(embeds, ((0, 0), (p - n, 0), (0, 0)))
   sampling = SamplingConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature), pad_token=tok.pad_id)
   hook = ForcedTokensHook(tok.img_ids[0], tok.img_ids[1:])
   out = decode(

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-_BOX = re.compile(r"\s*([^;()\n]+?)\s*\(\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*\)")
+_BOX = re.compile(r"\s*([^;():\n]+?)\s*\(\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*\)")
 
 EXAMPLE_SCENE = "a red circle at the top left and a blue square at the right on a plain grey background."
 EXAMPLE_LAYOUT = "red circle (5,5,35,35); blue square (65,35,95,65)"
