@@ -158,7 +158,7 @@ def get_config(arg=None):
   # Stage 2 continues stage 1 (a run directory): --config.init_from=/tmp/got1
   c.pretrained = dict(llm="", unet="", vae="")
   c.init_from = ""
-  c.init_components = () if stage == 1 else ("llm", "semantic", "pooled", "unet", "vae")
+  c.init_components = () if stage == 1 else ("llm", "visual", "semantic", "pooled", "unet", "vae")
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.sharding_rules = [list(r) for r in DEFAULT_RULES]
   return c
