@@ -155,7 +155,10 @@ class GILLSystem(base.System):
     from wegen_jax.systems.gill.convert import load_release
     from wegen_jax.training.task import get_task
 
-    model = get_task(config).build_model(nnx.Rngs(config.get("seed", 0)))
+    task = get_task(config)
+    model = task.build_model(nnx.Rngs(config.get("seed", 0)))
+    # the frozen OPT / CLIP / SD come from config.pretrained (the release holds only GILL's own parts)
+    task.init_pretrained(model)
     src = Path(src)
     decision = src / "decision_model.pth.tar"
     parts = load_release(model, src / "pretrained_ckpt.pth.tar", decision if decision.is_file() else None)
