@@ -37,6 +37,7 @@ MODEL_SPECS = (
   + [f"configs/eval/wegen_dynamics.py:stage={stage}" for stage in (1, 2)]
   + ["configs/eval/wegen_coco.py", "configs/eval/geneval_synthetic.py"]
   + [f"configs/got.py:size={size},stage={stage}" for size in ("tiny", "3b") for stage in (1, 2)]
+  + [f"configs/{name}.py:size={size}" for name in ("gill", "mgcc") for size in ("tiny", "6.7b")]
 )
 # Configs without a model (curation and the synthetic corpus), with their presets: they only have to load.
 OTHER_SPECS = [f"configs/curate.py{p}" for p in ("", ":preset=synthetic", ":preset=clip", ":preset=vlm")] + [
@@ -186,12 +187,43 @@ def test_config_builds_its_model(specs):
       assert parts["vae"] == 0, parts  # the tiny size folds pixels (PatchAutoencoder): nothing to learn
   elif config.get("task") == "got":
     _check_got(get_task(config).model_config, model, total, args["size"])
+  elif config.get("task") == "gill":
+    _check_gill(get_task(config).model_config, model, total, args["size"])
   else:
     assert isinstance(model, LLM)
     assert total == llm_param_count(LLMConfig(**config.model))
     if args["model"] in KNOWN_LLM_PARAMS:
       assert total == KNOWN_LLM_PARAMS[args["model"]]
   print(f"{'+'.join(map(_short, specs))}: {total:,} parameters, built in {seconds:.2f} s")
+
+
+GILL_PARTS = ("llm", "vision", "visual_embeddings", "visual_fc", "ret_text_fc", "gen_text_fc", "logit_scale")
+GILL_PARTS += ("decision", "refine", "sd_text", "unet", "vae")
+
+
+def _check_gill(cfg, model, total, size):
+  """GILL / MGCC: OPT with 8 more (tied) rows; the mapper as torch.nn.Transformer counts it; at
+  6.7b the public CLIP ViT-L/14 vision tower, SD v1.5's text encoder, UNet and VAE."""
+  parts = dict.fromkeys(GILL_PARTS, 0)
+  for path, x in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    parts[str(path[0])] += math.prod(x.get_value().shape)
+  assert sum(parts.values()) == total, parts
+  assert parts["llm"] == llm_param_count(cfg.llm), parts
+  m, e = cfg.mapper, cfg.llm.hidden_size
+  w, f = m.width, m.mlp_dim
+  attn, ff, norm = 4 * (w * w + w), 2 * w * f + f + w, 2 * w
+  mapper = (e * w + w) + m.encoder_layers * (attn + ff + 2 * norm) + m.decoder_layers * (2 * attn + ff + 3 * norm)
+  mapper += 2 * norm + m.num_queries * w + w * m.out_dim + m.out_dim
+  assert parts["gen_text_fc"] == mapper, parts
+  assert (parts["refine"] > 0) == cfg.refine and cfg.unet.attention_type == ("gated" if cfg.grounding else "default")
+  if size == "6.7b":
+    assert parts["llm"] == KNOWN_LLM_PARAMS["opt_6_7b"] + 2 * 4096, parts  # vocabulary 50274 (50266..50273 = [IMG])
+    assert parts["gen_text_fc"] == 31_958_784 and parts["visual_embeddings"] == 1024 * 4 * 4096 + 4 * 4096, parts
+    assert parts["vision"] == 303_179_776, parts  # openai/clip-vit-large-patch14 vision_model
+    assert parts["sd_text"] == 123_060_480, parts  # stable-diffusion-v1-5 text_encoder
+    assert parts["vae"] == 83_653_863, parts
+    if not cfg.grounding:
+      assert parts["unet"] == 859_520_964, parts  # stable-diffusion-v1-5 unet
 
 
 def _check_got(cfg, model, total, size):
