@@ -149,6 +149,18 @@ class GILLSystem(base.System):
     return save_release(self.model, out)
 
   @classmethod
+  def mapping_tables(cls, config) -> str:
+    """The release's tables (pretrained_ckpt.pth.tar parts, then decision_model.pth.tar); in_proj of
+    nn.MultiheadAttention is split into the q/k/v_proj rows shown (convert.split_in_proj)."""
+    from wegen_jax.convert.mapping import Rule, rules_table
+    from wegen_jax.systems.gill.convert import DECISION, PARTS
+
+    rules = [
+      Rule(f"{name}.{r.ours}", r.theirs, r.transform) for name, part in {**PARTS, **DECISION}.items() for r in part
+    ]
+    return rules_table(rules)
+
+  @classmethod
   def import_pytorch(cls, config, src):
     from flax import nnx
 
