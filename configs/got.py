@@ -54,7 +54,9 @@ SIZES = {
       # Qwen's 151936 embedding rows already hold GoT's 66 added tokens (ids 151665..151730)
       llm=dict(LLM_DEFAULTS, **LLM_PRESETS["qwen2_5_vl_3b"], remat="full"),
       # the frozen vision tower sees the source image of an edit at 448 px: 256 <|image_pad|> tokens
-      vision=dict(QWEN_VISION_PRESETS["qwen2_5_vl_3b"]),
+      # XLA attention in the tower: it runs vmapped over the batch's images (one per row), and the
+      # Pallas TPU kernel's batching rule reads the default device (compile-only AOT has none)
+      vision=dict(QWEN_VISION_PRESETS["qwen2_5_vl_3b"], attention_impl="xla"),
       vision_image_size=448,
       image_token_id=151655,
       unet=_SDXL_UNET,

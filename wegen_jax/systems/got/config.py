@@ -99,7 +99,7 @@ class GoTConfig:
     vision = d.get("vision") or None
     return cls(
       llm=LLMConfig(**{**d["llm"], **llm_extra}),
-      vision=None if vision is None else QwenVisionConfig(**{**vision, **extra}),
+      vision=None if vision is None else QwenVisionConfig(**{**extra, **vision}),  # its own settings win
       unet=unet_config_from_diffusers(d["unet"], **extra, remat=bool(d.get("unet_remat", False))),
       vae=_autoencoder_config(d["vae"], dtype, d.get("attention_impl")),
       **{k: v for k, v in d.items() if k in names},
