@@ -114,7 +114,8 @@ class GoTSystem(base.System):
       out.append(
         base.Sample(
           text=ex["text"],
-          inputs=list(request.images),
+          # T2I's reference image is black (what the UNet sees), so every row has an input
+          inputs=list(request.images) or [np.zeros((size, size, 3), np.uint8)],
           target=np.round((np.transpose(target, (1, 2, 0)) + 1) * 127.5).astype(np.uint8),
           generated=response.images[0],
           record={"chain": response.text, "box_iou": chain_box_iou(parse_chain(response.text), ex["chain"])},
