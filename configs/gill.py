@@ -59,7 +59,7 @@ SIZES = {
     data=dict(max_len=160, max_images=4, image_size=512, caption_len=36),
     batch_size=200,
     optimizer=dict(lr=1e-3, total_steps=20_000, warmup_steps=2_000),
-    sampling=dict(num_steps=50, guidance_scale=7.5),
+    sampling=dict(num_steps=50, guidance_scale=7.5, batch_size=8),
   ),
   "tiny": dict(
     model=dict(
@@ -94,7 +94,7 @@ SIZES = {
     data=dict(max_len=512, max_images=2, image_size=32, caption_len=160),
     batch_size=4,
     optimizer=dict(lr=1e-3, total_steps=200, warmup_steps=5),
-    sampling=dict(num_steps=4, guidance_scale=7.5),
+    sampling=dict(num_steps=4, guidance_scale=7.5, batch_size=4),
   ),
 }
 
@@ -139,7 +139,8 @@ def get_config(arg=None):
   c.pretrained = dict(llm="", clip="", sd="", gligen="", release="")
   c.init_from = ""
   c.init_components = ()
-  # GILL's sampling: SD v1.5, guidance 7.5, 50 steps; text decoding up to max_new_tokens
+  # GILL's sampling: SD v1.5, guidance 7.5, 50 steps; text decoding up to max_new_tokens; predict
+  # functions run prompts in batches of batch_size (the last padded: one compiled program)
   c.sampling = dict(preset["sampling"], max_new_tokens=32, temperature=0.0, grounded=True)
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.sharding_rules = [list(r) for r in DEFAULT_RULES]

@@ -10,7 +10,8 @@ from wegen_jax.config_utils import load_config
 def tiny_config(mgcc: bool = False, **data):
   """configs/gill.py (or mgcc.py) size=tiny with one LLM layer, a 1+1-layer mapper and captioned images (1-step stories)."""
   c = load_config(f"configs/{'mgcc' if mgcc else 'gill'}.py:size=tiny")
-  c.data.update({**dict(steps=1, max_len=80, caption_len=64, num_records=16, num_validation=4), **data})
+  c.data.update({**dict(steps=1, max_len=80, caption_len=64, max_images=1, num_records=16, num_validation=4), **data})
+  c.sampling.batch_size = 1  # predict functions reuse the programs System.generate compiles
   c.model.llm.num_layers = 1  # compile time is most of these tests' time
   c.model.mapper.update(encoder_layers=1, decoder_layers=1)
   return c

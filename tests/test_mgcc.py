@@ -116,4 +116,7 @@ def test_predict_fns(system):
   assert len(first) == 2 and all(x.shape == (32, 32, 3) and x.dtype == np.uint8 for x in first)
   np.testing.assert_array_equal(fns["generate_images"](prompts, rng_seed=3)[1], first[1])
   recall = fns["retrieval_recall"]([{"text": f"caption {i}"} for i in range(3)], [frame, 255 - frame, frame // 2])
+  scores = system.retrieval_scores([[f"caption {i}"] for i in range(3)], [frame, 255 - frame, frame // 2])
+  one = system.retrieval_scores([["caption 2"]], [frame // 2])  # chunking does not change a score
+  np.testing.assert_allclose(one[0, 0], scores[2, 2], rtol=1e-5)
   assert set(recall) == {"R@1", "R@5", "R@10"} and recall["R@10"] == 1.0 and 0 <= recall["R@1"] <= 1

@@ -28,9 +28,8 @@ def contrastive(logits):
   return (a + b) / 2
 
 
-def forward_img_states(model, batch):
-  """The story's LLM pass -> (outputs, [IMG] states, their input embeddings, target CLIP pooled)."""
-  pooled_ctx = model.image_pooled(batch["context_pixels"])
+def forward_img_states(model, batch, pooled_ctx):
+  """The story's LLM pass -> (outputs, [IMG] states, their input embeddings)."""
   embeds = model.embed_inputs(batch["input_ids"], pooled_ctx, batch["image_positions"], batch["image_valid"])
   out = model.llm.forward(inputs_embeds=embeds, segment_ids=batch["segment_ids"])
   t = batch["input_ids"].shape[1]
@@ -41,9 +40,13 @@ def forward_img_states(model, batch):
 
 def gill_loss(model, batch, rng):
   cfg = model.cfg
-  out, h, e = forward_img_states(model, batch)
+  ctx, target = batch["context_pixels"], batch["target_pixels"]
+  b, n = ctx.shape[:2]
+  # one CLIP pass over context and target images
+  pooled_all = model.image_pooled(jnp.concatenate([ctx.reshape((b * n,) + ctx.shape[2:]), target], axis=0))
+  pooled_ctx, pooled = pooled_all[: b * n].reshape(b, n, -1), pooled_all[b * n :]
+  out, h, e = forward_img_states(model, batch, pooled_ctx)
   ce, _ = cross_entropy(out.logits, batch["labels"])
-  pooled = model.image_pooled(batch["target_pixels"])
   image = model.image_retrieval_embedding(pooled)
   text = model.text_retrieval_embedding(h)
   scale = jnp.exp(model.logit_scale[...].astype(jnp.float32))
@@ -52,7 +55,7 @@ def gill_loss(model, batch, rng):
   pred = model.sd_embeddings(h, e).astype(jnp.float32)
   target = model.sd_text_embeddings(batch["sd_ids"])
   gen = jnp.mean(jnp.sqrt(jnp.sum(jnp.square(pred - target), axis=-1) + 1e-12))
-  b, nv = pooled.shape[0], cfg.num_visual_tokens
+  nv = cfg.num_visual_tokens
   positions = jnp.broadcast_to(jnp.arange(nv)[None, None], (b, 1, nv))
   cap_embeds = model.embed_inputs(batch["cap_input_ids"], pooled[:, None], positions, jnp.ones((b, 1), bool))
   cap_logits = model.llm.forward(inputs_embeds=cap_embeds, segment_ids=batch["cap_segment_ids"]).logits

@@ -69,12 +69,28 @@ class GILLSystem(base.System):
     )
     return [np.asarray(x) for x in images], np.asarray(ret), np.asarray(probs)
 
+  def _chunked(self, items, fn):
+    """fn over fixed-size chunks of items (config.sampling.batch_size; the last one padded with
+    copies), results concatenated: one compiled program whatever the number of items."""
+    size = int(self.config.sampling.get("batch_size", 1))
+    out = []
+    for start in range(0, len(items), size):
+      chunk = list(items[start : start + size])
+      n = len(chunk)
+      out.append(np.asarray(fn(chunk + chunk[-1:] * (size - n), start // size))[:n])
+    return np.concatenate(out)
+
   def retrieval_scores(self, item_lists, images) -> np.ndarray:
     """[P, I] similarity of each prompt's [IMG0] retrieval embedding with each image's (temperature-scaled)."""
-    batch = {k: jnp.asarray(v) for k, v in self.prompts.batch(item_lists).items()}
-    _, text, _ = gen.img_outputs(self.model, batch)
-    pixels = jnp.asarray(np.stack([self.encoder.pixels(np.asarray(im)) for im in images]))
-    return np.asarray(text @ gen.image_embeddings(self.model, pixels).T)
+
+    def texts(chunk, _):
+      return gen.img_outputs(self.model, {k: jnp.asarray(v) for k, v in self.prompts.batch(chunk).items()})[1]
+
+    def pictures(chunk, _):
+      pixels = jnp.asarray(np.stack([self.encoder.pixels(np.asarray(im)) for im in chunk]))
+      return gen.image_embeddings(self.model, pixels)
+
+    return self._chunked(item_lists, texts) @ self._chunked(list(images), pictures).T
 
   def generate(self, requests):
     """Per request: text, then (where the model writes [IMG0], or options['mode'] forces it) one image,
@@ -126,9 +142,13 @@ class GILLSystem(base.System):
     def generate_images(prompts, rng_seed=0):
       """prompts: dicts with 'text' (an `<image>` mark per context image, else images first) and
       optional 'images' (uint8, in order), optional 'layout' (MGCC) -> one uint8 image each."""
-      items = [gen.split_prompt(p.get("text", ""), p.get("images", ())) for p in prompts]
-      layouts = [p.get("layout", "") for p in prompts]
-      return self.images_for(items, rng_seed, layouts=layouts)[0]
+      pairs = [(gen.split_prompt(p.get("text", ""), p.get("images", ())), p.get("layout", "")) for p in prompts]
+
+      def draw(chunk, index):  # chunk i draws with seed (rng_seed, i)
+        seed = int(jax.random.randint(jax.random.fold_in(jax.random.key(rng_seed), index), (), 0, 2**31 - 1))
+        return np.stack(self.images_for([c[0] for c in chunk], seed, layouts=[c[1] for c in chunk])[0])
+
+      return list(self._chunked(pairs, draw))
 
     def retrieval_recall(prompts, images, ks=(1, 5, 10)):
       """Text-to-image retrieval R@k over pairs (prompt i's image is images[i])."""
