@@ -79,3 +79,33 @@ def test_sharded_loss_matches_single_device(shape, reference):
   assert not sharded["input_ids"].sharding.is_fully_replicated
   if shape[1] * shape[2] > 1:
     assert not model.gen_text_fc.encoder[0].mlp.fc1.kernel.get_value().sharding.is_fully_replicated
+
+
+def test_caption_file_rows(tmp_path):
+  """A JSONL of captioned images -> rows `<s> caption [IMG0..7]` with CE on the caption and [IMG0] only,
+  and captioning rows `<4 visual slots> caption` with CE on the caption."""
+  from PIL import Image
+
+  from wegen_jax.training.losses import IGNORE_INDEX
+
+  lines = []
+  for i, colour in enumerate(((255, 0, 0), (0, 0, 255))):
+    Image.new("RGB", (40, 40), colour).save(tmp_path / f"{i}.png")
+    lines.append(f'{{"image": "{i}.png", "caption": "caption {i}"}}')
+  (tmp_path / "c.jsonl").write_text("\n".join(lines))
+  config = tiny_config(source="captions", captions=str(tmp_path / "c.jsonl"))
+  task = get_task(config)
+  task.check_config()
+  row = {k: np.asarray(v)[0] for k, v in next(iter(task.dataset("validation", seed=0, global_batch=2))).items()}
+  tok = task.encoder().tok
+  caption = tok.encode(f"caption {row['record_id']}")
+  n, start = 1 + len(caption), int(row["img_start"])
+  assert start == n and row["input_ids"][: start + 8].tolist() == [tok.bos_id] + caption + list(tok.img_ids)
+  assert row["segment_ids"].sum() == n + 8 and not row["image_valid"].any()
+  supervised = np.flatnonzero(row["labels"] != IGNORE_INDEX)
+  assert supervised.tolist() == list(range(n))  # predicts caption[1:] ... and [IMG0] after the caption
+  assert row["labels"][n - 1] == tok.img_ids[0]
+  cap = np.flatnonzero(row["cap_labels"] != IGNORE_INDEX)
+  assert cap.tolist() == list(range(3, 3 + len(caption)))  # from the last visual slot on
+  assert row["sd_ids"].tolist()[: len(caption) + 1][-1] == 260  # the tiny SD tokenizer's end token
+  assert abs(row["target_pixels"].mean()) > 0.1  # the image, CLIP-normalised
