@@ -159,7 +159,7 @@ def save_release(model, out_dir: str | os.PathLike) -> list[str]:
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   sd, dec = export_release(model)
-  as_torch = lambda d: {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in d.items()}
+  as_torch = lambda d: {k: torch.from_numpy(np.array(v, copy=True)) for k, v in d.items()}
   torch.save({"state_dict": as_torch(sd)}, out / "pretrained_ckpt.pth.tar")
   torch.save({"state_dict": as_torch(dec)}, out / "decision_model.pth.tar")
   return ["pretrained_ckpt", "decision_model"]

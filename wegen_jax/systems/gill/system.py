@@ -99,7 +99,10 @@ class GILLSystem(base.System):
     layout (MGCC: 'phrase (x0,y0,x1,y1); ...' instead of the LLM's own), grounded (bool)."""
     out = []
     for r in requests:
-      items = [item for turn in r.history for item in gen.split_prompt(turn.text, turn.images)]
+      items = []
+      for turn in r.history:  # earlier turns as the model saw and answered them
+        items += gen.split_prompt(turn.text, turn.images) + ([turn.reply_text] if turn.reply_text else [])
+        items += list(turn.reply_images)
       items += gen.split_prompt(r.text, r.images)
       mode = r.options.get("mode", "auto")
       text, want_image = "", mode in ("generate", "retrieve")
