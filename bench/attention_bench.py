@@ -69,6 +69,7 @@ def main():
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--block-q", type=int, default=None)
   p.add_argument("--block-kv", type=int, default=None)
+  p.add_argument("--causal", choices=("both", "true", "false"), default="both")
   args = p.parse_args()
 
   platform = jax.default_backend()
@@ -110,7 +111,7 @@ def main():
     choice = choose(q.shape, k.shape, dtype, mode="flash")
     if choice.kernel == "xla":
       print(f"# seq {seq}: no kernel for this call ({choice.reason}); 'flash' is the reference")
-    for causal in (True, False):
+    for causal in {"both": (True, False), "true": (True,), "false": (False,)}[args.causal]:
       for backward in (False, True):
         ms = {c: timed(fn, q, k, v, causal, backward) for c, fn in impls.items()}
         fmt = lambda x: "n/a" if x is None else f"{x * 1e3:.2f}"
