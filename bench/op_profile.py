@@ -1,7 +1,7 @@
 """Per-op profile of a compiled JAX step: where its time goes, summed by XLA op name.
 
-  .venv/bin/python bench/profile.py llm [--layers 4 --hidden 512 --seq 512 --batch 4]
-  .venv/bin/python bench/profile.py unet
+  .venv/bin/python bench/op_profile.py llm [--layers 4 --hidden 512 --seq 512 --batch 4]
+  .venv/bin/python bench/op_profile.py unet
 
 Runs the step under `jax.profiler.trace(create_perfetto_trace=True)`, reads the Chrome-format
 trace it writes, sums the device-thread events by op name (XLA fusions/dots/convolutions, with
