@@ -232,7 +232,7 @@ def _check_got(cfg, model, total, size):
   c, r, e = cfg.llm, cfg.lora_rank, cfg.llm.hidden_size
   q, kv, inter = c.num_heads * c.dim_per_head, c.kv_heads * c.dim_per_head, c.intermediate_size
   lora = r * ((e + q) * 2 + (e + kv) * 2 + (e + inter) * 3) * c.num_layers
-  parts = {name: _param_count(getattr(model, name)) for name in ("llm", "semantic", "pooled", "unet", "vae")}
+  parts = {name: _param_count(getattr(model, name)) for name in ("llm", "visual", "semantic", "pooled", "unet", "vae")}
   assert sum(parts.values()) == total, parts
   assert parts["llm"] == llm_param_count(c) + lora, parts
   assert parts["semantic"] == e * e + e and parts["pooled"] == e * cfg.pooled_dim + cfg.pooled_dim, parts
@@ -241,6 +241,9 @@ def _check_got(cfg, model, total, size):
     assert lora == 59_867_136, lora  # r 32 over 36 layers
     assert parts["unet"] == SDXL_UNET_PARAMS + 8 * 320 * 3 * 3, parts
     assert parts["vae"] == SDXL_VAE_PARAMS, parts
+    assert parts["visual"] == 3_754_622_976 - KNOWN_LLM_PARAMS["qwen2_5_vl_3b"], (
+      parts
+    )  # Qwen2.5-VL-3B minus its text model
 
 
 def test_training_only_fields_do_not_change_the_model():
