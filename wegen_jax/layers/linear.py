@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from wegen_jax.parallel.sharding import active_sharding
+
 Axes = Sequence[str | None]
 
 
@@ -26,6 +28,19 @@ def param(rngs: nnx.Rngs | None, init, shape, dtype, axes: Axes) -> nnx.Param:
 
 
 default_kernel_init = nnx.initializers.normal(0.02)
+
+
+def matmul_2d(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [..., in] @ w [in, out] as one [rows, in] x [in, out] matmul (the same products and sums).
+
+  With x kept [B, T, in], the weight gradient contracts two dimensions (B and T), and XLA CPU
+  then writes the incoming gradient transposed ([out, B, T]) from the fusion that produces it:
+  ~30% of an LLM train step on CPU (docs/PERFORMANCE.md). One row dimension avoids that. Under
+  `activation_sharding` the [B, T] dimensions stay apart, so batch and length keep their shardings.
+  """
+  if x.ndim <= 2 or active_sharding() is not None:
+    return jnp.dot(x, w)
+  return jnp.dot(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
 
 
 class Dense(nnx.Module):
@@ -50,7 +65,7 @@ class Dense(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dtype = self.dtype or x.dtype
-    y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+    y = matmul_2d(x.astype(dtype), self.kernel[...].astype(dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
     return y
@@ -78,4 +93,4 @@ class Embed(nnx.Module):
 
   def attend(self, x: jax.Array) -> jax.Array:
     dtype = self.dtype or x.dtype
-    return jnp.dot(x.astype(dtype), self.embedding[...].astype(dtype).T)
+    return matmul_2d(x.astype(dtype), self.embedding[...].astype(dtype).T)

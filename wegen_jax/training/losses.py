@@ -12,8 +12,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNO
   """Mean next-token CE over supervised positions. logits [B, T, V] predict labels [B, T]
   (already aligned: shift before calling). Returns (loss, number of supervised tokens)."""
   valid = labels != ignore_index
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+  logits = logits.astype(jnp.float32)
+  # nll = logsumexp - the label's logit, the label's logit picked by a compare-and-select over the
+  # vocabulary rather than a gather: XLA fuses that (and its gradient, a select instead of a
+  # scatter) into the softmax passes, so no [B, T, V] log-probabilities or one-hot are written.
+  hit = jnp.arange(logits.shape[-1]) == jnp.where(valid, labels, 0)[..., None]
+  nll = jax.nn.logsumexp(logits, axis=-1) - jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
   count = valid.sum()
   return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(count, 1), count
 

@@ -1,0 +1,76 @@
+"""Performance changes keep the numbers, and the GPU suite passes its CPU dry run."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wegen_jax.layers.linear import Dense, matmul_2d
+from wegen_jax.training.losses import IGNORE_INDEX, cross_entropy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reference_ce(logits, labels):
+  """The previous formulation: log_softmax, then a gather of the label's log-probability."""
+  valid = labels != IGNORE_INDEX
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+  return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(valid.sum(), 1)
+
+
+def test_cross_entropy_equals_log_softmax_gather():
+  rng = np.random.RandomState(0)
+  logits = jnp.asarray(rng.randn(2, 7, 50).astype(np.float32) * 4)
+  labels = jnp.asarray(rng.randint(0, 50, (2, 7)))
+  labels = labels.at[0, :3].set(IGNORE_INDEX)
+  loss, count = cross_entropy(logits, labels)
+  assert int(count) == 11
+  np.testing.assert_allclose(loss, _reference_ce(logits, labels), rtol=1e-6)
+  got = jax.grad(lambda x: cross_entropy(x, labels)[0])(logits)
+  want = jax.grad(lambda x: _reference_ce(x, labels))(logits)
+  np.testing.assert_allclose(got, want, atol=1e-7)
+  assert float(jnp.abs(got[0, :3]).max()) == 0.0  # ignored positions get no gradient
+
+
+def test_dense_flattened_matmul_is_the_same_product():
+  rng = np.random.RandomState(1)
+  x = jnp.asarray(rng.randn(3, 5, 16).astype(np.float32))
+  layer = Dense(16, 24, use_bias=True, rngs=nnx.Rngs(0))
+  k, b = layer.kernel[...], layer.bias[...]
+  np.testing.assert_allclose(layer(x), jnp.einsum("btk,kn->btn", x, k) + b, rtol=1e-6, atol=1e-6)
+  assert matmul_2d(x[0], k).shape == (5, 24)
+  got = jax.grad(lambda k, x: jnp.sum(jnp.sin(matmul_2d(x, k))), argnums=(0, 1))(k, x)
+  want = jax.grad(lambda k, x: jnp.sum(jnp.sin(jnp.dot(x, k))), argnums=(0, 1))(k, x)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_profile_summarizes_compiled_ops():
+  sys.path.insert(0, str(ROOT))
+  from bench.op_profile import summarize, trace_events
+
+  a = jnp.ones((256, 256))
+  f = jax.jit(lambda x: jnp.tanh(x @ x).sum())
+  f(a).block_until_ready()
+  events, wall = trace_events(lambda: f(a).block_until_ready(), steps=2)
+  rows = summarize(events)
+  assert wall > 0 and rows and all(sec >= 0 for _, sec, _ in rows)
+  names = " ".join(name for name, _, _ in rows)
+  assert "dot" in names or "fusion" in names, names
+
+
+def test_gpu_suite_cpu_dry_run(tmp_path):
+  env = dict(os.environ, GPU_SUITE_DRY_RUN="1", GPU_SUITE_OUT=str(tmp_path), PYTHON=sys.executable)
+  run = subprocess.run(["bash", "bench/gpu_suite.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+  assert "=== summary: 0 failed" in run.stdout
+  for name in ("kernels", "attention", "llm_mfu", "wegen_mfu"):
+    assert f"=== {name}: exit 0" in run.stdout
+  assert run.stdout.count("MFU ") == 3  # LLM: model and program FLOPs; WeGen: program FLOPs
+  assert "| 32 | 2 | True | fwd+bwd |" in run.stdout  # the kernel's forward and backward ran
