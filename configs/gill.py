@@ -141,7 +141,7 @@ def get_config(arg=None):
   c.init_components = ()
   # GILL's sampling: SD v1.5, guidance 7.5, 50 steps; text decoding up to max_new_tokens; predict
   # functions run prompts in batches of batch_size (the last padded: one compiled program)
-  c.sampling = dict(preset["sampling"], max_new_tokens=32, temperature=0.0, grounded=True)
+  c.sampling = dict(preset["sampling"], max_new_tokens=32, temperature=0.0, grounded=True, gligen_beta=0.3)
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.sharding_rules = [list(r) for r in DEFAULT_RULES]
   return c

@@ -58,6 +58,7 @@ def test_split_prompt_places_images():
 def system():
   config = tiny_config(mgcc=True)
   config.sampling.num_steps = 2
+  config.sampling.gligen_beta = 0.5  # boxes in the first of the 2 steps
   config.sampling.max_new_tokens = 4
   from wegen_jax.training.task import get_task
 

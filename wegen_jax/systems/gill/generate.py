@@ -124,29 +124,48 @@ def phrase_embeddings(model: GILL, ids):
 
 
 class _Grounded:
-  """The UNet with GLIGEN boxes bound (duplicated over the guidance branches), as denoise_loop calls it."""
+  """The UNet with GLIGEN boxes bound (duplicated over the guidance branches), as denoise_loop
+  calls it; grounded only at timesteps >= t_min (GLIGEN's scheduled sampling: the first steps
+  lay the objects out, the rest refine without the fuser)."""
 
-  def __init__(self, unet, gligen):
-    self.unet, self.gligen = unet, gligen
+  def __init__(self, unet, gligen, t_min):
+    self.unet, self.gligen, self.t_min = unet, gligen, t_min
 
   def forward_nhwc(self, x, t, context, added=None):
     reps = x.shape[0] // self.gligen["boxes"].shape[0]
     g = {k: jnp.concatenate([v] * reps, axis=0) for k, v in self.gligen.items()}
+    g["scale"] = (jnp.asarray(t) >= self.t_min).astype(jnp.float32)
     return self.unet.forward_nhwc(x, t, context, added, gligen=g)
 
 
-@functools.partial(nnx.jit, static_argnames=("scheduler", "num_steps", "guidance", "latent_hw"))
-def _sample(model: GILL, scheduler, num_steps, cond, gligen, guidance, key, latent_hw):
+@functools.partial(nnx.jit, static_argnames=("scheduler", "num_steps", "guidance", "latent_hw", "grounded_steps"))
+def _sample(model: GILL, scheduler, num_steps, cond, gligen, guidance, key, latent_hw, grounded_steps):
   b = cond.encoder_hidden_states.shape[0] // guidance.num_branches
   c = model.unet.cfg.in_channels
   latents = initial_noise(key, b, c, *latent_hw)
-  unet = model.unet if gligen is None else _Grounded(model.unet, gligen)
-  latents = denoise_loop(unet, scheduler, scheduler.plan(num_steps), cond, latents, guidance=guidance, key=key)
+  plan = scheduler.plan(num_steps)
+  unet = model.unet
+  if gligen is not None and grounded_steps > 0:
+    unet = _Grounded(model.unet, gligen, plan.timesteps[grounded_steps - 1])
+  latents = denoise_loop(unet, scheduler, plan, cond, latents, guidance=guidance, key=key)
   return decode_images(model.vae, latents)
 
 
-def draw(model: GILL, prompt_embeds, uncond, key, *, num_steps: int, guidance_scale: float, size: int, gligen=None):
-  """SD sampling from mapper outputs [B, 77, 768] (uncond: the empty prompt's [1, 77, 768]) -> uint8 [B, H, W, 3]."""
+def draw(
+  model: GILL,
+  prompt_embeds,
+  uncond,
+  key,
+  *,
+  num_steps: int,
+  guidance_scale: float,
+  size: int,
+  gligen=None,
+  gligen_beta: float = 0.3,
+):
+  """SD sampling from mapper outputs [B, 77, 768] (uncond: the empty prompt's [1, 77, 768]) -> uint8
+  [B, H, W, 3]. gligen: boxes for a GLIGEN UNet, used in the first int(gligen_beta * num_steps)
+  steps (diffusers' gligen_scheduled_sampling_beta, default 0.3)."""
   f = model.vae.downsample_factor
   if guidance_scale > 1.0:
     guidance = ClassifierFree(float(guidance_scale))
@@ -154,7 +173,10 @@ def draw(model: GILL, prompt_embeds, uncond, key, *, num_steps: int, guidance_sc
   else:
     guidance, context = NoGuidance(), prompt_embeds
   cond = Conditioning(encoder_hidden_states=context)
-  return _sample(model, model.cfg.sampler(), int(num_steps), cond, gligen, guidance, key, (size // f, size // f))
+  grounded = int(gligen_beta * num_steps) if gligen is not None else 0
+  return _sample(
+    model, model.cfg.sampler(), int(num_steps), cond, gligen, guidance, key, (size // f, size // f), grounded
+  )
 
 
 def decode_text(model: GILL, tok, items, *, max_new_tokens: int, temperature: float = 0.0, seed: int = 0, prompts=None):

@@ -66,6 +66,7 @@ class GILLSystem(base.System):
       guidance_scale=float(self._option(options, "guidance_scale")),
       size=int(self.config.data.image_size),
       gligen=gligen,
+      gligen_beta=float(self._option(options, "gligen_beta")),
     )
     return [np.asarray(x) for x in images], np.asarray(ret), np.asarray(probs)
 
