@@ -16,10 +16,25 @@ from pathlib import Path
 from wegen_jax.chat.session import IMAGE_SUFFIXES, MAX_IMAGE_BYTES, MAX_SAMPLES, ChatError, ChatSession
 
 CSS = """
-#chat img { max-width: 256px; image-rendering: pixelated; }
+#chat img { image-rendering: pixelated; }
 #status { min-height: 1.5em; }
-#status p { color: var(--error-text-color, #b91c1c); margin: 0; }
 """
+VIEW_SIDE = 160  # smaller images (32 px at tiny) are shown from an enlarged copy in SESSION/view/
+
+
+def _view(path: Path) -> str:
+  """The file to show for `path`: itself, or a nearest-neighbour enlargement when it is small."""
+  from PIL import Image
+
+  with Image.open(path) as im:
+    if min(im.size) >= VIEW_SIDE:
+      return str(path)
+    scale = -(-VIEW_SIDE // min(im.size))
+    big = im.resize((im.size[0] * scale, im.size[1] * scale), Image.NEAREST)
+  out = path.parent / "view" / path.name
+  out.parent.mkdir(exist_ok=True)
+  big.save(out)
+  return str(out)
 
 
 def build_app(session: ChatSession, title: str = ""):
@@ -33,14 +48,14 @@ def build_app(session: ChatSession, title: str = ""):
   messages: list[dict] = []
 
   def user_message(text, files, refine):
-    content = [f"{'(refine) ' if refine else ''}{text}"] + [{"path": str(f)} for f in files]
+    content = [f"{'(refine) ' if refine else ''}{text}"] + [{"path": _view(f)} for f in files]
     return {"role": "user", "content": content}
 
   def model_message(reply):
     content = [f"prompt {k}: {p}" for k, p in enumerate(reply.prompts)]
     if reply.text and not reply.prompts:
       content.append(reply.text)
-    content += [{"path": str(f)} for f in reply.files] or ["(no image in this answer)"]
+    content += [{"path": _view(f)} for f in reply.files] or ["(no image in this answer)"]
     return {"role": "assistant", "content": content}
 
   def respond(text, upload, psr, samples, seed, refine, progress=gr.Progress()):
@@ -65,7 +80,7 @@ def build_app(session: ChatSession, title: str = ""):
 
   with gr.Blocks(title="WeGen chat") as app:
     gr.Markdown(f"## WeGen design copilot\n{title}")
-    chat = gr.Chatbot(elem_id="chat", height=460, label="conversation")
+    chat = gr.Chatbot(elem_id="chat", height=560, label="conversation")
     with gr.Row():
       prompt = gr.Textbox(
         elem_id="prompt",
