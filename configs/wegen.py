@@ -152,6 +152,9 @@ _STAGE_OPT = {
 _STAGE_OPT[3] = _STAGE_OPT[2]
 
 
+INSTRUCTION_SLOT = 0  # tiny stages 2/3; see data.instruction_slot below
+
+
 def get_config(arg=None):
   args = parse_arg(arg, size="tiny", stage=2)
   size, stage = args["size"], int(args["stage"])
@@ -218,8 +221,14 @@ def get_config(arg=None):
     2: dict(image=0.5, caption=0.5) if tiny else dict(image=1.0),
     3: dict(image=0.25, caption=0.25, short=0.25, psr=0.25),
   }.get(stage, {})
+  # Tiny only, stages 2/3: a fixed-length instruction slot (systems/wegen/sequences.py). An edit's
+  # image token i then sits at one fixed offset from token i of the image it edits; with
+  # instructions of any length (byte-level: 10..210 tokens) the 2-layer LLM learned to copy the
+  # previous target token instead of the source image. 128 holds ~92% of the synthetic
+  # instructions (longer ones are kept whole). 0 = the authors' layout (7B).
+  c.data.instruction_slot = INSTRUCTION_SLOT if tiny and stage > 1 else 0
   if tiny and stage > 1:  # a drawn frame A adds its caption to a triple: up to ~660 byte-level tokens
-    c.data.max_len = 704
+    c.data.max_len = 704 + 2 * c.data.instruction_slot  # a triple pads two instructions
   # Local pretrained weights for a fresh run (wegen_jax/systems/wegen/pretrained.py), e.g. 7B stage 1:
   #   --config.pretrained.vision=/w/EVA02_CLIP_E_psz14_plus_s9B.visual.pt
   #   --config.pretrained.unet=/w/sdxl-base/unet --config.pretrained.vae=/w/sdxl-base/vae

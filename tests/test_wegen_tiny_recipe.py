@@ -44,3 +44,32 @@ def test_the_7b_detokenizer_is_the_authors_cross_attention_only():
 
   real = WeGenConfig.from_dict(get_config("size=7b,stage=1").model)
   assert not real.spatial_features and real.unet.in_channels == real.vae.latent_channels == 4
+
+
+def test_instruction_slot_puts_each_edited_token_at_one_fixed_offset_from_its_source():
+  from wegen_jax.systems.wegen.sequences import Turn, build_sequence, dynamics_turns
+  from wegen_jax.systems.wegen.tokenizer import load_tokenizer
+  from wegen_jax.training.losses import IGNORE_INDEX
+
+  tok, q, slot = load_tokenizer(""), 4, 64
+  records = [
+    dynamics_turns(["it moves"]),
+    dynamics_turns(["the red circle moves up to the top left", "it turns blue"]),  # triple: two edits
+    dynamics_turns(["a square appears"], first_turn=Turn(user_text="a long caption " * 3, response_images=1)),
+  ]
+
+  def offsets(s):
+    ids = s.input_ids
+    pos = s.image_token_positions
+    assert all(ids[pos[k]].tolist() == tok.image_token_ids(q) for k in range(len(pos)))
+    return {int(d) for k in range(1, len(pos)) for d in pos[k] - pos[k - 1]}
+
+  seqs = [build_sequence(tok, turns, q, slot) for turns in records]
+  assert set.union(*map(offsets, seqs)) == {q + slot + 2}  # every edit, every record: one offset
+  assert len(set.union(*(offsets(build_sequence(tok, t, q)) for t in records))) > 2  # the authors' layout varies
+  for s, turns in zip(seqs, records):  # pads are masked and the text is unchanged
+    plain = build_sequence(tok, turns, q)
+    pads = s.input_ids == tok.pad_id
+    assert (s.labels[pads] == IGNORE_INDEX).all() and s.input_ids[~pads].tolist() == plain.input_ids.tolist()
+  too_long = build_sequence(tok, dynamics_turns(["x" * 80]), q, slot)  # kept whole, not cut
+  assert tok.decode(too_long.input_ids).count("x" * 80) == 1 and offsets(too_long) == {q + 1 + 80 + 9 + 1}

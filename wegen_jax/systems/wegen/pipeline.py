@@ -90,7 +90,7 @@ def record_sequence(record: dict, tok: WeGenTokenizer, d) -> tuple[TokenSequence
   if d.get("caption_first", False):
     weights = dict(caption=1.0)
   turns = dynamics_turns(record["dynamics"], first_turn=first_turn(record, first_turn_kind(record, weights)))
-  return build_sequence(tok, turns, d.num_image_tokens), record["frames"]
+  return build_sequence(tok, turns, d.num_image_tokens, d.get("instruction_slot", 0)), record["frames"]
 
 
 def records_to_row(records, tok: WeGenTokenizer, d) -> dict[str, np.ndarray]:

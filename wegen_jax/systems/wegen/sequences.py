@@ -8,6 +8,12 @@ multi-turn refinement WeGen is trained for.
 Supervision follows SEED-X: prompt tokens are masked; response text, `<img>` and `</s>` are
 targets; `<img_i>` and `</img>` are masked (the image itself is supervised through the
 regression and diffusion losses at those positions).
+
+instruction_slot > 0 (a tiny-only layout, configs/wegen.py `data.instruction_slot`): after an
+image, the tokens up to the next turn's `[/INST]\n` are left-padded with `<pad>` (before the user
+text, masked) to exactly that many, so the next image's `<img>` opens `instruction_slot` tokens
+after the previous `</img>` whatever the instruction's length: token i of the new image then sits
+at one fixed offset from token i of the image it edits. Longer instructions are kept whole.
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ class TokenSequence:
   image_is_target: np.ndarray  # [N] bool
 
 
-def build_sequence(tok: WeGenTokenizer, turns: Sequence[Turn], num_image_tokens: int = 64) -> TokenSequence:
+def build_sequence(
+  tok: WeGenTokenizer, turns: Sequence[Turn], num_image_tokens: int = 64, instruction_slot: int = 0
+) -> TokenSequence:
   ids: list[int] = []
   is_target: list[bool] = []
   positions: list[list[int]] = []
@@ -54,13 +62,20 @@ def build_sequence(tok: WeGenTokenizer, turns: Sequence[Turn], num_image_tokens:
     add(image_ids, False)
     add([tok.img_end_id], False)
     image_targets.append(target)
+    nonlocal image_end
+    image_end = len(ids)
+
+  image_end = None  # index after the last `</img>`
 
   for turn in turns:
     add([tok.bos_id], False)
     add(tok.encode("[INST] "), False)
     for _ in range(turn.user_images):
       add_image(False)
-    add(tok.encode(f"{turn.user_text} [/INST]\n"), False)
+    text = tok.encode(f"{turn.user_text} [/INST]\n")
+    if instruction_slot and image_end is not None:
+      add([tok.pad_id] * max(0, instruction_slot - (len(ids) - image_end) - len(text)), False)
+    add(text, False)
     if turn.response_text:
       add(tok.encode(turn.response_text), True)
     for _ in range(turn.response_images):

@@ -72,7 +72,8 @@ class WeGenSystem(base.System):
       images += [*past.images, *past.reply_images]
     turns.append(Turn(user_text=request.text if text is None else text, user_images=len(request.images)))
     images += list(request.images)
-    ids = build_sequence(self.tokenizer, turns, self.model.cfg.num_image_tokens).input_ids[:-1]  # no last </s>
+    slot = self.config.data.get("instruction_slot", 0)  # the layout the model was trained on
+    ids = build_sequence(self.tokenizer, turns, self.model.cfg.num_image_tokens, slot).input_ids[:-1]  # no last </s>
     return ids, images
 
   def _decode(self, rows, pixels, rng, *, max_new_tokens, temperature, stop, var_cfg_scale=1.0, image_first=False):
