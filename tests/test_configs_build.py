@@ -38,6 +38,7 @@ MODEL_SPECS = (
   + ["configs/eval/wegen_coco.py", "configs/eval/geneval_synthetic.py"]
   + [f"configs/got.py:size={size},stage={stage}" for size in ("tiny", "3b") for stage in (1, 2)]
   + [f"configs/{name}.py:size={size}" for name in ("gill", "mgcc") for size in ("tiny", "6.7b")]
+  + [f"configs/eval/{name}.py:system={system}" for name in ("gill_vist", "gill_visdial") for system in ("gill", "mgcc")]
 )
 # Configs without a model (curation and the synthetic corpus), with their presets: they only have to load.
 OTHER_SPECS = [f"configs/curate.py{p}" for p in ("", ":preset=synthetic", ":preset=clip", ":preset=vlm")] + [
@@ -263,13 +264,18 @@ def test_training_only_fields_do_not_change_the_model():
   assert _shapes(_build(config)) == _shapes(_build(other))
 
 
-def test_dedup_merges_only_the_wegen_stages():
+def test_dedup_merges_only_same_model_configs():
   merged = sorted(tuple(map(_short, g)) for g in GROUPS if len(g) > 1)
   evals = tuple(f"eval/wegen_dynamics:stage={t}" for t in (1, 2))  # configs/eval/ reuse the tiny model
-  assert merged == [
-    tuple(f"wegen:size=7b,stage={t}" for t in (1, 2, 3)) + ("eval/wegen_coco",),
-    tuple(f"wegen:size=tiny,stage={t}" for t in (1, 2, 3)) + evals + ("eval/geneval_synthetic",),
-  ]
+  assert merged == sorted(
+    [
+      tuple(f"wegen:size=7b,stage={t}" for t in (1, 2, 3)) + ("eval/wegen_coco",),
+      tuple(f"wegen:size=tiny,stage={t}" for t in (1, 2, 3)) + evals + ("eval/geneval_synthetic",),
+      ("gill:size=6.7b", "eval/gill_vist:system=gill", "eval/gill_visdial:system=gill"),
+      ("mgcc:size=6.7b", "eval/gill_vist:system=mgcc", "eval/gill_visdial:system=mgcc"),
+      *(tuple(f"got:size={size},stage={t}" for t in (1, 2)) for size in ("tiny", "3b")),
+    ]
+  )
   assert not any(key[0] == "unloadable" for key in map(_model_key, MODEL_SPECS))
 
 
