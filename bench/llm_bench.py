@@ -83,6 +83,11 @@ def main():
   p.add_argument("--decode-batch", type=int, default=4)
   p.add_argument("--prompt", type=int, default=32)
   p.add_argument("--new-tokens", type=int, default=128)
+  p.add_argument(
+    "--decode-dtype",
+    default=None,
+    help="also time decoding with weights and cache in this dtype (e.g. bfloat16: half the weight stream), apart",
+  )
   args = p.parse_args()
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count())
@@ -102,6 +107,7 @@ def main():
   with tempfile.TemporaryDirectory() as d:
     hf.save_pretrained(d)
     model = convert.load_hf_llm(d)
+    low = args.decode_dtype and convert.load_hf_llm(d, dtype=args.decode_dtype, param_dtype=args.decode_dtype)
   cfg = model.cfg
   ids = np.random.RandomState(0).randint(0, args.vocab, (args.batch, args.seq))
   tokens = args.batch * args.seq
@@ -132,6 +138,10 @@ def main():
     lambda: generate(model, prompt, sampling=sampling).tokens.block_until_ready(), hf_generate, warmup=1, repeats=5
   )
   new = args.decode_batch * args.new_tokens
+  if low:
+    low_dec, torch_dec2 = compare(
+      lambda: generate(low, prompt, sampling=sampling).tokens.block_until_ready(), hf_generate, warmup=1, repeats=5
+    )
 
   print(
     f"Llama {args.layers} layers, d {args.hidden}, vocab {args.vocab}, train batch {args.batch} x seq "
@@ -141,6 +151,10 @@ def main():
   print("| measure | wegen_jax | PyTorch | ratio |\n|---|---|---|---|")
   print(row("train step (fwd+bwd+AdamW)", tokens / jax_s, tokens / torch_s, "tokens/s"))
   print(row("greedy decoding, KV cache", new / jax_dec, new / torch_dec, "tokens/s"))
+  if low:
+    print(
+      row(f"greedy decoding, {args.decode_dtype} weights (HF float32)", new / low_dec, new / torch_dec2, "tokens/s")
+    )
   print(row("matmul peak (2048^2 f32)", peak / 1e9, torch_peak / 1e9, "GFLOP/s"))
   print(
     f"JAX train step: {flops / jax_s / 1e9:.1f} GFLOP/s = {flops / jax_s / peak:.0%} of the measured "
