@@ -96,3 +96,24 @@ def test_terminal_commands_drive_the_session(system, tmp_path):
   kept = np.asarray(Image.open(session.folder / "turn001_sample1.png"))
   np.testing.assert_array_equal(np.asarray(Image.open(session.folder / "turn002_input0.png")), kept)
   assert (session.folder / "turn002_input1.png").is_file() and (session.folder / "turn002_sample0.png").is_file()
+
+
+def test_generate_images_passes_each_prompts_guidance_to_the_detokenizer(system, monkeypatch):
+  """FID (guidance 2) and CLIP-T (guidance 7) runs set the guidance per prompt (evaluators' options)."""
+  import wegen_jax.systems.wegen.system as wegen_system
+
+  seen = []
+
+  class Stop(Exception):
+    pass
+
+  def recording_generate(*args, image_sampling, **kwargs):
+    seen.append(image_sampling.guidance_scale)
+    raise Stop
+
+  monkeypatch.setattr(wegen_system, "generate", recording_generate)
+  generate_images = system.predict_fns()["generate_images"]
+  for prompt in ({"text": "a red circle.", "options": {"guidance_scale": 2.0}}, {"text": "a red circle."}):
+    with pytest.raises(Stop):
+      generate_images([prompt])
+  assert seen == [2.0, system.config.sampling.guidance_scale]

@@ -55,7 +55,7 @@ class WeGenSystem(base.System):
 
   def image_sampling(self, **overrides) -> ImageSampling:
     s = self.config.sampling
-    return ImageSampling(num_steps=s.num_steps, guidance_scale=s.guidance_scale, **overrides)
+    return ImageSampling(**{"num_steps": s.num_steps, "guidance_scale": s.guidance_scale, **overrides})
 
   def _prompt(self, request: base.Request, text: str | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """(prompt ids ending after `[/INST]\\n`, input images in order of appearance)."""
@@ -76,7 +76,9 @@ class WeGenSystem(base.System):
     ids = build_sequence(self.tokenizer, turns, self.model.cfg.num_image_tokens, slot).input_ids[:-1]  # no last </s>
     return ids, images
 
-  def _decode(self, rows, pixels, rng, *, max_new_tokens, temperature, stop, var_cfg_scale=1.0, image_first=False):
+  def _decode(
+    self, rows, pixels, rng, *, max_new_tokens, temperature, stop, var_cfg_scale=1.0, image_first=False, guidance=None
+  ):
     """One batched WeGen decode of token rows of any lengths (left-padded to a multiple of
     PAD_BUCKET, so turns of similar length share one compiled program)."""
     ids, mask = left_pad(rows, self.tokenizer.pad_id)
@@ -92,7 +94,7 @@ class WeGenSystem(base.System):
       rng=rng,
       var_cfg_scale=var_cfg_scale,
       sampling=SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=stop),
-      image_sampling=self.image_sampling(),
+      image_sampling=self.image_sampling() if guidance is None else self.image_sampling(guidance_scale=guidance),
       image_first=image_first,
     )
 
@@ -100,7 +102,8 @@ class WeGenSystem(base.System):
     """Each request's `num_samples` continuations, decoded as one batch. Options (defaults in
     config.sampling): psr (prompt self-rewriting: the model first samples a detailed prompt at
     psr_temperature, then draws it; Response.extras['prompts'] holds the rewrites),
-    force_image (the answer starts with an image), temperature, max_new_tokens, var_cfg_scale."""
+    force_image (the answer starts with an image), temperature, max_new_tokens, var_cfg_scale,
+    guidance_scale (the detokenizer's classifier-free guidance: FID and CLIP-T runs differ)."""
     defaults, room = self.config.sampling, 2 * self.model.cfg.num_image_tokens
     responses = []
     for request in requests:
@@ -132,6 +135,7 @@ class WeGenSystem(base.System):
         stop=(self.tokenizer.eos_id,),
         var_cfg_scale=float(opt("var_cfg_scale", 1.0)),
         image_first=psr or bool(opt("force_image", False)),
+        guidance=float(opt("guidance_scale")),
       )
       text = [self.tokenizer.decode(t).strip() for t in out.text_tokens]
       if psr:
@@ -204,7 +208,9 @@ class WeGenSystem(base.System):
     def generate_images(prompts, rng_seed=0):
       out = []
       for i, p in enumerate(prompts):
-        request = base.Request(text=p["text"], images=list(p.get("images", ())), seed=rng_seed + i)
+        request = base.Request(
+          text=p["text"], images=list(p.get("images", ())), seed=rng_seed + i, options=dict(p.get("options", {}))
+        )
         (response,) = self.generate([request])
         out.append(response.images[0] if response.images else _black(self.config.data.vae_image_size))
       return out
