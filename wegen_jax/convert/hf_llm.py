@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import jax
 import numpy as np
 from flax import nnx
 
@@ -23,7 +22,7 @@ from wegen_jax.convert.checkpoint_io import (
   state_dict_and_source,
   write_json_config,
 )
-from wegen_jax.convert.mapping import LINEAR, Rule, export_state_dict, load_state_dict
+from wegen_jax.convert.mapping import LINEAR, Rule, export_state_dict, load_state_dict, param_shardings
 from wegen_jax.models.llm import LLM, LLMConfig
 
 SUPPORTED = ("llama", "qwen2", "qwen2_5_vl", "opt")
@@ -234,17 +233,7 @@ def load_hf_llm(path: str | os.PathLike, *, mesh=None, sharding_rules=None, **co
   cfg = config_from_hf(read_hf_config(path), **config_overrides)
   state_dict = read_state_dict(path)
   model = nnx.eval_shape(lambda: LLM(cfg, rngs=nnx.Rngs(0)))
-  shardings = None
-  if mesh is not None:
-    from wegen_jax.layers.paths import param_paths
-    from wegen_jax.parallel.sharding import logical_to_spec
-
-    shardings = {
-      p: jax.sharding.NamedSharding(
-        mesh, logical_to_spec(v.get_metadata()["logical_axes"], v.get_value().shape, mesh, sharding_rules)
-      )
-      for p, v in param_paths(model).items()
-    }
+  shardings = param_shardings(model, mesh, sharding_rules)
   return fill_hf_llm(model, state_dict, shardings=shardings, dtype=np.dtype(cfg.param_dtype), source=str(path))
 
 

@@ -17,7 +17,6 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-import jax
 import numpy as np
 from flax import nnx
 
@@ -29,7 +28,7 @@ from wegen_jax.convert.checkpoint_io import (
   save_state_dict,
   write_json_config,
 )
-from wegen_jax.convert.mapping import LINEAR, Rule, Transform, export_state_dict, load_state_dict
+from wegen_jax.convert.mapping import LINEAR, Rule, Transform, export_state_dict, load_state_dict, param_shardings
 from wegen_jax.models.qwen2_5_vl import Qwen2_5_VL, Qwen2_5_VLConfig, QwenVisionConfig
 
 _VISION_RUNTIME = ("dtype", "param_dtype", "attention_impl")  # overrides that apply to the tower too
@@ -196,17 +195,7 @@ def load_hf_qwen2_5_vl(path: str | os.PathLike, *, mesh=None, sharding_rules=Non
   )
   state_dict = read_state_dict(path)
   model = nnx.eval_shape(lambda: Qwen2_5_VL(cfg, rngs=nnx.Rngs(0)))
-  shardings = None
-  if mesh is not None:
-    from wegen_jax.layers.paths import param_paths
-    from wegen_jax.parallel.sharding import logical_to_spec
-
-    shardings = {
-      p: jax.sharding.NamedSharding(
-        mesh, logical_to_spec(v.get_metadata()["logical_axes"], v.get_value().shape, mesh, sharding_rules)
-      )
-      for p, v in param_paths(model).items()
-    }
+  shardings = param_shardings(model, mesh, sharding_rules)
   return fill_hf_qwen2_5_vl(
     model, state_dict, shardings=shardings, dtype=np.dtype(cfg.text.param_dtype), source=str(path)
   )

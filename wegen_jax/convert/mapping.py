@@ -211,3 +211,19 @@ def rules_table(rules: Sequence[Rule]) -> str:
   rows = ["| wegen_jax parameter | PyTorch key | transform |", "|---|---|---|"]
   rows += [f"| `{r.ours}` | `{r.theirs}` | {r.transform.name} |" for r in rules]
   return "\n".join(rows) + "\n"
+
+
+def param_shardings(model: nnx.Module, mesh, rules=None) -> dict[str, jax.sharding.NamedSharding] | None:
+  """{dotted path: NamedSharding} for every parameter of `model` on `mesh` (None without a mesh), so
+  loaders put each tensor straight onto its sharding (no full host copy on device 0)."""
+  if mesh is None:
+    return None
+  from wegen_jax.layers.paths import param_paths
+  from wegen_jax.parallel.sharding import logical_to_spec
+
+  return {
+    p: jax.sharding.NamedSharding(
+      mesh, logical_to_spec(v.get_metadata()["logical_axes"], v.get_value().shape, mesh, rules)
+    )
+    for p, v in param_paths(model).items()
+  }
