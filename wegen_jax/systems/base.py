@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from flax import nnx
@@ -136,6 +136,31 @@ class System:
     heldout_tokens(num) / score_tokens(rows) -> token rows; (sum of token NLL, number of tokens)
     """
     return {}
+
+
+def load_pretrained_parts(model, paths: Mapping[str, str], loaders: Mapping[str, Callable]) -> list[str]:
+  """Fills the parts of `model` named in `paths` (config.pretrained: part -> local path; empty
+  entries skipped) with `loaders[part](model, path)`, in the loaders' order (later parts overwrite
+  earlier ones); returns the parts loaded. Unknown parts and missing paths are one clear error."""
+  from wegen_jax.convert.checkpoint_io import CheckpointError
+
+  unknown = sorted(set(paths) - set(loaders))
+  if unknown:
+    raise ValueError(f"config.pretrained has unknown entries {unknown}; known: {list(loaders)}")
+  loaded = []
+  for name, load in loaders.items():
+    path = paths.get(name) or ""
+    if not path:
+      continue
+    if not Path(path).exists():
+      raise CheckpointError(
+        f"config.pretrained.{name} = {path!r} does not exist; point it at a local copy of the weights "
+        "(nothing is downloaded)"
+      )
+    load(model, path)
+    print(f"loaded pretrained {name} from {path}", flush=True)
+    loaded.append(name)
+  return loaded
 
 
 def get_system(config) -> type[System]:

@@ -10,19 +10,17 @@ vae   diffusers AutoencoderKL folder (SDXL vae/)
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping
 
 from flax import nnx
 
-from wegen_jax.convert.checkpoint_io import CheckpointError, read_state_dict
+from wegen_jax.convert.checkpoint_io import read_state_dict
 from wegen_jax.convert.diffusers import fill_diffusers_unet, fill_diffusers_vae
 from wegen_jax.convert.hf_llm import fill_hf_llm
 from wegen_jax.convert.hf_qwen2_5_vl import fill_hf_qwen2_5_vl
 from wegen_jax.layers.lora import lora_unwrapped
 from wegen_jax.models.unet import UNet2DConditionModel, widen_conv_in
-
-SOURCES = ("llm", "unet", "vae")
+from wegen_jax.systems.base import load_pretrained_parts
 
 
 def load_llm(model, path) -> None:
@@ -57,20 +55,5 @@ _LOADERS = {"llm": load_llm, "unet": load_unet, "vae": lambda m, p: fill_diffuse
 
 
 def load_pretrained(model, paths: Mapping[str, str]) -> list[str]:
-  """Fills the parts of `model` named in `paths` (empty entries skipped); returns those loaded."""
-  unknown = sorted(set(paths) - set(SOURCES))
-  if unknown:
-    raise ValueError(f"config.pretrained has unknown entries {unknown}; known: {list(SOURCES)}")
-  loaded = []
-  for name in SOURCES:
-    path = paths.get(name) or ""
-    if not path:
-      continue
-    if not Path(path).exists():
-      raise CheckpointError(
-        f"config.pretrained.{name} = {path!r} does not exist; point it at a local copy of the weights"
-      )
-    _LOADERS[name](model, path)
-    print(f"loaded pretrained {name} from {path}", flush=True)
-    loaded.append(name)
-  return loaded
+  """Fills the parts of `model` named in `paths` (empty entries are skipped); returns the parts loaded."""
+  return load_pretrained_parts(model, paths, _LOADERS)

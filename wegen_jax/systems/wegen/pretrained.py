@@ -16,16 +16,13 @@ run has its own weights), before `init_from`. Each tensor goes to its parameter'
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping
 
-from wegen_jax.convert.checkpoint_io import CheckpointError
 from wegen_jax.convert.diffusers import fill_diffusers_unet, fill_diffusers_vae
 from wegen_jax.convert.hf_llm import fill_hf_llm
 from wegen_jax.convert.timm_eva import fill_timm_eva
 from wegen_jax.systems.wegen.convert import load_authors_detokenizer, load_authors_mllm
-
-SOURCES = ("llm", "vision", "unet", "vae", "detokenizer", "mllm")
+from wegen_jax.systems.base import load_pretrained_parts
 
 
 _LOADERS = {
@@ -40,20 +37,4 @@ _LOADERS = {
 
 def load_pretrained(model, paths: Mapping[str, str]) -> list[str]:
   """Fills the parts of `model` named in `paths` (empty entries are skipped); returns the parts loaded."""
-  unknown = sorted(set(paths) - set(SOURCES))
-  if unknown:
-    raise ValueError(f"config.pretrained has unknown entries {unknown}; known: {list(SOURCES)}")
-  loaded = []
-  for name in SOURCES:
-    path = paths.get(name) or ""
-    if not path:
-      continue
-    if not Path(path).exists():
-      raise CheckpointError(
-        f"config.pretrained.{name} = {path!r} does not exist; point it at a local "
-        "copy of the weights (nothing is downloaded)"
-      )
-    _LOADERS[name](model, path)
-    print(f"loaded pretrained {name} from {path}", flush=True)
-    loaded.append(name)
-  return loaded
+  return load_pretrained_parts(model, paths, _LOADERS)
