@@ -18,35 +18,12 @@ arg: size=tiny|3b, stage=1|2.
 import ml_collections
 
 from wegen_jax.config_utils import parse_arg
-from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS, QWEN_VISION_PRESETS
+from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS, QWEN_VISION_PRESETS, SDXL_UNET, SDXL_VAE
 from wegen_jax.parallel.sharding import DEFAULT_RULES
 
-_SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json, conv_in widened to 12
-  block_out_channels=[320, 640, 1280],
-  down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-  up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-  layers_per_block=2,
-  transformer_layers_per_block=[1, 2, 10],
-  attention_head_dim=[5, 10, 20],
-  use_linear_projection=True,
-  cross_attention_dim=2048,
-  addition_embed_type="text_time",
-  addition_time_embed_dim=256,
-  projection_class_embeddings_input_dim=1280 + 6 * 256,
-  norm_num_groups=32,
-  in_channels=12,
-  out_channels=4,
-  sample_size=128,
-)
-_SDXL_VAE = dict(
-  block_out_channels=[128, 256, 512, 512],
-  layers_per_block=2,
-  latent_channels=4,
-  norm_num_groups=32,
-  scaling_factor=0.13025,
-  sample_size=1024,
-  force_upcast=True,
-)
+# SDXL-base's UNet with GoT's conv_in widened to 12 inputs [noisy | reference | spatial]
+_SDXL_UNET = dict(SDXL_UNET, in_channels=12, out_channels=4)
+
 
 SIZES = {
   "3b": dict(
@@ -60,7 +37,7 @@ SIZES = {
       vision_image_size=448,
       image_token_id=151655,
       unet=_SDXL_UNET,
-      vae=_SDXL_VAE,
+      vae=SDXL_VAE,
       pooled_dim=1280,
       unet_remat=True,
       dtype="bfloat16",

@@ -20,34 +20,13 @@ arg: size=tiny|7b, stage=1|2|3.
 import ml_collections
 
 from wegen_jax.config_utils import parse_arg
-from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS
+from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS, SDXL_UNET, SDXL_VAE
 from wegen_jax.parallel.sharding import DEFAULT_RULES
 from wegen_jax.systems.wegen.config import SDXL_SCHEDULER
 
-_SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json, WeGen's condition
-  block_out_channels=[320, 640, 1280],
-  down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-  up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-  layers_per_block=2,
-  transformer_layers_per_block=[1, 2, 10],
-  attention_head_dim=[5, 10, 20],
-  use_linear_projection=True,
-  cross_attention_dim=1792,
-  addition_embed_type="text_time",
-  addition_time_embed_dim=256,
-  projection_class_embeddings_input_dim=1792 + 6 * 256,
-  norm_num_groups=32,
-  sample_size=128,
-)
-_SDXL_VAE = dict(
-  block_out_channels=[128, 256, 512, 512],
-  layers_per_block=2,
-  latent_channels=4,
-  norm_num_groups=32,
-  scaling_factor=0.13025,
-  sample_size=1024,
-  force_upcast=True,
-)
+# SDXL-base's UNet conditioned as WeGen: 1792-wide EVA features, pooled text_embeds of 1792
+_SDXL_UNET = dict(SDXL_UNET, cross_attention_dim=1792, projection_class_embeddings_input_dim=1792 + 6 * 256)
+
 
 SIZES = {
   "7b": dict(
@@ -55,7 +34,7 @@ SIZES = {
       llm=dict(LLM_DEFAULTS, **LLM_PRESETS["wegen_llama2_7b"], remat="full"),
       vision=dict(),  # EVAConfig defaults = EVA-CLIP-E-14-plus at 448 px
       unet=_SDXL_UNET,
-      vae=_SDXL_VAE,
+      vae=SDXL_VAE,
       unet_remat=True,
       dtype="bfloat16",
       # one scanned body per layer stack (LLM, EVA-E, SDXL's transformer stacks):

@@ -159,3 +159,30 @@ QWEN_VISION_PRESETS = {
 
 # Defaults every preset gets, so overrides like --config.model.dtype=bfloat16 always work.
 LLM_DEFAULTS = dict(dtype="float32", param_dtype="float32", remat="none", attention_impl="xla", scan_layers=False)
+
+# stabilityai/stable-diffusion-xl-base-1.0 unet/ and vae/ config.json (diffusers names): the
+# detokenizers of WeGen and GoT start from these and change their conditioning widths.
+SDXL_UNET = dict(
+  block_out_channels=[320, 640, 1280],
+  down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+  up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+  layers_per_block=2,
+  transformer_layers_per_block=[1, 2, 10],
+  attention_head_dim=[5, 10, 20],
+  use_linear_projection=True,
+  cross_attention_dim=2048,
+  addition_embed_type="text_time",
+  addition_time_embed_dim=256,
+  projection_class_embeddings_input_dim=1280 + 6 * 256,
+  norm_num_groups=32,
+  sample_size=128,
+)
+SDXL_VAE = dict(
+  block_out_channels=[128, 256, 512, 512],
+  layers_per_block=2,
+  latent_channels=4,
+  norm_num_groups=32,
+  scaling_factor=0.13025,
+  sample_size=1024,
+  force_upcast=True,
+)
