@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from configs import lm_train as lm_config
+from wegen_jax.configs import lm_train as lm_config
 
 
 def config(**overrides):

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from configs import lm_train as lm_config
+from wegen_jax.configs import lm_train as lm_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--config", "configs/lm_train.py", "--config.model.num_layers=1", "--config.data.seq_len=32"]
@@ -43,7 +43,7 @@ def test_optimizer_state_is_sharded_like_the_parameters():
 def test_wegen_stage1_inputs_follow_the_pipeline_and_freeze_groups():
   """WeGen stage 1: frozen LLM/vision/VAE, the UNet's moments behind optax.multi_transform
   (freeze_until) still get the UNet's shardings; the batch has the pipeline's fields."""
-  from configs import wegen as wegen_config
+  from wegen_jax.configs import wegen as wegen_config
   from wegen_jax.tools.fit import abstract_inputs
 
   c = wegen_config.get_config("size=tiny,stage=1")

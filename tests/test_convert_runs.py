@@ -258,7 +258,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(runs, hf_export, tmp_path, mon
 
 
 def test_docs_tables_are_the_codes():
-  from configs.wegen import get_config
+  from wegen_jax.configs.wegen import get_config
 
   config = get_config("size=7b,stage=2")
   doc = (REPO / "docs" / "CONVERT_TABLES.md").read_text()

@@ -32,7 +32,7 @@ CHAIN = (
 
 def tiny_config(max_len=288):
   """configs/got.py tiny, shrunk for test speed: one-level UNet, 16-px images (8x8x12 latents)."""
-  from configs.got import get_config
+  from wegen_jax.configs.got import get_config
 
   c = get_config("size=tiny,stage=1")
   c.data.update(max_len=max_len, image_size=16, max_boxes=2)

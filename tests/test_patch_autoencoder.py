@@ -42,7 +42,7 @@ def test_bad_input_says_what_is_wrong():
 
 
 def test_wegen_builds_with_either_autoencoder():
-  from configs.wegen import get_config
+  from wegen_jax.configs.wegen import get_config
   from wegen_jax.models.vae import VAEConfig
   from wegen_jax.systems.wegen.config import WeGenConfig
   from wegen_jax.systems.wegen.model import WeGen

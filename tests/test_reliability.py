@@ -155,7 +155,7 @@ def test_bad_paths_fail_before_anything_is_built(tmp_path, monkeypatch):
 
 
 def test_wegen_data_dir_errors_say_how_to_build_the_data(tmp_path, monkeypatch):
-  from configs import wegen as wegen_config
+  from wegen_jax.configs import wegen as wegen_config
 
   monkeypatch.setattr(trainer, "create_sharded", lambda *a, **k: pytest.fail("the model was built"))
   c = wegen_config.get_config("size=tiny,stage=1")

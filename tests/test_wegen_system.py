@@ -166,7 +166,7 @@ def test_generate_text_and_images_multi_turn_and_var_cfg(setup, trained):
 def test_stage1_trains_the_unet_with_a_delayed_start_and_configs_hold_the_real_sizes():
   """Stage 1: UNet k/v from step 1, the rest of the UNet after freeze_until; the tiny default's
   tower (no pretrained weights) trains with it from the start, the 7B's EVA never does."""
-  from configs.wegen import get_config
+  from wegen_jax.configs.wegen import get_config
 
   config = tiny_config(stage=1)
   assert WeGenTask(config).trainable_parts() == ("unet",)

@@ -40,7 +40,7 @@ def test_off_is_cross_attention_only_and_a_wrong_unet_is_refused():
 
 
 def test_the_7b_detokenizer_is_the_authors_cross_attention_only():
-  from configs.wegen import get_config
+  from wegen_jax.configs.wegen import get_config
 
   real = WeGenConfig.from_dict(get_config("size=7b,stage=1").model)
   assert not real.spatial_features and real.unet.in_channels == real.vae.latent_channels == 4

@@ -96,7 +96,7 @@ def random_model(cfg, seed=0):
 def tiny_config(stage=2, sdxl_vae=False, **data):
   """configs/wegen.py tiny, shrunk for test speed on a shared CPU: one-level UNet, 1-block EVA,
   16-px target images -> 8x8x12 folded latents (same structure: SDXL text_time conditioning, 64 tokens)."""
-  from configs.wegen import get_config
+  from wegen_jax.configs.wegen import get_config
 
   c = get_config(f"size=tiny,stage={stage}")
   c.data.update(dict(max_len=176, vae_image_size=16), **data)
