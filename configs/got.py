@@ -18,7 +18,7 @@ arg: size=tiny|3b, stage=1|2.
 import ml_collections
 
 from wegen_jax.config_utils import parse_arg
-from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS, QWEN_VISION_PRESETS, SDXL_UNET, SDXL_VAE
+from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS, QWEN_VISION_PRESETS, SDXL_UNET, SDXL_VAE, TINY_UNET
 from wegen_jax.parallel.sharding import DEFAULT_RULES
 
 # SDXL-base's UNet with GoT's conv_in widened to 12 inputs [noisy | reference | spatial]
@@ -60,20 +60,9 @@ SIZES = {
       vision_image_size=16,
       image_token_id=269,  # <|image_pad|> of the byte-level tokenizer
       unet=dict(
-        block_out_channels=[32, 64],
-        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-        layers_per_block=1,
-        attention_head_dim=[2, 4],
-        use_linear_projection=True,
+        TINY_UNET,
         cross_attention_dim=64,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=32 + 6 * 8,
-        norm_num_groups=8,
         in_channels=3 * 12,  # [noisy | reference | spatial] folded-pixel latents
-        out_channels=12,
-        sample_size=16,
       ),
       # 32-px frames folded 2x2 into 16x16x12 latents (models/patch_autoencoder.py: exact, no training)
       vae=dict(_class_name="PatchAutoencoder", patch_size=2, shift_factor=-0.49, scaling_factor=3.15, sample_size=32),

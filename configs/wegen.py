@@ -20,7 +20,7 @@ arg: size=tiny|7b, stage=1|2|3.
 import ml_collections
 
 from wegen_jax.config_utils import parse_arg
-from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS, SDXL_UNET, SDXL_VAE
+from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS, SDXL_UNET, SDXL_VAE, TINY_UNET
 from wegen_jax.parallel.sharding import DEFAULT_RULES
 from wegen_jax.systems.wegen.config import SDXL_SCHEDULER
 
@@ -70,20 +70,9 @@ SIZES = {
       # took 20-step sampling from 19.3 to 17.9.
       spatial_features=True,
       unet=dict(
-        block_out_channels=[32, 64],
-        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-        layers_per_block=1,
-        attention_head_dim=[2, 4],
-        use_linear_projection=True,
+        TINY_UNET,
         cross_attention_dim=32,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=32 + 6 * 8,
-        norm_num_groups=8,
         in_channels=12 + 32,  # latents + the 8x8 feature grid (spatial_features)
-        out_channels=12,
-        sample_size=16,
       ),
       # 32-px frames folded 2x2 into 16x16x12 latents (models/patch_autoencoder.py:
       # exact, no training; a VAE learned here in minutes lost held-out colours).

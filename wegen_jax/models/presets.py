@@ -92,21 +92,6 @@ LLM_PRESETS = {
     rope_theta=1e6,
     max_position_embeddings=512,
   ),
-  # A tiny M-RoPE text model for Qwen2.5-VL tests (head_dim 16: mrope_section sums to 8).
-  "tiny_qwen_vl": dict(
-    family="qwen2",
-    vocab_size=256,
-    hidden_size=64,
-    intermediate_size=176,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    qkv_bias=True,
-    tie_word_embeddings=True,
-    rope_theta=1e6,
-    mrope_section=(2, 3, 3),
-    max_position_embeddings=512,
-  ),
   "tiny_opt": dict(
     family="opt",
     vocab_size=256,
@@ -127,6 +112,8 @@ LLM_PRESETS = {
     tie_word_embeddings=True,
   ),
 }
+# A tiny M-RoPE text model for Qwen2.5-VL tests (head_dim 16: mrope_section sums to 8).
+LLM_PRESETS["tiny_qwen_vl"] = dict(LLM_PRESETS["tiny_qwen"], mrope_section=(2, 3, 3))
 
 # Qwen2.5-VL vision towers (QwenVisionConfig fields), keyed like their text model in LLM_PRESETS.
 QWEN_VISION_PRESETS = {
@@ -185,4 +172,20 @@ SDXL_VAE = dict(
   scaling_factor=0.13025,
   sample_size=1024,
   force_upcast=True,
+)
+# The tiny detokenizer UNet of the embedded defaults (32-px frames as 16x16x12 folded latents);
+# each system sets its conditioning widths and input channels.
+TINY_UNET = dict(
+  block_out_channels=[32, 64],
+  down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+  up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+  layers_per_block=1,
+  attention_head_dim=[2, 4],
+  use_linear_projection=True,
+  addition_embed_type="text_time",
+  addition_time_embed_dim=8,
+  projection_class_embeddings_input_dim=32 + 6 * 8,
+  norm_num_groups=8,
+  out_channels=12,
+  sample_size=16,
 )
