@@ -31,7 +31,7 @@ def test_dynamics_evaluator_scores_what_the_system_generates():
   def fns(draw):
     def generate_images(prompts, rng_seed=0):
       asked.extend(prompts)
-      return [draw(p) for p in pairs]
+      return [draw(pairs[0]) for _ in prompts]
 
     return {"validation_pairs": lambda n: pairs[:n], "generate_images": generate_images}
 
@@ -103,10 +103,11 @@ def test_dynamics_evaluator_keeps_its_frames_and_reuses_them_after_a_kill(tmp_pa
     return [pairs[rng_seed]["target"] // 2 for _ in prompts]  # prompt i is asked with seed i
 
   fns = {"validation_pairs": lambda n: pairs[:n], "generate_images": generate_images}
-  ev, out = dynamics.Evaluator(num_samples=2), tmp_path / "eval" / "7" / "dynamics"
+  ev, out = dynamics.Evaluator(num_samples=2, batch_size=1), tmp_path / "eval" / "7" / "dynamics"
   first = ev.run(fns, 7, out_dir=out)
   assert calls == [0, 1] and sorted(p.name for p in out.iterdir()) == ["000.png", "001.png"]
-  (out / "001.png").write_bytes(b"torn")  # killed while writing the second frame
+  (out / "001.png").unlink()  # killed while writing the second frame (writes are atomic: no torn 001.png)
+  (out / "001.png.tmp").write_bytes(b"torn")
   again = ev.run(fns, 7, out_dir=out)
   assert calls == [0, 1, 1] and again == first  # only the missing frame is generated again
 

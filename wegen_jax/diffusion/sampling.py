@@ -34,7 +34,8 @@ class Conditioning:
 
 def denoise_loop(unet, scheduler, plan, cond: Conditioning, latents, *, guidance=NoGuidance(), key=None):
   """Runs all steps of `plan` from initial noise `latents` [B,C,h,w] (unscaled N(0,1)); returns
-  the final latents [B,C,h,w]. Call it under jit (see `sample_latents`)."""
+  the final latents [B,C,h,w]. key: one key, or one per row [B] (with `latents` given). Call it
+  under jit (see `sample_latents`)."""
   k = guidance.num_branches
   x = jnp.transpose(latents, (0, 2, 3, 1)) * plan.init_noise_sigma
   extra = None if cond.concat_latents is None else jnp.transpose(cond.concat_latents, (0, 2, 3, 1))
@@ -47,6 +48,9 @@ def denoise_loop(unet, scheduler, plan, cond: Conditioning, latents, *, guidance
       xin = jnp.concatenate([xin, extra.astype(xin.dtype)], axis=-1)
     eps = unet.forward_nhwc(xin, plan.timesteps[i], cond.encoder_hidden_states, cond.added_cond_kwargs)
     eps = guidance.combine(split_branches(eps, k)).astype(x.dtype)
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim:  # one key per row: its own step noise
+      noise = jax.vmap(lambda r: jax.random.normal(jax.random.fold_in(r, i), x.shape[1:], x.dtype))(key)
+      return scheduler.step(plan, eps, i, x, noise=noise)
     return scheduler.step(plan, eps, i, x, key=jax.random.fold_in(key, i))
 
   x = jax.lax.fori_loop(0, plan.num_steps, body, x)

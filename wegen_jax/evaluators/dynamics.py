@@ -20,7 +20,7 @@ import numpy as np
 from wegen_jax.data.image_preprocess import resize_uint8
 from wegen_jax.data.synthetic import COLOURS
 from wegen_jax.evaluators import require_predict_fns
-from wegen_jax.evaluators.image_cache import cached_images
+from wegen_jax.evaluators.image_cache import generated_images
 
 COLOUR_TOLERANCE = 60.0  # RGB distance accepted as "this object's colour"
 MISSING_PENALTY = 0.5  # position error charged when the object's colour is absent
@@ -101,12 +101,13 @@ class Evaluator:
 
   Needs predict functions `validation_pairs(num)` (dicts with text, source, target, boxes,
   box_frame, box_label) and `generate_images(prompts, rng_seed)`; prompt i is the pair's text
-  with its source frame. Reports `evaluate`'s metrics, the copy baseline's beside them."""
+  with its source frame, asked in chunks of batch_size (default: the local device count).
+  Reports `evaluate`'s metrics, the copy baseline's beside them."""
 
-  def __init__(self, every: int = 0, num_samples: int = 32, seed: int = 0):
+  def __init__(self, every: int = 0, num_samples: int = 32, seed: int = 0, batch_size: int | None = None):
     if num_samples < 1:
       raise ValueError(f"dynamics evaluator: num_samples={num_samples} must be >= 1")
-    self.every, self.num_samples, self.seed = every, num_samples, seed
+    self.every, self.num_samples, self.seed, self.batch_size = every, num_samples, seed, batch_size
 
   def run(self, predict_fns, step, out_dir=None):
     """out_dir (RUN/eval/<step>/<name> when run by the trainer or the eval CLI): the generated
@@ -116,6 +117,7 @@ class Evaluator:
     if not pairs:
       raise ValueError("dynamics evaluator: the run's validation split has no labelled pairs")
     prompts = [{"text": p["text"], "images": [p["source"]]} for p in pairs]
-    generate = predict_fns["generate_images"]  # prompt i always gets seed + i, alone or batched
-    generated = cached_images(out_dir, len(prompts), lambda i: generate([prompts[i]], rng_seed=self.seed + i)[0])
-    return evaluate([dict(p, generated=resize_uint8(g, p["target"].shape[:2])) for p, g in zip(pairs, generated)])
+    gen = predict_fns["generate_images"]
+    with generated_images(gen, prompts, out_dir, seed=self.seed, batch_size=self.batch_size) as generated:
+      frames = [generated(i) for i in range(len(pairs))]
+    return evaluate([dict(p, generated=resize_uint8(g, p["target"].shape[:2])) for p, g in zip(pairs, frames)])

@@ -13,25 +13,6 @@ import numpy as np
 from PIL import Image
 
 
-def cached_images(
-  out_dir: str | Path | None, count: int, generate_one: Callable[[int], np.ndarray]
-) -> list[np.ndarray]:
-  """Image i (uint8 [H, W, 3]) from out_dir/NNN.png when a complete one is there, else
-  generate_one(i), written before the next one is made. out_dir None: no files."""
-  if out_dir is None:
-    return [generate_one(i) for i in range(count)]
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  images = []
-  for i in range(count):
-    image = read_image(image_path(out_dir, i))
-    if image is None:
-      image = np.asarray(generate_one(i), np.uint8)
-      _write(image_path(out_dir, i), image)  # atomic: a killed run never leaves a half-written PNG
-    images.append(image)
-  return images
-
-
 def image_path(out_dir: str | Path, i: int) -> Path:
   return Path(out_dir) / f"{i:03d}.png"
 

@@ -15,6 +15,9 @@
    their training targets; we follow training.
 5. UNet sampling (Euler discrete by default; CFG against zero negative embeddings, SDXL size
    time_ids as the authors' pipeline passes them) and VAE decode.
+6. Batches: with one rng key per row, row r's randomness comes from its key alone, so a prompt
+   draws the same image in any batch as alone; `devices` shards the rows (and the images) over a
+   1-D mesh for data-parallel decoding and sampling.
 """
 
 from __future__ import annotations
@@ -28,8 +31,14 @@ import numpy as np
 from flax import nnx
 
 from wegen_jax.data.image_preprocess import preprocess_image
-from wegen_jax.diffusion import ClassifierFree, Conditioning, NoGuidance
-from wegen_jax.diffusion import generate as diffusion_generate
+from wegen_jax.diffusion import (
+  ClassifierFree,
+  Conditioning,
+  NoGuidance,
+  decode_images,
+  initial_noise,
+  sample_latents,
+)
 from wegen_jax.generation import ForcedTokensHook, SamplingConfig
 from wegen_jax.generation import generate as decode
 
@@ -215,10 +224,14 @@ def reconstruct(model, pixel_values, key, sampling: "ImageSampling", height: int
   return _detokenize(model, _own_features(model, jnp.asarray(pixel_values)), key, sampling, height, width)
 
 
-def _detokenize(model, features, key, sampling: ImageSampling, height: int, width: int) -> np.ndarray:
+def _detokenize(model, features, key, sampling: ImageSampling, height: int, width: int, latents=None) -> np.ndarray:
+  """uint8 [M, height, width, 3] drawn from features [M, Q, width]; latents: the initial noise
+  [M, C, h, w] (default: drawn from key for all M together)."""
   features = jnp.asarray(features)
   cond, added = model.condition(features)
   f = model.vae.downsample_factor
+  if height % f or width % f:
+    raise ValueError(f"height/width {height}x{width} must be multiples of the VAE factor {f}")
   spatial = model.spatial_condition(features, (height // f, width // f))
   if added is not None and sampling.time_ids == "sizes":
     sizes = jnp.asarray([height, width, 0, 0, height, width], jnp.float32)
@@ -242,19 +255,72 @@ def _detokenize(model, features, key, sampling: ImageSampling, height: int, widt
     None if added is None else added["time_ids"],
     concat_latents=spatial,
   )
-  return np.asarray(
-    diffusion_generate(
-      model.unet,
-      model.vae,
-      model.cfg.sampler(),
-      c,
-      key,
-      num_steps=sampling.num_steps,
-      height=height,
-      width=width,
-      guidance=guidance,
-    )
+  final = sample_latents(
+    model.unet,
+    model.cfg.sampler(),
+    c,
+    key,
+    num_steps=sampling.num_steps,
+    latent_size=(height // f, width // f),
+    latents=latents,
+    guidance=guidance,
   )
+  return np.asarray(decode_images(model.vae, final))
+
+
+def _split_rng(rng, b: int, sampling: SamplingConfig):
+  """(the decoder's key, the images' key or one per row [B]). One key: split as always. One key
+  per row: row r's (text, image) keys are its key's split, as if it were decoded alone; the
+  decoder draws one key per step for the whole batch, so text must then be greedy (or B = 1)."""
+  rng = jax.random.key(0) if rng is None else rng
+  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):  # raw uint32 key data ([2] or [B, 2])
+    rng = jax.random.wrap_key_data(rng)
+  if rng.ndim == 0:
+    k_text, k_image = jax.random.split(rng)
+    return k_text, k_image
+  if rng.shape != (b,):
+    raise ValueError(f"rng: one key or one key per prompt row ({b}), got keys of shape {rng.shape}")
+  if b > 1 and not sampling.greedy:
+    raise ValueError(
+      "one rng key per row needs greedy text (temperature 0) for several rows; decode sampled rows alone"
+    )
+  pairs = [jax.random.split(k) for k in rng]
+  return pairs[0][0], jnp.stack([p[1] for p in pairs])
+
+
+def _pad_rows(x, multiple: int):
+  """x (an array or keys) with its last row repeated up to a multiple of `multiple` rows (the
+  copies are dropped later)."""
+  n = len(x)
+  return x[np.minimum(np.arange(n - n % -multiple), n - 1)] if n % multiple else x
+
+
+def _draw_images(model, f, rows, key, sampling: ImageSampling, height, width, sharding):
+  """Images of features f [M, Q, width] (image m belongs to prompt row rows[m]). key: one key
+  (noise for all M together) or one per row (row r's k images start from initial_noise(key_r,
+  k), as the row alone draws them, and image j's sampler steps draw from fold_in(key_r, j)).
+  sharding: M is padded to a multiple of its devices and split over them."""
+  f, rows = np.asarray(f), np.asarray(rows)
+  c, s = model.unet.cfg.out_channels, model.vae.downsample_factor
+  if key.ndim:
+    owners = list(dict.fromkeys(rows.tolist()))  # the rows with images, in order
+    latents = np.concatenate(
+      [initial_noise(key[r], int(np.sum(rows == r)), c, height // s, width // s) for r in owners]
+    )
+    key = jnp.stack([jax.random.fold_in(key[r], j) for r in owners for j in range(int(np.sum(rows == r)))])
+  else:
+    latents = np.asarray(initial_noise(key, len(f), c, height // s, width // s))
+  if sharding is None:
+    return _detokenize(model, f, key, sampling, height, width, latents=jnp.asarray(latents))
+  n, put = len(f), lambda x: jax.device_put(_pad_rows(x, len(sharding.device_set)), sharding)
+  key = _pad_rows(key, len(sharding.device_set)) if key.ndim else key
+  return _detokenize(model, put(f), key, sampling, height, width, latents=put(latents))[:n]
+
+
+def batch_sharding(devices) -> jax.sharding.NamedSharding:
+  """The batch axis split over `devices` (a 1-D mesh), the rest of each array whole."""
+  mesh = jax.sharding.Mesh(np.asarray(list(devices)), ("batch",))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
 
 
 def generate(
@@ -269,15 +335,18 @@ def generate(
   image_sampling: ImageSampling = ImageSampling(),
   rng=None,
   image_first: bool = False,
+  devices=None,
 ) -> WeGenOutput:
   """Continues left-padded prompts [B, P]; pixel_values [B, N, 3, S, S] are the prompt's input
   images in order of appearance (zeros for unused slots). Returns tokens, text tokens and the
   generated images (uint8 [k, H, W, 3] per row). image_first: the continuation starts with an
-  image (`<img>` forced) instead of the model choosing when to draw."""
+  image (`<img>` forced) instead of the model choosing when to draw. rng: one key, or one key
+  per row (row r then draws what it draws alone; several rows need greedy text). devices: the
+  rows, padded with copies of the last to a multiple of their number, are sharded over them
+  (data-parallel decoding and sampling); the copies are dropped."""
   input_ids = np.asarray(input_ids, np.int32)
   b = input_ids.shape[0]
-  rng = jax.random.key(0) if rng is None else rng
-  k_text, k_image = jax.random.split(rng)
+  k_text, k_image = _split_rng(rng, b, sampling)
   q = model.cfg.num_image_tokens
   if len(tokens.image) != q:
     raise ValueError(f"tokens.image has {len(tokens.image)} ids; the model uses {q} image tokens")
@@ -285,14 +354,18 @@ def generate(
   if pixel_values is None:
     pixel_values = np.zeros((b, 0, 3, s, s), np.float32)
   pixel_values = np.asarray(pixel_values, np.float32)
+  mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
+  sharding = None if devices is None else batch_sharding(devices)
+  put = jnp.asarray
+  if sharding is not None:
+    input_ids, mask, pixel_values = (_pad_rows(x, len(sharding.device_set)) for x in (input_ids, mask, pixel_values))
+    put = lambda x: jax.device_put(x, sharding)  # noqa: E731
   positions = image_positions(input_ids, tokens, pixel_values.shape[1])
   valid = (positions != 0).any(-1)
   if pixel_values.shape[1]:
-    embeds = _prompt_embeds(
-      model, jnp.asarray(input_ids), jnp.asarray(pixel_values), jnp.asarray(positions), jnp.asarray(valid)
-    )
+    embeds = _prompt_embeds(model, put(input_ids), put(pixel_values), put(positions), put(valid))
   else:
-    embeds = model.llm.embed_tokens(jnp.asarray(input_ids))
+    embeds = model.llm.embed_tokens(put(input_ids))
 
   forced = tokens.image + (tokens.eoi,)
   feedback = [True] * q + [False]
@@ -304,13 +377,13 @@ def generate(
     hook = VARGuidanceHook(model, tokens.boi, forced, feedback, var_cfg_scale, sampling.max_new_tokens)
   out = decode(
     _LLMWithPrompt(model.llm, embeds),
-    input_ids,
-    attention_mask=attention_mask,
+    put(input_ids),
+    attention_mask=mask,
     sampling=sampling,
     rng=k_text,
     hook=hook,
   )
-  ids = np.asarray(out.tokens)
+  ids = np.asarray(out.tokens)[:b]
   hidden = out.hidden_states
 
   # Image j of a row: the hidden states that chose its 64 `<img_i>` tokens (at `<img>`..`<img_00062>`).
@@ -325,12 +398,13 @@ def generate(
   feats = [np.zeros((0, q, model.cfg.vision.width), np.float32) for _ in range(b)]
   if flat:
     h = jnp.stack([hidden[r, s0 : s0 + q] for r, s0 in flat])
-    f = _features(model, h)
-    pics = _detokenize(model, f, k_image, image_sampling, height, width)
+    f = np.asarray(_features(model, h))
+    owner = np.asarray([r for r, _ in flat])
+    pics = _draw_images(model, f, owner, k_image, image_sampling, height, width, sharding)
     for r in range(b):
-      mine = [i for i, (rr, _) in enumerate(flat) if rr == r]
-      if mine:
-        images[r], feats[r] = pics[mine], np.asarray(f)[mine]
+      mine = owner == r
+      if mine.any():
+        images[r], feats[r] = pics[mine], f[mine]
   drop = set(tokens.image) | {tokens.boi, tokens.eoi}
   text = [[int(t) for t in row[:n] if int(t) not in drop] for row, n in zip(ids, np.asarray(out.lengths))]
   return WeGenOutput(ids, text, images, feats)

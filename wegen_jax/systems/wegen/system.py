@@ -11,7 +11,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
 
 from wegen_jax.data.image_preprocess import resize_uint8
 from wegen_jax.generation import SamplingConfig, left_pad
@@ -77,7 +80,18 @@ class WeGenSystem(base.System):
     return ids, images
 
   def _decode(
-    self, rows, pixels, rng, *, max_new_tokens, temperature, stop, var_cfg_scale=1.0, image_first=False, guidance=None
+    self,
+    rows,
+    pixels,
+    rng,
+    *,
+    max_new_tokens,
+    temperature,
+    stop,
+    var_cfg_scale=1.0,
+    image_first=False,
+    guidance=None,
+    devices=None,
   ):
     """One batched WeGen decode of token rows of any lengths (left-padded to a multiple of
     PAD_BUCKET, so turns of similar length share one compiled program)."""
@@ -96,53 +110,104 @@ class WeGenSystem(base.System):
       sampling=SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=stop),
       image_sampling=self.image_sampling() if guidance is None else self.image_sampling(guidance_scale=guidance),
       image_first=image_first,
+      devices=devices,
+    )
+
+  def _options(self, request: base.Request) -> dict:
+    """The request's options over config.sampling's defaults (see `generate`)."""
+    defaults = self.config.sampling
+    opt = lambda name, default=None: request.options.get(name, defaults.get(name, default))  # noqa: E731
+    return dict(
+      psr=bool(opt("psr", False)),
+      psr_max_tokens=int(opt("psr_max_tokens", 192)),
+      psr_temperature=float(opt("psr_temperature", 1.0)),
+      force_image=bool(opt("force_image", False)),
+      temperature=float(opt("temperature", 0.0)),
+      max_new_tokens=int(opt("max_new_tokens") or 2 * self.model.cfg.num_image_tokens),
+      var_cfg_scale=float(opt("var_cfg_scale", 1.0)),
+      guidance_scale=float(opt("guidance_scale")),
     )
 
   def generate(self, requests: Sequence[base.Request]) -> list[base.Response]:
-    """Each request's `num_samples` continuations, decoded as one batch. Options (defaults in
-    config.sampling): psr (prompt self-rewriting: the model first samples a detailed prompt at
-    psr_temperature, then draws it; Response.extras['prompts'] holds the rewrites),
-    force_image (the answer starts with an image), temperature, max_new_tokens, var_cfg_scale,
-    guidance_scale (the detokenizer's classifier-free guidance: FID and CLIP-T runs differ)."""
-    defaults, room = self.config.sampling, 2 * self.model.cfg.num_image_tokens
-    responses = []
-    for request in requests:
-      opt = lambda name, default=None: request.options.get(name, defaults.get(name, default))
-      psr = bool(opt("psr", False))
-      ids, images = self._prompt(request, psr_text(request.text) if psr else None)
-      n, size = request.num_samples, self.model.cfg.vision.image_size
-      pixels = np.repeat(images_to_pixels(images, size)[None], n, 0) if images else None
-      rows, rewrites, key = [ids] * n, [], jax.random.key(request.seed)
-      if psr:  # 1. sample n detailed prompts (stop where the model would start drawing)
-        key, k_rewrite = jax.random.split(key)
-        out = self._decode(
-          rows,
-          pixels,
-          k_rewrite,
-          max_new_tokens=int(opt("psr_max_tokens", 192)),
-          temperature=float(opt("psr_temperature", 1.0)),
-          stop=(self.tokenizer.eos_id, self.tokenizer.img_start_id),
-        )
-        rewrites = [self.tokenizer.decode(t).strip() for t in out.text_tokens]
-        eos = self.tokenizer.eos_id
-        rows = [np.concatenate([ids, np.asarray([i for i in t if i != eos], np.int32)]) for t in out.text_tokens]
-      out = self._decode(  # 2. the images (after the rewrites when psr)
+    """Each request's `num_samples` continuations. Options (defaults in config.sampling): psr
+    (prompt self-rewriting: the model first samples a detailed prompt at psr_temperature, then
+    draws it; Response.extras['prompts'] holds the rewrites), force_image (the answer starts
+    with an image), temperature, max_new_tokens, var_cfg_scale, guidance_scale (the
+    detokenizer's classifier-free guidance: FID and CLIP-T runs differ).
+
+    Requests with one sample, greedy text and no PSR are batched: those with equal options are
+    decoded together, each row with its own seed's key (so it gets exactly what it gets alone),
+    several rows sharded over the local devices. Other requests are decoded one at a time (a
+    sampling decoder draws one key per step for the whole batch)."""
+    responses: list = [None] * len(requests)
+    groups: dict = {}
+    for i, request in enumerate(requests):
+      o = self._options(request)
+      if o["psr"] or o["temperature"] or request.num_samples != 1:
+        (responses[i],) = self._respond([request], o, jax.random.key(request.seed))
+      else:
+        groups.setdefault(tuple(sorted(o.items())), []).append(i)
+    for o, idx in groups.items():
+      batch = [requests[i] for i in idx]
+      keys = jnp.stack([jax.random.key(r.seed) for r in batch])
+      devices = self._batch_devices() if len(batch) > 1 else None
+      for i, response in zip(idx, self._respond(batch, dict(o), keys, devices)):
+        responses[i] = response
+    return responses
+
+  def _batch_devices(self):
+    """The local devices, in the order of the parameters' mesh when they are sharded (one jitted
+    program needs one device order); None when the parameters span other processes' devices too
+    (the trainer's global mesh: the rows then follow the parameters' placement)."""
+    sharding = getattr(jax.tree.leaves(nnx.state(self.model, nnx.Param))[0], "sharding", None)
+    devices = list(sharding.mesh.devices.flat) if isinstance(sharding, NamedSharding) else jax.local_devices()
+    return devices if set(devices) <= set(jax.local_devices()) else None
+
+  def _respond(self, requests, o: dict, rng, devices=None) -> list[base.Response]:
+    """Requests sharing the options `o`, decoded as one batch of their num_samples rows each.
+    rng: one key for all rows, or one per request (one sample each)."""
+    counts = [r.num_samples for r in requests]
+    prompts = [self._prompt(r, psr_text(r.text) if o["psr"] else None) for r in requests]
+    ids = [p[0] for p, n in zip(prompts, counts) for _ in range(n)]
+    pixels = _pixels([p[1] for p, n in zip(prompts, counts) for _ in range(n)], self.model.cfg.vision.image_size)
+    rows, rewrites, key = ids, [], rng
+    if o["psr"]:  # 1. sample the detailed prompts (stop where the model would start drawing)
+      key, k_rewrite = jax.random.split(key)
+      out = self._decode(
         rows,
         pixels,
-        key,
-        max_new_tokens=int(opt("max_new_tokens") or room),
-        temperature=float(opt("temperature", 0.0)),
-        stop=(self.tokenizer.eos_id,),
-        var_cfg_scale=float(opt("var_cfg_scale", 1.0)),
-        image_first=psr or bool(opt("force_image", False)),
-        guidance=float(opt("guidance_scale")),
+        k_rewrite,
+        max_new_tokens=o["psr_max_tokens"],
+        temperature=o["psr_temperature"],
+        stop=(self.tokenizer.eos_id, self.tokenizer.img_start_id),
       )
-      text = [self.tokenizer.decode(t).strip() for t in out.text_tokens]
-      if psr:
-        text = [f"{r} {t}".strip() for r, t in zip(rewrites, text)]
-      images_out = [im for row in out.images for im in row]
-      extras = dict(prompts=rewrites) if psr else {}
-      responses.append(base.Response(text="\n".join(t for t in text if t), images=images_out, extras=extras))
+      rewrites = [self.tokenizer.decode(t).strip() for t in out.text_tokens]
+      eos = self.tokenizer.eos_id
+      rows = [
+        np.concatenate([r, np.asarray([i for i in t if i != eos], np.int32)]) for r, t in zip(ids, out.text_tokens)
+      ]
+    out = self._decode(  # 2. the images (after the rewrites when psr)
+      rows,
+      pixels,
+      key,
+      max_new_tokens=o["max_new_tokens"],
+      temperature=o["temperature"],
+      stop=(self.tokenizer.eos_id,),
+      var_cfg_scale=o["var_cfg_scale"],
+      image_first=o["psr"] or o["force_image"],
+      guidance=o["guidance_scale"],
+      devices=devices,
+    )
+    text = [self.tokenizer.decode(t).strip() for t in out.text_tokens]
+    if o["psr"]:
+      text = [f"{r} {t}".strip() for r, t in zip(rewrites, text)]
+    responses, start = [], 0
+    for n in counts:
+      mine = slice(start, start + n)
+      images = [im for row in out.images[mine] for im in row]
+      extras = dict(prompts=rewrites[mine]) if o["psr"] else {}
+      responses.append(base.Response(text="\n".join(t for t in text[mine] if t), images=images, extras=extras))
+      start += n
     return responses
 
   def validation_pairs(self, num: int) -> list[dict]:
@@ -206,14 +271,16 @@ class WeGenSystem(base.System):
 
   def predict_fns(self):
     def generate_images(prompts, rng_seed=0):
-      out = []
-      for i, p in enumerate(prompts):
-        request = base.Request(
+      """One uint8 image per prompt (black where the model drew none), prompt i with seed
+      rng_seed + i; `generate` batches those it can, so prompt i gets what it gets alone."""
+      requests = [
+        base.Request(
           text=p["text"], images=list(p.get("images", ())), seed=rng_seed + i, options=dict(p.get("options", {}))
         )
-        (response,) = self.generate([request])
-        out.append(response.images[0] if response.images else _black(self.config.data.vae_image_size))
-      return out
+        for i, p in enumerate(prompts)
+      ]
+      black = _black(self.config.data.vae_image_size)
+      return [r.images[0] if r.images else black for r in self.generate(requests)]
 
     return {
       "generate_images": generate_images,
@@ -225,3 +292,16 @@ class WeGenSystem(base.System):
 
 def _black(size: int) -> np.ndarray:
   return np.zeros((size, size, 3), np.uint8)
+
+
+def _pixels(image_lists, image_size: int) -> np.ndarray | None:
+  """Each row's input images -> vision input [B, N, 3, S, S] (zeros after a row's own); None
+  when no row has any."""
+  most = max(map(len, image_lists))
+  if not most:
+    return None
+  out = np.zeros((len(image_lists), most, 3, image_size, image_size), np.float32)
+  for r, images in enumerate(image_lists):
+    if images:
+      out[r, : len(images)] = images_to_pixels(images, image_size)
+  return out
