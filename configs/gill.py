@@ -65,6 +65,12 @@ SIZES = {
     model=dict(
       llm=dict(LLM_DEFAULTS, **dict(LLM_PRESETS["tiny_opt"], vocab_size=268)),  # 260 byte-level + 8 [IMG]
       vision=dict(image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
+      # the random frozen tower's kernels N(0, 1/fan_in) instead of its N(0, 0.02^2) init, under which
+      # each block adds ~1% to the LayerNorm-ed CLS and the pooled output is the same for every image
+      # (across-image share of the pooled features' second moment on 48 synthetic targets: 1e-5 -> 0.11,
+      # pairwise cosine 0.99998 -> 0.88; model.redraw_kernels_fan_in). Retrieval stays at chance even so
+      # (docs/GILL.md): the random features do not carry the captions' content linearly
+      vision_init="fan_in",
       sd_text=dict(
         vocab_size=262,
         hidden_size=32,
@@ -122,7 +128,8 @@ def get_config(arg=None):
   c.keep_checkpoints = 3
   c.async_checkpoints = True
   c.compilation_cache_dir = ""
-  # source: 'synthetic' (stories, steps frames each) or 'captions' (JSONL of {"image", "caption"})
+  # source: 'synthetic' (stories, steps frames each), 'captions' (JSONL of {"image", "caption"}) or
+  # 'tfds' (those built by `python -m wegen_jax.systems.gill.tfds_captions` into dir: split, validation_split)
   c.data = dict(
     preset["data"],
     source="synthetic",
@@ -131,12 +138,23 @@ def get_config(arg=None):
     num_validation=16,
     seed=0,
     frame_size=64,
+    # synthetic stories' texts: 'captions' of each frame, or 'dynamics' (the first frame's caption,
+    # then what changed: "nothing changes." where the image repeats; decision training reads these)
+    story_text="captions",
+    static_fraction=0.0,  # share of synthetic clips with no events (decision training's retrieval examples)
     captions="",
     validation_captions="",
+    dir="",
+    split="train",
+    validation_split="validation",
     tokenizer="",
     sd_tokenizer="",
   )
   c.pretrained = dict(llm="", clip="", sd="", gligen="", release="")
+  # True: only the decision head (retrieve vs generate) trains, on synthetic stories with
+  # data.story_text='dynamics' and data.static_fraction > 0 (labels: systems/gill/data.py
+  # decision_label), the rest frozen as init_from gives it
+  c.train_decision = False
   c.init_from = ""
   c.init_components = ()
   # GILL's sampling: SD v1.5, guidance 7.5, 50 steps; text decoding up to max_new_tokens; predict

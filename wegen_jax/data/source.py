@@ -14,9 +14,14 @@ import tensorflow_datasets as tfds
 from wegen_jax.data import schema
 
 
-def tfds_source(data_dir: str, split: str):
-  """Random-access source (tfds ArrayRecordDataSource) over the prepared array_record shards."""
-  return tfds.data_source(schema.DATASET_NAME, data_dir=data_dir, split=split, download=False)
+def tfds_source(data_dir: str, split: str, name: str = schema.DATASET_NAME):
+  """Random-access source (tfds ArrayRecordDataSource) over the prepared array_record shards of dataset
+  `name` (a tfds_builder.ArrayRecordBuilder's) under data_dir."""
+  try:
+    return tfds.data_source(name, data_dir=data_dir, split=split, download=False)
+  except Exception as e:  # TFDS raises several types (not found, unknown split), with pages of text
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ValueError(f"cannot read split {split!r} of TFDS dataset {name!r} under {data_dir}: {first}") from e
 
 
 def dynamics_dataset(

@@ -58,6 +58,9 @@ class GILLConfig:
   num_img_tokens: int = 8  # [IMG0]..[IMG7]: the last rows of the LLM's vocabulary
   num_visual_tokens: int = 4  # CLIP pooled -> Linear(1024 -> 4 * hidden)
   ret_dim: int = 256
+  # "module": the CLIP tower's own init (pretrained weights replace it); "fan_in": its kernels redrawn
+  # N(0, 1/fan_in), for a random frozen tower that must still tell images apart (tiny configs; model.py)
+  vision_init: str = "module"
   # MGCC: the Cross-Modal Refinement Module (refine.py) and box-grounded generation (grounding.py)
   refine: bool = False
   refine_heads: int = 4
@@ -82,6 +85,8 @@ class GILLConfig:
       )
     if self.mapper.num_queries > self.sd_text.text.max_position_embeddings:
       raise ValueError("mapper num_queries exceeds the SD text encoder's length")
+    if self.vision_init not in ("module", "fan_in"):
+      raise ValueError(f"vision_init={self.vision_init!r}; choose 'module' or 'fan_in'")
     if self.grounding and self.unet.attention_type != "gated":
       raise ValueError("grounding needs a GLIGEN UNet: set the UNet config's attention_type='gated'")
 
@@ -117,6 +122,7 @@ class GILLConfig:
           "num_img_tokens",
           "num_visual_tokens",
           "ret_dim",
+          "vision_init",
           "refine",
           "refine_heads",
           "refine_layers",

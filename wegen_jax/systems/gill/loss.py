@@ -6,6 +6,7 @@
        over the global batch, with the learned temperature exp(logit_scale)
   gen  per-token Euclidean distance between the mapper's output and the SD text encoder's
        embedding of the caption, averaged (GILL's l2_loss, then .mean())
+With config.train_decision, decision_loss trains the decision head alone (labels: data.py).
 The release alternates captioning / retrieval / generation modes over the same batch and
 weights their CE by 1 / 0.5 / 0.5; here retrieval and generation share one LLM pass, so their
 CE is counted once (loss_weights scales each term).
@@ -64,3 +65,14 @@ def gill_loss(model, batch, rng):
   acc = jnp.mean(jnp.argmax(logits, axis=1) == jnp.arange(b))
   metrics = dict(loss_cap=cap, loss_ce=ce, loss_ret=ret, loss_gen=gen, ret_acc1=acc, logit_scale=scale)
   return loss, jax.tree.map(jnp.asarray, metrics)
+
+
+def decision_loss(model, batch, rng):
+  """The decision head alone (config.train_decision): CE of retrieve / generate (data.decision_label)
+  from the [IMG0] state through Dropout(0.5) -> Linear, as the release's separate decision model."""
+  _, h, _ = forward_img_states(model, batch, model.image_pooled(batch["context_pixels"]))
+  logits = model.decide(jax.lax.stop_gradient(h), rng)
+  labels = batch["decision_label"]
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  acc = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+  return loss, dict(loss_decision=loss, decision_acc=acc, retrieve_share=jnp.mean(labels == 0))

@@ -31,13 +31,37 @@ def l2_normalize(x, axis=-1):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
+def redraw_kernels_fan_in(module: nnx.Module, rngs: nnx.Rngs) -> None:
+  """Every kernel of `module` redrawn N(0, 1/fan_in) (fan_in: all axes but the last), in place.
+
+  Why, for a random frozen CLIP tower (the tiny configs): its own init draws kernels N(0, 0.02^2)
+  (HF's initializer_range, meant to be overwritten by pretrained weights). At width 32 an
+  attention or MLP branch then adds ~(0.02 * sqrt(32))^2 = 1% of the LayerNorm-ed stream, so the
+  pooled output, the CLS token, stays LN(class + position embedding): the same vector for every
+  image (docs/GILL.md has the measured shares). Unit-gain kernels let the CLS read the patches.
+  """
+  for path, var in nnx.iter_graph(module):
+    if isinstance(var, nnx.Param) and path and str(path[-1]) == "kernel":
+      value = var.get_value()
+      fan_in = math.prod(value.shape[:-1])
+      var.set_value(jax.random.normal(rngs.params(), value.shape, value.dtype) / math.sqrt(fan_in))
+
+
+def vision_tower(cfg: GILLConfig, rngs: nnx.Rngs) -> CLIPVisionTower:
+  """The CLIP vision tower as cfg.vision_init draws it."""
+  tower = CLIPVisionTower(cfg.vision, rngs=rngs)
+  if cfg.vision_init == "fan_in":
+    redraw_kernels_fan_in(tower, rngs)
+  return tower
+
+
 class GILL(nnx.Module):
   def __init__(self, cfg: GILLConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     e, v = cfg.llm.embed_dim, cfg.vision.vision.hidden_size
     kw = dict(dtype=jnp.dtype(cfg.llm.dtype), param_dtype=jnp.dtype(cfg.llm.param_dtype), rngs=rngs)
     self.llm = LLM(cfg.llm, rngs=rngs)
-    self.vision = CLIPVisionTower(cfg.vision, rngs=rngs)
+    self.vision = vision_tower(cfg, rngs)
     self.visual_embeddings = Dense(v, cfg.num_visual_tokens * e, axes=(None, "embed"), use_bias=True, **kw)
     self.visual_fc = Dense(v, cfg.ret_dim, axes=(None, None), use_bias=True, **kw)
     self.ret_text_fc = Dense(e, cfg.ret_dim, axes=("embed", None), use_bias=True, **kw)
