@@ -41,15 +41,18 @@ def diffusion_loss(
   concat_latents=None,
   snr_gamma: float | None = 5.0,
   noise_offset: float = 0.0,
+  t_range: tuple[int, int] | None = None,
   return_aux: bool = False,
 ):
   """Mean weighted MSE for clean latents [B,C,h,w] (already scaled by the VAE's scaling_factor).
 
   concat_latents [B,C',h,w]: extra UNet input channels concatenated after the noisy latents
-  (GoT's reference and spatial latents)."""
+  (GoT's reference and spatial latents). t_range (lo, hi): timesteps drawn from [lo, hi) instead of
+  every training step (a sampler that only queries the noisiest steps trains where it samples)."""
   kt, kn = jax.random.split(key)
   b = latents.shape[0]
-  t = jax.random.randint(kt, (b,), 0, scheduler.num_train_timesteps)
+  lo, hi = t_range or (0, scheduler.num_train_timesteps)
+  t = jax.random.randint(kt, (b,), lo, hi)
   noise = sample_noise(kn, latents.shape, noise_offset)
   noisy = scheduler.add_noise(latents, noise, t)
   x = noisy if concat_latents is None else jnp.concatenate([noisy, concat_latents.astype(noisy.dtype)], 1)

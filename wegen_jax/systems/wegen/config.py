@@ -61,6 +61,8 @@ class WeGenConfig:
   train_scheduler: Mapping[str, Any] | tuple = ()  # diffusers scheduler config (DDPM training)
   sample_scheduler: Mapping[str, Any] | tuple = ()  # diffusers scheduler config (sampling)
   snr_gamma: float | None = 5.0
+  # (lo, hi): the diffusion loss draws timesteps from [lo, hi) (empty: all, as the authors)
+  train_timesteps: tuple = ()
   loss_weights: Mapping[str, float] | tuple = ()  # ce, mse, cos, diffusion
   # Images per example that go through the UNet for the diffusion loss (0: every slot);
   # 7B stage 2 sets 2 (a pair has 1 target, a triple 2) of its 4 slots.
@@ -77,8 +79,15 @@ class WeGenConfig:
   # = latent channels + vision width). WeGen's SDXL conditions by cross-attention alone (False);
   # a tiny UNet trained for minutes cannot learn where each token goes through cross-attention.
   spatial_features: bool = False
+  # How the LLM writes an image: "autoregressive" (the authors': each `<img_i>` input is the
+  # previous token's features, teacher-forced in training and fed back at inference) or "queries"
+  # (the `<img_i>` embeddings stay learned queries, as SEED-X's and GoT's: every output token is
+  # read from the context, never from the previous output token).
+  image_output: str = "autoregressive"
 
   def __post_init__(self):
+    if self.image_output not in ("autoregressive", "queries"):
+      raise ValueError(f"image_output={self.image_output!r}; choose 'autoregressive' or 'queries'")
     for name in ("train_scheduler", "sample_scheduler", "loss_weights"):  # hashable (jit static)
       v = getattr(self, name)
       if isinstance(v, Mapping):
@@ -147,9 +156,11 @@ class WeGenConfig:
       train_scheduler=d.get("train_scheduler", {}),
       sample_scheduler=d.get("sample_scheduler", {}),
       snr_gamma=d.get("snr_gamma", 5.0),
+      train_timesteps=tuple(d.get("train_timesteps") or ()),
       loss_weights=d.get("loss_weights", {}),
       diffusion_images_per_example=int(d.get("diffusion_images_per_example") or 0),
       vae_encode_slices=int(d.get("vae_encode_slices") or 1),
       detokenizer_trains_vision=bool(d.get("detokenizer_trains_vision", False)),
       spatial_features=bool(d.get("spatial_features", False)),
+      image_output=d.get("image_output", "autoregressive"),
     )

@@ -368,7 +368,7 @@ def generate(
     embeds = model.llm.embed_tokens(put(input_ids))
 
   forced = tokens.image + (tokens.eoi,)
-  feedback = [True] * q + [False]
+  feedback = [model.cfg.image_output == "autoregressive"] * q + [False]  # queries: no feedback
   if image_first and var_cfg_scale != 1.0:
     raise ValueError("image_first supports var_cfg_scale=1 only (VAR CFG starts its branch at an emitted <img>)")
   if var_cfg_scale == 1.0:

@@ -43,6 +43,7 @@ def image_diffusion_loss(model, features, vae_pixels, mask, key):
     added_cond_kwargs=added,
     concat_latents=model.spatial_condition(features, latents.shape[-2:]),
     snr_gamma=model.cfg.snr_gamma,
+    t_range=model.cfg.train_timesteps or None,
     return_aux=True,
   )
   per_image = aux["mse"] * min_snr_weights(sched, aux["t"], model.cfg.snr_gamma)
@@ -91,12 +92,14 @@ def detokenizer_loss(model, batch, rng):
 def mllm_loss(model, batch, rng):
   """Stages 2/3: next-token CE + (MSE + cosine + diffusion) on the generated images' features.
 
-  Every valid image (input or target) is teacher-forced into its `<img_i>` embeddings; for
-  target images the hidden states one position earlier (`<img>`..`<img_00062>`) go through the
-  output projector and are regressed onto the stop-gradient avg-pooled target features."""
+  Every valid image (input or target) is teacher-forced into its `<img_i>` embeddings (targets
+  keep the query embeddings with cfg.image_output "queries"); for target images the hidden
+  states one position earlier (`<img>`..`<img_00062>`) go through the output projector and are regressed onto the stop-gradient avg-pooled target features."""
   cfg = model.cfg
   features = model.image_features(batch["pixel_values"])  # [B, N, Q, C], no gradient
-  embeds = model.embed_inputs(batch["input_ids"], features, batch["image_token_positions"], batch["image_valid"])
+  is_target = batch["image_valid"] & batch["image_is_target"]  # [B, N]
+  fed = batch["image_valid"] if cfg.image_output == "autoregressive" else batch["image_valid"] & ~is_target
+  embeds = model.embed_inputs(batch["input_ids"], features, batch["image_token_positions"], fed)
   out = model.llm.forward(inputs_embeds=embeds, positions=batch["positions"], segment_ids=batch["segment_ids"])
   ce, _ = cross_entropy(out.logits, batch["labels"])
 
@@ -104,7 +107,6 @@ def mllm_loss(model, batch, rng):
   prev = jnp.maximum(batch["image_token_positions"] - 1, 0)
   hidden = out.hidden_states[jnp.arange(b)[:, None, None], prev]  # [B, N, Q, E]
   pred = model.output_proj(hidden).astype(jnp.float32)  # [B, N, Q, C]
-  is_target = batch["image_valid"] & batch["image_is_target"]  # [B, N]
   flat_pred, flat_target, flat_mask = _flat(pred), _flat(features), is_target.reshape(-1)
   mse = _masked_mean(jnp.mean(jnp.square(flat_pred - flat_target), axis=(1, 2)), flat_mask)
   cos = _masked_mean(cosine_loss(flat_pred, flat_target), flat_mask)
