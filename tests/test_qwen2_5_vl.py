@@ -120,6 +120,27 @@ def test_window_layout_splits_and_inverts():
     assert len(np.unique(lay.full_segments[lay.window_segments == w])) == 1
 
 
+@pytest.mark.parametrize("fullatt", [CFG.vision.fullatt_block_indexes, (0, 3), ()])
+def test_scanned_vision_tower_equals_the_loop(fullatt):
+  """scan_layers (one block body, the attention kind picked per layer) computes what the loop does,
+  wherever the full-attention blocks sit."""
+  from wegen_jax.models.qwen2_5_vl import QwenVisionTransformer
+
+  cfg = CFG.vision.replace(depth=5, fullatt_block_indexes=fullatt)
+  loop = QwenVisionTransformer(cfg, rngs=nnx.Rngs(0))
+  scanned = QwenVisionTransformer(cfg.replace(scan_layers=True), rngs=nnx.Rngs(1))
+  nnx.update(scanned, nnx.state(loop))
+  grids = _grids(CFG)
+  pixels = jnp.asarray(np.random.RandomState(0).randn(int(np.prod(grids, axis=1).sum()), cfg.patch_dim), jnp.float32)
+  want, got = np.asarray(loop(pixels, grids)), np.asarray(scanned(pixels, grids))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # the attention kind matters: the same blocks all windowed give other features
+  if fullatt:
+    windowed = QwenVisionTransformer(cfg.replace(fullatt_block_indexes=()), rngs=nnx.Rngs(1))
+    nnx.update(windowed, nnx.state(loop))
+    assert np.abs(np.asarray(windowed(pixels, grids)) - want).max() > 1e-3
+
+
 def test_image_inputs_match_the_processor():
   """Resize (PIL bicubic), normalise and patchify as transformers' Qwen2VLImageProcessor (PIL backend)."""
   from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from wegen_jax.layers import MLP, Attention, Dense, GatedMLP, RMSNorm, RopeConfig, inverse_frequencies
+from wegen_jax.layers.scan import scan_blocks
 from wegen_jax.models.llm import LLM, LLMConfig, LLMOutput
 from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS, QWEN_VISION_PRESETS
 
@@ -50,6 +51,9 @@ class QwenVisionConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention_impl: str = "xla"
+  # one scanned block body (layers/scan.py) with the attention kind chosen per layer: the 3B's
+  # 32 blocks compile once instead of 32 times
+  scan_layers: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "fullatt_block_indexes", tuple(int(i) for i in self.fullatt_block_indexes))
@@ -246,9 +250,23 @@ class QwenVisionTransformer(nnx.Module):
     x = self.patch_embed(pixel_values.astype(jnp.dtype(cfg.dtype)))[layout.patch_order][None]
     rope = self.rotary(layout.hw)
     full, window = jnp.asarray(layout.full_segments[None]), jnp.asarray(layout.window_segments[None])
-    for i, block in enumerate(self.blocks):
-      x = block(x, rope, full if i in cfg.fullatt_block_indexes else window)
+    if cfg.scan_layers and len(self.blocks) > 1:
+      x = self._scanned_blocks(x, rope, full, window)
+    else:
+      for i, block in enumerate(self.blocks):
+        x = block(x, rope, full if i in cfg.fullatt_block_indexes else window)
     return self.merger(x[0])[layout.merged_inverse]
+
+  def _scanned_blocks(self, x, rope, full, window):
+    """The blocks as one scan; the carried layer index picks full or windowed segments."""
+    full_at = jnp.asarray(self.cfg.fullatt_block_indexes or (-1,), jnp.int32)
+
+    def call(block, carry):
+      h, i = carry
+      return block(h, rope, jnp.where(jnp.any(full_at == i), full, window)), i + 1
+
+    x, _ = scan_blocks(self.blocks, (x, jnp.zeros((), jnp.int32)), call)
+    return x
 
 
 # ----------------------------------------------------------------------------- M-RoPE positions

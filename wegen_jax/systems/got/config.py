@@ -92,13 +92,13 @@ class GoTConfig:
     d = _plain(d)
     dtype = d.get("dtype", "float32")
     extra = dict(dtype=dtype)
-    if "attention_impl" in d:
-      extra["attention_impl"] = d["attention_impl"]
-    llm_extra = dict(extra, **({"scan_layers": d["scan_layers"]} if "scan_layers" in d else {}))
+    for key in ("scan_layers", "attention_impl"):  # optional: one setting for the LLM, vision tower and UNet
+      if key in d:
+        extra[key] = d[key]
     names = {f.name for f in dataclasses.fields(cls)} - {"llm", "unet", "vae", "vision"}
     vision = d.get("vision") or None
     return cls(
-      llm=LLMConfig(**{**d["llm"], **llm_extra}),
+      llm=LLMConfig(**{**d["llm"], **extra}),
       vision=None if vision is None else QwenVisionConfig(**{**extra, **vision}),  # its own settings win
       unet=unet_config_from_diffusers(d["unet"], **extra, remat=bool(d.get("unet_remat", False))),
       vae=_autoencoder_config(d["vae"], dtype, d.get("attention_impl")),
