@@ -53,12 +53,13 @@ SIZES = {
   ),
   "tiny": dict(
     model=dict(
-      # byte-level tokens + Qwen's chat/grounding tokens + GoT's 66: 336 ids
-      llm=dict(LLM_DEFAULTS, **dict(LLM_PRESETS["tiny_qwen_vl"], vocab_size=384, max_position_embeddings=1024)),
+      # the built-in tokenizer (systems/got/tokenizer.py): Qwen's chat/grounding tokens and GoT's 66
+      # (ids 0..75), then a byte-level BPE of the synthetic texts: 768 ids
+      llm=dict(LLM_DEFAULTS, **dict(LLM_PRESETS["tiny_qwen_vl"], vocab_size=768, max_position_embeddings=1024)),
       # a 4-block vision tower on 16-px sources: 8x8 patches merged to 16 <|image_pad|> tokens
       vision=dict(QWEN_VISION_PRESETS["tiny_qwen_vl"]),
       vision_image_size=16,
-      image_token_id=269,  # <|image_pad|> of the byte-level tokenizer
+      image_token_id=9,  # <|image_pad|> of the built-in tokenizer
       unet=dict(
         TINY_UNET,
         cross_attention_dim=64,
@@ -69,11 +70,13 @@ SIZES = {
       pooled_dim=32,
       dtype="float32",
       attention_impl="xla",
-      lora_rank=8,  # the paper's r 32 on a 64-wide model would be half its width
+      # no LoRA: the whole LLM trains. There is no pretrained base to adapt, and LoRA on a random
+      # frozen one (or the whole LLM on raw bytes) wrote chains with no parsable box after 300 steps
+      lora_rank=0,
       lora_alpha=8.0,
     ),
-    # synthetic examples: median ~390 byte-level tokens, the longest of 400 ~600
-    data=dict(max_len=640, image_size=32, max_boxes=4),
+    # synthetic examples: median ~220 tokens, the longest of 200 300
+    data=dict(max_len=320, image_size=32, max_boxes=4),
     batch_size=4,
     sampling=dict(num_steps=20, max_new_tokens=256),
   ),

@@ -35,6 +35,7 @@ def tiny_config(max_len=288):
   from wegen_jax.configs.got import get_config
 
   c = get_config("size=tiny,stage=1")
+  c.model.lora_rank = 8  # the 3B's path: LoRA on the LLM (the tiny default trains the whole LLM)
   c.data.update(max_len=max_len, image_size=16, max_boxes=2)
   c.model.unet.update(
     block_out_channels=[32],

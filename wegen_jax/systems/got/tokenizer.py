@@ -2,19 +2,24 @@
 
 Real runs read Qwen2.5-VL's tokenizer.json from a local directory and add `<|im_gen_start|>`,
 `<|im_gen_end|>`, `<|im_gen_0000|>`..`<|im_gen_0063|>` (the embedding rows are appended, so
-GoT's ids follow Qwen's 151665 tokens). The tiny default is byte-level (systems/wegen's tokenizer)
-with Qwen's chat and grounding tokens and the same added tokens, so it needs no files.
+GoT's ids follow Qwen's 151665 tokens). The tiny default needs no files: a byte-level BPE trained
+in a second on synthetic GoT texts (whole words become one token, digits stay single as in Qwen's
+pre-tokenizer, any text still encodes byte by byte) with Qwen's chat and grounding tokens and the
+same added tokens first (ids 0..75). On raw bytes the tiny model could not learn, in a CPU run of
+minutes, to copy the caption's words into the chain (chains held no parsable box).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from pathlib import Path
 
 import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from wegen_jax.systems.got.chain import BOX_END, BOX_START, REF_END, REF_START
-from wegen_jax.systems.wegen.tokenizer import byte_level_tokenizer
 
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
@@ -78,10 +83,43 @@ class GoTTokenizer:
     self.tokenizer.save(str(Path(directory) / "tokenizer.json"))
 
 
+TINY_VOCAB_SIZE = 768  # the tiny default's tokenizer (configs/got.py's vocab_size covers it)
+
+
+@functools.lru_cache(maxsize=4)
+def _tiny_tokenizer_json(num_gen: int) -> str:
+  """The built-in tokenizer, trained on the prompts and chains of 256 fixed synthetic examples
+  (data.py): deterministic, so training and generation agree without saving it."""
+  from wegen_jax.systems.got.data import synthetic_example  # data.py imports this module
+
+  specials = re.compile("|".join(re.escape(t) for t in QWEN_TOKENS + got_tokens(num_gen)))
+  corpus = [SYSTEM_PROMPT, "system\n", "user\n", "assistant\n"]
+  for i in range(256):
+    ex = synthetic_example(i, seed=7, size=64, edit_fraction=0.5)
+    corpus += [(EDIT_PROMPT if ex["edit"] else T2I_PROMPT).format(ex["text"]), specials.sub(" ", ex["chain"].text())]
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.Sequence(
+    [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+  )
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+    vocab_size=TINY_VOCAB_SIZE,
+    special_tokens=QWEN_TOKENS + got_tokens(num_gen),
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=False,
+  )
+  tok.train_from_iterator(corpus, trainer)
+  return tok.to_str()
+
+
+def tiny_tokenizer(num_gen: int = 64) -> tokenizers.Tokenizer:
+  return tokenizers.Tokenizer.from_str(_tiny_tokenizer_json(num_gen))
+
+
 def load_tokenizer(path: str | os.PathLike | None = "", num_gen: int = 64) -> GoTTokenizer:
-  """'' -> the built-in byte-level tokenizer; a directory -> its tokenizer.json (+ GoT's tokens)."""
+  """'' -> the built-in tiny tokenizer; a directory -> its tokenizer.json (+ GoT's tokens)."""
   if not path:
-    return GoTTokenizer(byte_level_tokenizer(), num_gen)
+    return GoTTokenizer(tiny_tokenizer(num_gen), num_gen)
   file = Path(path) / "tokenizer.json" if Path(path).is_dir() else Path(path)
   if not file.is_file():
     raise FileNotFoundError(f"no tokenizer.json at {path}: point data.tokenizer at a local Qwen2.5-VL directory")
