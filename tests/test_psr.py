@@ -164,5 +164,7 @@ def test_psr_samples_rewrites_and_draws_more_diverse_images_than_the_short_promp
   scores = measure_psr(system, [SHORT], num_samples=n, seed=1)  # the same request again, and PSR off
   print(scores)
   assert scores["rewrites_faithful"] >= 0.8  # the rewrites keep the red square (sampled text may stray)
-  assert scores["diversity_on"] == pytest.approx(mean_pairwise_distance(on.images), abs=1e-4)  # scores are rounded to 4 places
+  assert scores["diversity_on"] == pytest.approx(
+    mean_pairwise_distance(on.images), abs=1e-4
+  )  # scores are rounded to 4 places
   assert scores["diversity_on"] > 1.5 * scores["diversity_off"]
