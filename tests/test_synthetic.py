@@ -136,3 +136,15 @@ def test_corpus_plan_is_deterministic_and_mixes_codecs(tmp_path):
   assert sorted(os.listdir(tmp_path)) == sorted(
     [os.path.basename(p) for p in paths] + [f"clip_{i:05d}.json" for i in range(4)]
   )
+
+
+def test_clip_spec_textures_restrict_the_grammar():
+  spec = S.ClipSpec(num_frames=6, bg_textures=("plain",), object_textures=("solid",))
+  for seed in range(12):
+    _, gt = S.generate_clip(seed, spec)
+    assert {sc["texture"] for sc in gt["scenes"]} == {"plain"}
+    assert {o["texture"] for o in gt["objects"].values()} == {"solid"}
+  textures = {
+    sc["texture"] for seed in range(40) for sc in S.generate_clip(seed, S.ClipSpec(num_frames=6))[1]["scenes"]
+  }
+  assert textures == set(S.BG_TEXTURES)  # the default grammar draws them all

@@ -70,6 +70,9 @@ class ClipSpec:
   max_objects: int = 3
   static: bool = False  # no events at all
   max_events_per_object: int = 2
+  # the scene grammar's textures (the embedded demo draws from a smaller grammar: configs/wegen.py)
+  bg_textures: tuple[str, ...] = BG_TEXTURES
+  object_textures: tuple[str, ...] = ("solid", "striped")
 
 
 # --------------------------------------------------------------------------------------------------- state
@@ -80,7 +83,7 @@ def _scene_script(rng: np.random.Generator, spec: ClipSpec, n_frames: int) -> di
   bg_name = str(rng.choice(list(BACKGROUNDS)))
   scene = {
     "background": bg_name,
-    "texture": str(rng.choice(BG_TEXTURES)),
+    "texture": str(rng.choice(list(spec.bg_textures))),
     "bg_seed": int(rng.integers(1 << 30)),
     "objects": [],
   }
@@ -97,7 +100,7 @@ def _scene_script(rng: np.random.Generator, spec: ClipSpec, n_frames: int) -> di
     obj = {
       "colour": key[0],
       "shape": key[1],
-      "texture": str(rng.choice(["solid", "striped"])),
+      "texture": str(rng.choice(list(spec.object_textures))),
       "x": float(rng.uniform(0.2, 0.8)),
       "y": float(rng.uniform(0.2, 0.8)),
       "size": size,
