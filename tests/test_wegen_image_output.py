@@ -55,3 +55,21 @@ def test_diffusion_loss_draws_timesteps_from_its_range():
   assert t.min() >= 900 and t.max() < 1000 and len(set(t.tolist())) > 20
   _, aux = diffusion_loss(unet, sched, latents, None, jax.random.key(0), return_aux=True)
   assert np.asarray(aux["t"]).min() < 900
+
+
+def test_image_index_embeddings_add_the_features_to_the_image_token_embeddings():
+  config = tiny_config(stage=2)
+  config.model.update(image_output="queries", image_index_embeddings=True)
+  model = random_model(WeGenConfig.from_dict(config.model))
+  batch = {k: jnp.asarray(v) for k, v in make_batch(config).items()}
+  features = model.image_features(batch["pixel_values"])
+  embeds = model.embed_inputs(batch["input_ids"], features, batch["image_token_positions"], batch["image_valid"])
+  pos = np.asarray(batch["image_token_positions"][0, 0])
+  tokens = model.llm.embed_tokens(batch["input_ids"])
+  want = tokens[0, pos] + model.project_in(features[0, 0])
+  np.testing.assert_allclose(np.asarray(embeds[0, pos]), np.asarray(want), atol=1e-6)
+  text = np.setdiff1d(np.arange(batch["input_ids"].shape[1]), np.asarray(batch["image_token_positions"]).ravel())
+  np.testing.assert_array_equal(np.asarray(embeds[0, text]), np.asarray(tokens[0, text]))
+  config.model.image_output = "autoregressive"
+  with pytest.raises(ValueError, match="image_index_embeddings needs image_output='queries'"):
+    WeGenConfig.from_dict(config.model)

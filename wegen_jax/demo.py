@@ -1,6 +1,6 @@
 """The embedded default, end to end: `python -m wegen_jax.demo --workdir DIR` (`make demo`).
 
-1. writes procedural video-dynamics clips as real video files (DIR/videos),
+1. writes procedural video-dynamics clips as real video files (DIR/videos; DEMO_GRAMMAR),
 2. curates them into the TFDS dynamics dataset with ground-truth labels (DIR/data),
 3. trains WeGen tiny: stage 1 (the detokenizer; 32-px targets folded into 16x16x12 latents
    stand in for the SDXL VAE) and stage 2 (MLLM, from stage 1's UNet),
@@ -22,6 +22,13 @@ from pathlib import Path
 from wegen_jax.config_utils import load_config
 
 
+# The demo's scene grammar: plain and gradient backgrounds, solid objects. Striped and checked
+# textures (2-5 px periods at the 32-px target) do not pass through 64 tiny visual tokens in minutes
+# of training; the full grammar stays the curation's test corpus (configs/synthetic.py). Held-out
+# stage-1 MAE: full grammar, 96 clips 10.3/255; this grammar, 192 clips 9.6 (measured together).
+DEMO_GRAMMAR = dict(bg_textures=("plain", "gradient"), object_textures=("solid",))
+
+
 def write_videos(out: Path, num: int, seed: int) -> None:
   from wegen_jax.data import synthetic as S
 
@@ -30,7 +37,8 @@ def write_videos(out: Path, num: int, seed: int) -> None:
   for i in range(num):
     stem = out / f"clip_{i:03d}"
     if not list(out.glob(f"clip_{i:03d}.*")):
-      frames, gt = S.generate_clip(seed + i, S.ClipSpec(num_frames=48, num_scenes=1 + (i % 4 == 3)))
+      spec = S.ClipSpec(num_frames=48, num_scenes=1 + (i % 4 == 3), **DEMO_GRAMMAR)
+      frames, gt = S.generate_clip(seed + i, spec)
       S.write_clip(str(stem), frames, gt, codecs[i % len(codecs)])
 
 
@@ -107,8 +115,9 @@ def main(argv=None):
   p.add_argument(
     "--clips",
     type=int,
-    default=96,
-    help="96: a quarter held out by id hash (>= 32 labelled pairs to score), the rest to train on",
+    default=192,
+    help="192: a quarter held out by id hash (>= 32 labelled pairs to score), the rest to train on "
+    "(more scenes for the detokenizer to generalise from; see DEMO_GRAMMAR)",
   )
   p.add_argument("--stage1-steps", type=int, default=None, help="default: configs/wegen.py tiny")
   p.add_argument("--stage2-steps", type=int, default=None, help="default: configs/wegen.py tiny")

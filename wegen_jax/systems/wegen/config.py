@@ -84,10 +84,16 @@ class WeGenConfig:
   # (the `<img_i>` embeddings stay learned queries, as SEED-X's and GoT's: every output token is
   # read from the context, never from the previous output token).
   image_output: str = "autoregressive"
+  # Input images' projected features are added to their `<img_i>` embeddings instead of replacing
+  # them (the authors replace). With "queries" the output query `<img_i>` then finds input token i
+  # by the embedding both share, so copying the input image is one attention step.
+  image_index_embeddings: bool = False
 
   def __post_init__(self):
     if self.image_output not in ("autoregressive", "queries"):
       raise ValueError(f"image_output={self.image_output!r}; choose 'autoregressive' or 'queries'")
+    if self.image_index_embeddings and self.image_output != "queries":
+      raise ValueError("image_index_embeddings needs image_output='queries' (fed-back features replace embeddings)")
     for name in ("train_scheduler", "sample_scheduler", "loss_weights"):  # hashable (jit static)
       v = getattr(self, name)
       if isinstance(v, Mapping):
@@ -163,4 +169,5 @@ class WeGenConfig:
       detokenizer_trains_vision=bool(d.get("detokenizer_trains_vision", False)),
       spatial_features=bool(d.get("spatial_features", False)),
       image_output=d.get("image_output", "autoregressive"),
+      image_index_embeddings=bool(d.get("image_index_embeddings", False)),
     )

@@ -57,12 +57,15 @@ class WeGen(nnx.Module):
 
   def embed_inputs(self, input_ids, features, image_token_positions, image_valid) -> jax.Array:
     """Token embeddings with the projected features of every valid image slot written at its
-    Q `<img_i>` positions. features [B, N, Q, width], positions [B, N, Q], valid [B, N]."""
+    Q `<img_i>` positions (added to the `<img_i>` embeddings with cfg.image_index_embeddings).
+    features [B, N, Q, width], positions [B, N, Q], valid [B, N]."""
     embeds = self.llm.embed_tokens(input_ids)
     b, length = input_ids.shape
     proj = self.project_in(features).astype(embeds.dtype)
     pos = jnp.where(image_valid[..., None], image_token_positions, length)  # invalid -> dropped
     rows = jnp.broadcast_to(jnp.arange(b)[:, None, None], pos.shape)
+    if self.cfg.image_index_embeddings:
+      return embeds.at[rows, pos].add(proj, mode="drop")
     return embeds.at[rows, pos].set(proj, mode="drop")
 
   def condition(self, features: jax.Array) -> tuple[jax.Array, dict]:
