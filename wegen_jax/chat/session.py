@@ -5,7 +5,8 @@ message into a `systems.base.Request`, and saves every input and generated image
 transcript in its session folder:
   turnNNN_input{j}.png     images the user attached (references)
   turnNNN_sample{k}.png    the k-th generated sample
-  transcript.jsonl         one JSON line per turn (texts, options, files, rewritten prompts, time)
+  transcript.jsonl         one JSON line per turn (texts, options, files, rewritten prompts, each
+                           image's source: generated, or retrieved and from where; time)
   transcript.md            the same, readable, images linked
 Bad input (an empty prompt, an unreadable, too large or wrongly typed image, nothing to refine, a
 request while one runs) raises `ChatError` with a one-line message before anything changes, so the
@@ -104,6 +105,8 @@ class Reply:
   files: list[Path]
   prompts: list[str]  # the rewritten prompts when PSR was on
   seconds: float
+  sources: list[str] = dataclasses.field(default_factory=list)  # per image: generated | retrieved
+  retrieved_from: str = ""  # the system's note of which candidate a retrieved image is
 
 
 class ChatSession:
@@ -116,6 +119,7 @@ class ChatSession:
   pick(k): keep sample k of the last turn (what later turns see and refine).
   reset(): a new conversation in the same folder.
   `read_root`: attached image paths must lie inside it (the web UI passes the session folder).
+  `options`: the system's own request options for every turn (e.g. GILL's mode=retrieve, MGCC's layout).
   """
 
   def __init__(
@@ -128,12 +132,14 @@ class ChatSession:
     seed: int = 0,
     read_root: str | Path | None = None,
     force_image: bool = True,
+    options: dict | None = None,
   ):
     self.system = system
     self.folder = Path(folder).absolute()
     self.folder.mkdir(parents=True, exist_ok=True)
     self.psr, self.num_samples, self.seed, self.force_image = psr, num_samples, seed, force_image
     self.read_root = None if read_root is None else Path(read_root)
+    self.options = dict(options or {})
     self.history: list[Turn] = []
     self.last: Reply | None = None
     self.kept = 0
@@ -203,16 +209,21 @@ class ChatSession:
     inputs = ([self.last_image] if refine else []) + refs
     history = [] if refine else self._context(len(inputs))
     seed = self.seed + turn if seed is None else int(seed)
-    options = dict(psr=psr, force_image=self.force_image)
+    options = {"psr": psr, "force_image": self.force_image, **self.options}
     request = Request(text=text, images=inputs, history=history, num_samples=n, seed=seed, options=options)
     (response,) = self.system.generate([request])
     input_files = [self._save(im, f"turn{turn:03d}_input{j}.png") for j, im in enumerate(inputs)]
     files = [self._save(im, f"turn{turn:03d}_sample{k}.png") for k, im in enumerate(response.images)]
     prompts = list(response.extras.get("prompts", []))
-    reply = Reply(turn, response.text, list(response.images), files, prompts, time.perf_counter() - start)
-    # the history holds the text as the model saw it (PSR's instruction, its rewrite as the answer)
-    seen = psr_text(text) if psr else text
-    self.history = history + [Turn(seen, inputs, prompts[0] if prompts else "", response.images[:1])]
+    sources = [response.extras.get("source", "generated")] * len(files)
+    retrieved_from = str(response.extras.get("retrieved_from", ""))
+    seconds = time.perf_counter() - start
+    reply = Reply(turn, response.text, list(response.images), files, prompts, seconds, sources, retrieved_from)
+    # the history holds the turn as the model saw it: PSR's instruction with its rewrite as the answer,
+    # or the answer's text where the system writes it before the image (extras['history_text'], GILL)
+    seen = psr_text(text) if psr and prompts else text
+    answer = prompts[0] if prompts else response.extras.get("history_text", "")
+    self.history = history + [Turn(seen, inputs, answer, response.images[:1])]
     self.last, self.kept, self.turns = reply, 0, turn
     self._log(
       dict(
@@ -227,6 +238,8 @@ class ChatSession:
         reply=response.text,
         prompts=prompts,
         images=[f.name for f in files],
+        sources=sources,
+        **({"retrieved_from": retrieved_from} if retrieved_from else {}),
         seconds=round(reply.seconds, 2),
       )
     )
@@ -267,5 +280,10 @@ def _markdown(e: dict) -> str:
   lines += [f"![input]({f})" for f in e["inputs"]]
   lines += [f"> rewritten prompt {k}: {p}" for k, p in enumerate(e["prompts"])]
   lines += [f"**model**: {e['reply']}"] if e["reply"] else []
-  lines += [" ".join(f"![sample {k}]({f})" for k, f in enumerate(e["images"]))]
+  sources = e.get("sources") or ["generated"] * len(e["images"])
+  lines += [" ".join(f"![{_label(k, s, e)}]({f})" for k, (f, s) in enumerate(zip(e["images"], sources)))]
   return "\n\n".join(lines) + "\n\n"
+
+
+def _label(k: int, source: str, e: dict) -> str:
+  return f"sample {k}" if source == "generated" else f"sample {k}, {source} from {e.get('retrieved_from', '?')}"

@@ -24,7 +24,9 @@ def describe(reply: Reply) -> str:
   lines += [f"  prompt {k}: {p}" for k, p in enumerate(reply.prompts)]
   if reply.text and not reply.prompts:
     lines.append(f"  model: {reply.text}")
-  lines += [f"  sample {k}: {f}" for k, f in enumerate(reply.files)]
+  for k, (f, source) in enumerate(zip(reply.files, reply.sources or ["generated"] * len(reply.files))):
+    note = "" if source == "generated" else f" ({source} from {reply.retrieved_from})"
+    lines.append(f"  sample {k}: {f}{note}")
   if not reply.files:
     lines.append("  (no image in this answer)")
   return "\n".join(lines)

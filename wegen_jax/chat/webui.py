@@ -56,6 +56,8 @@ def build_app(session: ChatSession, title: str = ""):
     if reply.text and not reply.prompts:
       content.append(reply.text)
     content += [{"path": _view(f)} for f in reply.files] or ["(no image in this answer)"]
+    if reply.retrieved_from:
+      content.append(f"(retrieved, not generated: {reply.retrieved_from})")
     return {"role": "assistant", "content": content}
 
   def respond(text, upload, psr, samples, seed, refine, progress=gr.Progress()):

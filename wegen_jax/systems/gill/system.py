@@ -13,6 +13,25 @@ from wegen_jax.systems.gill import generate as gen
 from wegen_jax.systems.gill import grounding
 
 
+MODES = ("auto", "generate", "retrieve", "text")
+
+
+def _candidates(request) -> tuple[list, list[str]]:
+  """(images a retrieval picks from, where each came from): options['candidates'], else every image
+  of the conversation (earlier turns' inputs and replies, then this request's)."""
+  given = request.options.get("candidates")
+  if given is not None:
+    return list(given), [f"candidate {i}" for i in range(len(given))]
+  images, names = [], []
+  for t, turn in enumerate(request.history):
+    images += [*turn.images, *turn.reply_images]
+    names += [f"history turn {t} input {j}" for j in range(len(turn.images))]
+    names += [f"history turn {t} reply image {j}" for j in range(len(turn.reply_images))]
+  images += list(request.images)
+  names += [f"input {j}" for j in range(len(request.images))]
+  return images, names
+
+
 class GILLSystem(base.System):
   export_layouts = ("authors",)
 
@@ -94,10 +113,16 @@ class GILLSystem(base.System):
     return self._chunked(item_lists, texts) @ self._chunked(list(images), pictures).T
 
   def generate(self, requests):
-    """Per request: text, then (where the model writes [IMG0], or options['mode'] forces it) one image,
-    retrieved from options['candidates'] (uint8 images) when the decision head says so, else generated.
-    options: mode auto|generate|retrieve|text, max_new_tokens, num_steps, guidance_scale, temperature,
-    layout (MGCC: 'phrase (x0,y0,x1,y1); ...' instead of the LLM's own), grounded (bool)."""
+    """Per request: text, then (where the model writes [IMG0], or options force it) one image per
+    sample, or the one candidate image retrieved when the decision head prefers retrieval.
+    options: mode auto|generate|retrieve|text, force_image (auto: an image after the text even where
+    the model writes no [IMG0]; what the chat sends), candidates (uint8 images to retrieve from;
+    default: the conversation's own images, the ones GILL's decision head learns to hand back),
+    max_new_tokens, num_steps, guidance_scale, temperature, layout (MGCC: 'phrase (x0,y0,x1,y1); ...'
+    instead of the LLM's own), grounded (bool).
+    extras: source 'generated' or 'retrieved' (then retrieved_index, retrieved_from: which
+    candidate, scores), decision_probs [retrieve, generate], history_text (the reply's text as a
+    later turn's history holds it: before the image, where GILL writes it)."""
     out = []
     for r in requests:
       items = []
@@ -106,6 +131,8 @@ class GILLSystem(base.System):
         items += list(turn.reply_images)
       items += gen.split_prompt(r.text, r.images)
       mode = r.options.get("mode", "auto")
+      if mode not in MODES:
+        raise ValueError(f"options['mode']={mode!r}; choose one of {', '.join(MODES)}")
       text, want_image = "", mode in ("generate", "retrieve")
       if mode in ("auto", "text"):
         ids = gen.decode_text(
@@ -120,12 +147,12 @@ class GILLSystem(base.System):
         ids = list(ids)
         cut = ids.index(self.tok.img_ids[0]) if self.tok.img_ids[0] in ids else len(ids)
         text = self.tok.decode(ids[:cut])
-        want_image = mode == "auto" and cut < len(ids)
-      extras = {}
+        want_image = mode == "auto" and (cut < len(ids) or bool(r.options.get("force_image", False)))
+      extras = {"history_text": text}
       images = []
       if want_image:
         context = items + ([text] if text else [])
-        candidates = list(r.options.get("candidates", ()))
+        candidates, names = _candidates(r)
         generated, _, probs = self.images_for(
           [context] * r.num_samples, r.seed, r.options, [r.options.get("layout", "")] * r.num_samples
         )
@@ -134,7 +161,7 @@ class GILLSystem(base.System):
         if retrieve and candidates:
           scores = self.retrieval_scores([context], candidates)[0]
           best = int(np.argmax(scores))
-          extras.update(source="retrieved", retrieved_index=best, scores=scores.tolist())
+          extras.update(source="retrieved", retrieved_index=best, retrieved_from=names[best], scores=scores.tolist())
           images = [np.asarray(candidates[best])]
         else:
           extras["source"] = "generated"
