@@ -19,7 +19,7 @@ from wegen_jax.systems.wegen.loss import mllm_loss
 def _ce_with_other_target(image_output):
   """loss_ce of one batch, and of the same batch with the target images' pixels replaced."""
   config = tiny_config(stage=2)
-  config.model.image_output = image_output
+  config.model.update(image_output=image_output, image_index_embeddings=image_output == "queries")
   model = random_model(WeGenConfig.from_dict(config.model))
   batch = make_batch(config)
   other = dict(batch, pixel_values=batch["pixel_values"].copy())

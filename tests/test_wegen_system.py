@@ -27,6 +27,9 @@ TERMS = ("loss_ce", "loss_mse", "loss_cos", "loss_diffusion")
 @pytest.fixture(scope="module")
 def setup():
   config = tiny_config(stage=2)
+  # the authors' layout (teacher-forced, fed-back tokens, VAR CFG); the tiny default's learned
+  # queries are tests/test_wegen_image_output.py's
+  config.model.update(image_output="autoregressive", image_index_embeddings=False)
   return config, WeGenConfig.from_dict(config.model)
 
 
@@ -169,6 +172,7 @@ def test_stage1_trains_the_unet_with_a_delayed_start_and_configs_hold_the_real_s
   from wegen_jax.configs.wegen import get_config
 
   config = tiny_config(stage=1)
+  config.model.detokenizer_trains_vision = False  # as for a pretrained tower (7B)
   assert WeGenTask(config).trainable_parts() == ("unet",)
   config.model.detokenizer_trains_vision = True
   task = WeGenTask(config)
@@ -191,6 +195,7 @@ def test_stage1_trains_the_unet_with_a_delayed_start_and_configs_hold_the_real_s
   grads = jax.jit(jax.grad(lambda p: task.loss_fn(nnx.merge(graphdef, p, frozen), batch, jax.random.key(0))[0]))(params)
   assert float(jnp.abs(grads["vision"]["patch_embed"]["kernel"].get_value()).max()) > 0  # the tower learns
   stage2 = tiny_config(stage=2)
+  stage2.model.detokenizer_trains_vision = False
   assert WeGenTask(stage2).init_components() == ("unet", "vae")
   stage2.model.detokenizer_trains_vision = True
   assert WeGenTask(stage2).init_components() == ("unet", "vae", "vision")  # stage 1's tower, frozen
