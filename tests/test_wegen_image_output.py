@@ -73,3 +73,62 @@ def test_image_index_embeddings_add_the_features_to_the_image_token_embeddings()
   config.model.image_output = "autoregressive"
   with pytest.raises(ValueError, match="image_index_embeddings needs image_output='queries'"):
     WeGenConfig.from_dict(config.model)
+
+
+def _residual_model(config):
+  """A random tiny model with image_residual and its output projector zeroed (the LLM writes no edit)."""
+  config.model.update(image_output="queries", image_index_embeddings=True, image_residual=True)
+  model = random_model(WeGenConfig.from_dict(config.model))
+  model.output_proj.proj.kernel[...] = jnp.zeros_like(model.output_proj.proj.kernel[...])
+  return model
+
+
+def test_image_residual_adds_the_previous_image_of_the_same_packed_sequence():
+  config = tiny_config(stage=2)
+  model = _residual_model(config)
+  features = jnp.arange(1.0, 5.0).reshape(1, 4, 1, 1)  # slots 1..4
+  valid = jnp.array([[True, True, False, True]])
+  base = model.edit_base(features, valid, segments=jnp.array([[1, 1, 2, 2]]))
+  # slot 1 follows slot 0 in sequence 1; slot 2 starts sequence 2; slot 3 follows an empty slot
+  np.testing.assert_array_equal(np.asarray(base).ravel(), [0.0, 1.0, 0.0, 0.0])
+  np.testing.assert_array_equal(np.asarray(model.edit_base(features, valid)).ravel(), [0.0, 1.0, 2.0, 0.0])
+  config.model.update(image_output="autoregressive", image_index_embeddings=False)
+  with pytest.raises(ValueError, match="image_residual needs image_output='queries'"):
+    WeGenConfig.from_dict(config.model)
+
+
+def test_image_residual_starts_by_copying_the_edited_image():
+  config = tiny_config(stage=2)
+  model = _residual_model(config)
+  batch = make_batch(config)
+  same = dict(batch, pixel_values=batch["pixel_values"].copy())
+  same["pixel_values"][:, 1] = same["pixel_values"][:, 0]  # the target = the input image
+  metrics = [mllm_loss(model, {k: jnp.asarray(v) for k, v in b.items()}, jax.random.key(0))[1] for b in (batch, same)]
+  assert float(metrics[0]["loss_mse"]) > 0.01  # a different target is not reached by copying
+  assert float(metrics[1]["loss_mse"]) == pytest.approx(0.0, abs=1e-10)
+  assert float(metrics[1]["loss_cos"]) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_generation_adds_the_prompts_last_image_to_each_drawn_image(monkeypatch):
+  from wegen_jax.systems.base import Request
+  import wegen_jax.systems.wegen.generate as G
+  from wegen_jax.systems.wegen.generate import images_to_pixels
+  from wegen_jax.systems.wegen.system import WeGenSystem
+
+  config = tiny_config(stage=2)
+  model = _residual_model(config)
+  drawn = []
+  real_draw = G._draw_images
+  monkeypatch.setattr(G, "_draw_images", lambda model, f, *a: drawn.append(np.asarray(f)) or real_draw(model, f, *a))
+  rng = np.random.default_rng(0)
+  first, last = (rng.integers(0, 256, (24, 24, 3), np.uint8) for _ in range(2))
+  system = WeGenSystem(config, model)
+  requests = [
+    Request(text="move the red circle left", images=[first, last], options={"force_image": True}),
+    Request(text="a red circle", options={"force_image": True}),
+  ]
+  system.generate(requests)
+  drawn = np.concatenate(drawn)  # the two prompts are drawn together or one by one
+  own = model.image_features(jnp.asarray(images_to_pixels([last], config.model.vision["image_size"])))
+  np.testing.assert_allclose(drawn[0], np.asarray(own[0]), atol=1e-5)  # edits the last image
+  np.testing.assert_array_equal(drawn[1], 0.0)  # text alone: nothing to edit

@@ -88,12 +88,19 @@ class WeGenConfig:
   # them (the authors replace). With "queries" the output query `<img_i>` then finds input token i
   # by the embedding both share, so copying the input image is one attention step.
   image_index_embeddings: bool = False
+  # A generated image's features = the features of the image before it in the sequence (the one
+  # it edits; zeros for the first image) + the output projector's output: the LLM writes the
+  # edit, not the whole picture (InstructPix2Pix conditions on the source image the same way).
+  # Needs "queries" (no fed-back tokens). The authors' 7B writes whole images (False).
+  image_residual: bool = False
 
   def __post_init__(self):
     if self.image_output not in ("autoregressive", "queries"):
       raise ValueError(f"image_output={self.image_output!r}; choose 'autoregressive' or 'queries'")
     if self.image_index_embeddings and self.image_output != "queries":
       raise ValueError("image_index_embeddings needs image_output='queries' (fed-back features replace embeddings)")
+    if self.image_residual and self.image_output != "queries":
+      raise ValueError("image_residual needs image_output='queries' (a fed-back token cannot carry the residual)")
     for name in ("train_scheduler", "sample_scheduler", "loss_weights"):  # hashable (jit static)
       v = getattr(self, name)
       if isinstance(v, Mapping):
@@ -170,4 +177,5 @@ class WeGenConfig:
       spatial_features=bool(d.get("spatial_features", False)),
       image_output=d.get("image_output", "autoregressive"),
       image_index_embeddings=bool(d.get("image_index_embeddings", False)),
+      image_residual=bool(d.get("image_residual", False)),
     )

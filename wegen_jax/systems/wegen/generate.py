@@ -204,8 +204,23 @@ def images_to_pixels(images: Sequence[np.ndarray], image_size: int) -> np.ndarra
 
 @nnx.jit
 def _prompt_embeds(model, input_ids, pixel_values, positions, valid):
+  """The prompt's embeddings and its images' features [B, N, Q, C]."""
   features = model.image_features(pixel_values)
-  return model.embed_inputs(input_ids, features, positions, valid)
+  return model.embed_inputs(input_ids, features, positions, valid), features
+
+
+def _add_edit_base(f, owner, prompt_features, valid):
+  """cfg.image_residual: generated image j of a row adds the features of the image before it,
+  the row's last prompt image for its first (zeros with none), its image j-1 after that
+  (model.edit_base in training). f [k, Q, C] in row order, owner [k], prompt_features
+  [B, N, Q, C], valid [B, N]."""
+  f = np.array(f)
+  for r in dict.fromkeys(owner.tolist()):
+    slots = np.flatnonzero(valid[r])
+    base = prompt_features[r, slots[-1]] if slots.size else np.zeros(f.shape[1:], f.dtype)
+    for i in np.flatnonzero(owner == r):
+      f[i] = base = f[i] + base
+  return f
 
 
 @nnx.jit
@@ -362,8 +377,9 @@ def generate(
     put = lambda x: jax.device_put(x, sharding)  # noqa: E731
   positions = image_positions(input_ids, tokens, pixel_values.shape[1])
   valid = (positions != 0).any(-1)
+  prompt_features = np.zeros((len(input_ids), 0, q, model.cfg.vision.width), np.float32)
   if pixel_values.shape[1]:
-    embeds = _prompt_embeds(model, put(input_ids), put(pixel_values), put(positions), put(valid))
+    embeds, prompt_features = _prompt_embeds(model, put(input_ids), put(pixel_values), put(positions), put(valid))
   else:
     embeds = model.llm.embed_tokens(put(input_ids))
 
@@ -400,6 +416,8 @@ def generate(
     h = jnp.stack([hidden[r, s0 : s0 + q] for r, s0 in flat])
     f = np.asarray(_features(model, h))
     owner = np.asarray([r for r, _ in flat])
+    if model.cfg.image_residual:
+      f = _add_edit_base(f, owner, np.asarray(prompt_features), np.asarray(valid))
     pics = _draw_images(model, f, owner, k_image, image_sampling, height, width, sharding)
     for r in range(b):
       mine = owner == r

@@ -20,9 +20,11 @@ def _masked_mean(values, mask):
 
 
 def cosine_loss(pred, target):
-  """Mean over tokens of 1 - cos(pred, target) (the authors' get_cosine_loss), per image [M]."""
-  pred = pred / jnp.linalg.norm(pred, axis=-1, keepdims=True)
-  target = target / jnp.linalg.norm(target, axis=-1, keepdims=True)
+  """Mean over tokens of 1 - cos(pred, target) (the authors' get_cosine_loss), per image [M].
+  Vectors are normalised as F.normalize does (norm floored at 1e-12): an all-zero slot gives
+  1, not NaN, so masking it out works."""
+  pred = pred / jnp.maximum(jnp.linalg.norm(pred, axis=-1, keepdims=True), 1e-12)
+  target = target / jnp.maximum(jnp.linalg.norm(target, axis=-1, keepdims=True), 1e-12)
   return jnp.mean(1.0 - jnp.sum(pred * target, axis=-1), axis=-1)
 
 
@@ -94,7 +96,9 @@ def mllm_loss(model, batch, rng):
 
   Every valid image (input or target) is teacher-forced into its `<img_i>` embeddings (targets
   keep the query embeddings with cfg.image_output "queries"); for target images the hidden
-  states one position earlier (`<img>`..`<img_00062>`) go through the output projector and are regressed onto the stop-gradient avg-pooled target features."""
+  states one position earlier (`<img>`..`<img_00062>`) go through the output projector (plus
+  the previous image's features with cfg.image_residual) and are regressed onto the
+  stop-gradient avg-pooled target features."""
   cfg = model.cfg
   features = model.image_features(batch["pixel_values"])  # [B, N, Q, C], no gradient
   is_target = batch["image_valid"] & batch["image_is_target"]  # [B, N]
@@ -107,6 +111,8 @@ def mllm_loss(model, batch, rng):
   prev = jnp.maximum(batch["image_token_positions"] - 1, 0)
   hidden = out.hidden_states[jnp.arange(b)[:, None, None], prev]  # [B, N, Q, E]
   pred = model.output_proj(hidden).astype(jnp.float32)  # [B, N, Q, C]
+  slot_segments = jnp.take_along_axis(batch["segment_ids"], batch["image_token_positions"][..., 0], axis=1)
+  pred = pred + model.edit_base(features, batch["image_valid"], slot_segments)
   flat_pred, flat_target, flat_mask = _flat(pred), _flat(features), is_target.reshape(-1)
   mse = _masked_mean(jnp.mean(jnp.square(flat_pred - flat_target), axis=(1, 2)), flat_mask)
   cos = _masked_mean(cosine_loss(flat_pred, flat_target), flat_mask)

@@ -55,6 +55,18 @@ class WeGen(nnx.Module):
     """input_proj(output_proj(h)): the embedding fed back at each generated image position."""
     return self.project_in(self.output_proj(hidden))
 
+  def edit_base(self, features: jax.Array, valid: jax.Array, segments: jax.Array | None = None) -> jax.Array:
+    """What each image slot's predicted features are added to: with cfg.image_residual the
+    previous slot's features when that slot is valid and in the same packed sequence (segment
+    ids [B, N]), else zeros; without it zeros. features [B, N, Q, C], valid [B, N]."""
+    if not self.cfg.image_residual:
+      return jnp.zeros_like(features)
+    has_prev = valid[:, :-1]
+    if segments is not None:
+      has_prev = has_prev & (segments[:, :-1] == segments[:, 1:])
+    prev = features[:, :-1] * has_prev[..., None, None].astype(features.dtype)
+    return jnp.concatenate([jnp.zeros_like(features[:, :1]), prev], axis=1)
+
   def embed_inputs(self, input_ids, features, image_token_positions, image_valid) -> jax.Array:
     """Token embeddings with the projected features of every valid image slot written at its
     Q `<img_i>` positions (added to the `<img_i>` embeddings with cfg.image_index_embeddings).
