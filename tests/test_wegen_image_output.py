@@ -132,3 +132,21 @@ def test_generation_adds_the_prompts_last_image_to_each_drawn_image(monkeypatch)
   own = model.image_features(jnp.asarray(images_to_pixels([last], config.model.vision["image_size"])))
   np.testing.assert_allclose(drawn[0], np.asarray(own[0]), atol=1e-5)  # edits the last image
   np.testing.assert_array_equal(drawn[1], 0.0)  # text alone: nothing to edit
+
+
+def test_latent_samplers_keep_the_unets_x0_unclipped():
+  """DDPM/DDIM clip x0 to [-1, 1] by default (pixel-space models); SDXL's latents are unit-variance
+  (|x| > 1 everywhere colours are saturated), so the samplers made from SDXL_SCHEDULER must not."""
+  from wegen_jax.systems.got.config import GOT_SCHEDULER
+
+  tiny = WeGenConfig.from_dict(tiny_config(stage=1).model)
+  samplers = {"wegen tiny": tiny.sampler(), "got": scheduler_from_config(GOT_SCHEDULER)}
+  for name, sampler in samplers.items():
+    plan = sampler.plan(1)
+    x = jnp.full((1, 4, 2, 2), 0.5)
+    x0 = jnp.full_like(x, 3.0)  # what the UNet should draw
+    a = plan.alpha_t[0]
+    eps = (x - a**0.5 * x0) / (1 - a) ** 0.5
+    out = {"epsilon": eps, "v_prediction": a**0.5 * eps - (1 - a) ** 0.5 * x0}[sampler.prediction_type]
+    drawn = sampler.step(plan, out, 0, x, noise=jnp.zeros_like(x))
+    np.testing.assert_allclose(np.asarray(drawn), 3.0, rtol=1e-4, err_msg=name)
