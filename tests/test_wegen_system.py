@@ -29,7 +29,7 @@ def setup():
   config = tiny_config(stage=2)
   # the authors' layout (teacher-forced, fed-back tokens, VAR CFG); the tiny default's learned
   # queries are tests/test_wegen_image_output.py's
-  config.model.update(image_output="autoregressive", image_index_embeddings=False)
+  config.model.update(image_output="autoregressive", image_index_embeddings=False, image_residual=False)
   return config, WeGenConfig.from_dict(config.model)
 
 
