@@ -148,3 +148,20 @@ def test_clip_spec_textures_restrict_the_grammar():
     sc["texture"] for seed in range(40) for sc in S.generate_clip(seed, S.ClipSpec(num_frames=6))[1]["scenes"]
   }
   assert textures == set(S.BG_TEXTURES)  # the default grammar draws them all
+
+
+def _event_kinds(spec, seeds=range(30)):
+  return {
+    ev["kind"]
+    for seed in seeds
+    for sc in S.generate_clip(seed, spec)[1]["scenes"]
+    for obj in sc["objects"]
+    for ev in obj["events"]
+  }
+
+
+def test_clip_spec_event_kinds_restrict_the_dynamics():
+  assert _event_kinds(S.ClipSpec(num_frames=6, event_kinds=("move",))) == {"move"}
+  assert _event_kinds(S.ClipSpec(num_frames=6)) == set(S.EVENT_KINDS)
+  with pytest.raises(ValueError, match="event_kinds"):
+    S.ClipSpec(event_kinds=("teleport",))

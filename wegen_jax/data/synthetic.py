@@ -47,6 +47,7 @@ SHAPES = ("circle", "square", "triangle", "cross", "ring")
 BG_TEXTURES = ("plain", "gradient", "stripes", "checker")
 # Shapes whose rotation is visible; circles and rings look the same at any angle.
 ROTATABLE = ("square", "triangle", "cross")
+EVENT_KINDS = ("move", "rotate", "scale", "colour", "appear", "disappear")
 
 # Codec/container pairs this FFmpeg build encodes (checked against PyAV 18.1 bundled FFmpeg).
 CODECS: dict[str, tuple[str, str, str]] = {  # name -> (extension, codec, pix_fmt)
@@ -73,6 +74,13 @@ class ClipSpec:
   # the scene grammar's textures (the embedded demo draws from a smaller grammar: configs/wegen.py)
   bg_textures: tuple[str, ...] = BG_TEXTURES
   object_textures: tuple[str, ...] = ("solid", "striped")
+  # the events an object draws from (a repeat doubles a kind's odds; rotate only for shapes that show it)
+  event_kinds: tuple[str, ...] = ("move", "move", "rotate", "scale", "colour", "appear", "disappear")
+
+  def __post_init__(self):
+    unknown = set(self.event_kinds) - set(EVENT_KINDS)
+    if unknown or not self.event_kinds:
+      raise ValueError(f"ClipSpec.event_kinds={self.event_kinds!r}: choose one or more of {EVENT_KINDS}")
 
 
 # --------------------------------------------------------------------------------------------------- state
@@ -108,9 +116,9 @@ def _scene_script(rng: np.random.Generator, spec: ClipSpec, n_frames: int) -> di
       "events": [],
     }
     if not spec.static:
-      kinds = ["move", "move", "rotate", "scale", "colour", "appear", "disappear"]
+      kinds = list(spec.event_kinds)
       if obj["shape"] not in ROTATABLE:
-        kinds.remove("rotate")
+        kinds = [k for k in kinds if k != "rotate"] or kinds
       for _ in range(int(rng.integers(1, spec.max_events_per_object + 1))):
         kind = str(rng.choice(kinds))
         t0 = int(rng.integers(0, max(1, n_frames // 2)))
