@@ -165,3 +165,19 @@ def test_clip_spec_event_kinds_restrict_the_dynamics():
   assert _event_kinds(S.ClipSpec(num_frames=6)) == set(S.EVENT_KINDS)
   with pytest.raises(ValueError, match="event_kinds"):
     S.ClipSpec(event_kinds=("teleport",))
+
+
+def test_clip_spec_moves_by_a_fixed_step_in_one_frame():
+  spec = S.ClipSpec(num_frames=12, event_kinds=("move",), max_events_per_object=1, move_step=0.25, move_frames=1)
+  for seed in range(10):
+    _, gt = S.generate_clip(seed, spec)
+    for oid in range(len(gt["objects"])):
+      xy = np.array([[fr["objects"][oid]["state"][k] for k in ("x", "y")] for fr in gt["frames"]])
+      steps = np.linalg.norm(np.diff(xy, axis=0), axis=1)
+      assert np.sum(steps > 1e-9) <= 1  # a jump: no frame shows the object half way
+      assert np.allclose(steps[steps > 1e-9], 0.25) and np.all((xy >= 0.1) & (xy <= 0.9))
+    # a jump between the two frames is named like any move
+    moved = [s for i in range(11) if "moves" in (s := S.describe(gt, i, i + 1))]
+    assert moved and all(" to the " in s for s in moved)
+  with pytest.raises(ValueError, match="move_step"):
+    S.ClipSpec(move_step=0.5)

@@ -76,11 +76,21 @@ class ClipSpec:
   object_textures: tuple[str, ...] = ("solid", "striped")
   # the events an object draws from (a repeat doubles a kind's odds; rotate only for shapes that show it)
   event_kinds: tuple[str, ...] = ("move", "move", "rotate", "scale", "colour", "appear", "disappear")
+  # 0: a move goes to a random place over a random span of frames. move_step > 0: it goes this far
+  # (image widths) straight up, down, left or right from where the object starts; move_frames > 0:
+  # it takes this many frames (1 = a jump between two frames, so no frame shows it half way).
+  move_step: float = 0.0
+  move_frames: int = 0
 
   def __post_init__(self):
     unknown = set(self.event_kinds) - set(EVENT_KINDS)
     if unknown or not self.event_kinds:
       raise ValueError(f"ClipSpec.event_kinds={self.event_kinds!r}: choose one or more of {EVENT_KINDS}")
+    if not 0 <= self.move_step <= 0.35 or self.move_frames < 0:
+      raise ValueError(
+        f"ClipSpec.move_step={self.move_step}, move_frames={self.move_frames}: choose a step in [0, 0.35] "
+        "image widths (0 = random destinations) and move_frames >= 0 (0 = random spans)"
+      )
 
 
 # --------------------------------------------------------------------------------------------------- state
@@ -123,8 +133,12 @@ def _scene_script(rng: np.random.Generator, spec: ClipSpec, n_frames: int) -> di
         kind = str(rng.choice(kinds))
         t0 = int(rng.integers(0, max(1, n_frames // 2)))
         t1 = int(min(n_frames - 1, t0 + rng.integers(max(2, n_frames // 3), max(3, n_frames))))
+        if spec.move_frames and kind == "move":
+          t1 = min(n_frames - 1, t0 + spec.move_frames)
         ev: dict[str, Any] = {"kind": kind, "t0": t0, "t1": max(t1, t0 + 1)}
-        if kind == "move":
+        if kind == "move" and spec.move_step:
+          ev["x"], ev["y"] = _step(rng, obj["x"], obj["y"], spec.move_step)
+        elif kind == "move":
           ev["x"], ev["y"] = float(rng.uniform(0.18, 0.82)), float(rng.uniform(0.18, 0.82))
         elif kind == "rotate":
           ev["delta"] = float(rng.choice([-1, 1]) * rng.uniform(20, 40))
@@ -138,6 +152,15 @@ def _scene_script(rng: np.random.Generator, spec: ClipSpec, n_frames: int) -> di
       obj["events"] = [e for e in obj["events"] if e["kind"] not in ("appear", "disappear")] + vis[:1]
     scene["objects"].append(obj)
   return scene
+
+
+def _step(rng: np.random.Generator, x: float, y: float, step: float) -> tuple[float, float]:
+  """A point `step` away from (x, y) straight up, down, left or right, inside [0.1, 0.9] (objects
+  start in [0.2, 0.8], so with step <= 0.35 one of the four ways always fits)."""
+  ways = [(step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step)]
+  inside = [(dx, dy) for dx, dy in ways if 0.1 <= x + dx <= 0.9 and 0.1 <= y + dy <= 0.9]
+  dx, dy = inside[int(rng.integers(len(inside)))]
+  return x + dx, y + dy
 
 
 def _object_state(obj: dict[str, Any], t: int) -> dict[str, Any]:
