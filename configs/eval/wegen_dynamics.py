@@ -6,8 +6,8 @@
 arg: size and stage as configs/wegen.py (the run's own). Stage 1 (the detokenizer alone) is
 scored on reconstructions: held-out frames redrawn from their own features (frame_mae /255);
 stages 2 and 3 also on dynamics: the target frame generated from the source frame and the
-instruction (unchanged_mae, position_error, object_found, frame_mae, each beside the
-copy-the-source baseline). Every stage also reports its training losses on held-out batches.
+instruction (unchanged_mae, position_error, object_found, frame_mae, moved_position_error,
+moved_object_found, each beside the copy-the-source baseline). Every stage also reports its training losses on held-out batches.
 Add the same `evals` to a training config to run them during training.
 """
 
