@@ -86,8 +86,8 @@ SIZES = {
       # demo data: unchanged-region MAE 2.2/255 and objects found 82% with it; without it 6.1 and
       # 0% (the LLM regresses to object-free mean features). Either way the objects do not move yet
       # (position error 0.175, copying through the detokenizer 0.174, the copy baseline 0.13); on
-      # one-step jumps they start to, smeared, after 5000 edit-only steps with
-      # image_index_init="sincos_2d" and instruction_slot=128 (docs/EVAL.md), not after 1500.
+      # one-step jumps they start to, smeared, after 5000 edit-only steps with instruction_slot=128
+      # (docs/EVAL.md), not after 1500; image_index_init="sincos_2d" did not help.
       image_residual=True,
       unet=dict(
         TINY_UNET,
