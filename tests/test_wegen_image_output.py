@@ -151,31 +151,3 @@ def test_latent_samplers_keep_the_unets_x0_unclipped():
     out = {"epsilon": eps, "v_prediction": a**0.5 * eps - (1 - a) ** 0.5 * x0}[sampler.prediction_type]
     drawn = sampler.step(plan, out, 0, x, noise=jnp.zeros_like(x))
     np.testing.assert_allclose(np.asarray(drawn), 3.0, rtol=1e-4, err_msg=name)
-
-
-def test_sincos_index_init_codes_each_image_tokens_grid_cell():
-  from wegen_jax.systems.wegen.model import IMAGE_INDEX_RMS
-  from wegen_jax.systems.wegen.task import WeGenTask
-  from wegen_jax.systems.wegen.tokenizer import load_tokenizer
-
-  config = tiny_config(stage=2)
-  config.model.image_index_init = "sincos_2d"
-  task = WeGenTask(config)
-  model = random_model(task.model_config)
-  before = np.asarray(model.llm.embed.embedding[...])
-  task.init_pretrained(model)  # a fresh run: no pretrained LLM
-  after = np.asarray(model.llm.embed.embedding[...])
-  ids = load_tokenizer(config.data.tokenizer).image_token_ids(64)
-  others = np.setdiff1d(np.arange(len(after)), ids)
-  np.testing.assert_array_equal(after[others], before[others])
-  code = after[ids]  # row-major 8x8 grid
-  assert np.sqrt(np.mean(code**2)) == pytest.approx(IMAGE_INDEX_RMS, rel=1e-5)
-  # one step right on the grid is one linear map of the code, whichever cell it starts from
-  left = [r * 8 + c for r in range(8) for c in range(7)]
-  shift = np.linalg.lstsq(code[left], code[[i + 1 for i in left]], rcond=None)[0]
-  np.testing.assert_allclose(code[left] @ shift, code[[i + 1 for i in left]], atol=1e-4)
-  assert (np.argmax(code @ code.T, axis=1) == np.arange(64)).all()  # each cell is most like itself
-
-  config.model.image_index_embeddings = False
-  with pytest.raises(ValueError, match="image_index_init='sincos_2d' needs image_index_embeddings"):
-    WeGenConfig.from_dict(config.model)

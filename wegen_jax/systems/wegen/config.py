@@ -98,22 +98,12 @@ class WeGenConfig:
   # edit, not the whole picture (InstructPix2Pix conditions on the source image the same way).
   # Needs "queries" (no fed-back tokens). The authors' 7B writes whole images (False).
   image_residual: bool = False
-  # How a fresh LLM's `<img_i>` embeddings start: "random" (as any new token) or "sincos_2d" (the
-  # 2-D sine-cosine code of token i's place in the sqrt(Q) x sqrt(Q) grid, rms IMAGE_INDEX_RMS):
-  # a shift on the grid is then a fixed linear map of the embedding, so one attention head can
-  # fetch the token a given step away (an object moved left reads from its right). Needs
-  # image_index_embeddings; LLM weights loaded from pretrained or init_from replace it.
-  image_index_init: str = "random"
 
   def __post_init__(self):
     if self.image_output not in ("autoregressive", "queries"):
       raise ValueError(f"image_output={self.image_output!r}; choose 'autoregressive' or 'queries'")
     if self.image_index_embeddings and self.image_output != "queries":
       raise ValueError("image_index_embeddings needs image_output='queries' (fed-back features replace embeddings)")
-    if self.image_index_init not in ("random", "sincos_2d"):
-      raise ValueError(f"image_index_init={self.image_index_init!r}; choose 'random' or 'sincos_2d'")
-    if self.image_index_init != "random" and not self.image_index_embeddings:
-      raise ValueError("image_index_init='sincos_2d' needs image_index_embeddings (the code is added to input images)")
     if self.image_residual and self.image_output != "queries":
       raise ValueError("image_residual needs image_output='queries' (a fed-back token cannot carry the residual)")
     for name in ("train_scheduler", "sample_scheduler", "loss_weights"):  # hashable (jit static)
@@ -193,5 +183,4 @@ class WeGenConfig:
       image_output=d.get("image_output", "autoregressive"),
       image_index_embeddings=bool(d.get("image_index_embeddings", False)),
       image_residual=bool(d.get("image_residual", False)),
-      image_index_init=d.get("image_index_init", "random"),
     )

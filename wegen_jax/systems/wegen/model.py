@@ -22,22 +22,6 @@ from wegen_jax.models.vae import AutoencoderKL
 from wegen_jax.systems.wegen.config import WeGenConfig
 
 
-IMAGE_INDEX_RMS = 0.5  # about the projected features' rms (0.65 in a trained tiny stage 2)
-
-
-def sincos_2d(side: int, dim: int) -> jax.Array:
-  """[side * side, dim] 2-D sine-cosine code of each cell of a side x side grid (row-major): the
-  first half of the channels codes the row, the second the column (MAE's, base 10000)."""
-  if dim % 4:
-    raise ValueError(f"a 2-D sine-cosine code needs a width divisible by 4, got {dim}")
-  freqs = 1.0 / 10000.0 ** (jnp.arange(dim // 4) / (dim // 4))
-  cells = jnp.arange(side, dtype=jnp.float32)[:, None] * freqs  # [side, dim/4]
-  axis = jnp.concatenate([jnp.sin(cells), jnp.cos(cells)], axis=1)  # [side, dim/2]
-  rows = jnp.repeat(axis, side, axis=0)
-  cols = jnp.tile(axis, (side, 1))
-  return jnp.concatenate([rows, cols], axis=1)
-
-
 class WeGen(nnx.Module):
   def __init__(self, cfg: WeGenConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -52,15 +36,6 @@ class WeGen(nnx.Module):
     self.unet = UNet2DConditionModel(cfg.unet, rngs=rngs)
     autoencoder = PatchAutoencoder if isinstance(cfg.vae, PatchAutoencoderConfig) else AutoencoderKL
     self.vae = autoencoder(cfg.vae, rngs=rngs)
-
-  def init_image_index_embeddings(self, image_token_ids) -> None:
-    """Writes cfg.image_index_init's code into the `<img_i>` rows of the LLM's token embeddings."""
-    if self.cfg.image_index_init == "random":
-      return
-    table = self.llm.embed.embedding
-    code = sincos_2d(math.isqrt(self.cfg.num_image_tokens), table.shape[1])
-    code = code * (IMAGE_INDEX_RMS / jnp.sqrt(jnp.mean(jnp.square(code))))
-    table[...] = table[...].at[jnp.asarray(image_token_ids)].set(code.astype(table.dtype))
 
   def image_features(self, pixels: jax.Array, frozen: bool = True) -> jax.Array:
     """CLIP-normalised pixels [..., 3, S, S] -> avg-pooled features [..., Q, width] (float32).

@@ -63,13 +63,7 @@ class WeGenTask(Task):
   def init_pretrained(self, model):
     from wegen_jax.systems.wegen.pretrained import load_pretrained
 
-    pretrained = dict(self.config.get("pretrained", {}))
-    load_pretrained(model, pretrained)
-    if self.model_config.image_index_init != "random" and not (pretrained.get("llm") or pretrained.get("mllm")):
-      from wegen_jax.systems.wegen.tokenizer import load_tokenizer
-
-      tokenizer = load_tokenizer(self.config.data.get("tokenizer", ""))
-      model.init_image_index_embeddings(tokenizer.image_token_ids(self.model_config.num_image_tokens))
+    load_pretrained(model, dict(self.config.get("pretrained", {})))
 
   def trainable_parts(self) -> tuple[str, ...]:
     extra = ("vision",) if self.stage == 1 and self.model_config.detokenizer_trains_vision else ()
