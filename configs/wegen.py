@@ -14,7 +14,10 @@ Data: wegen_jax.systems.wegen.pipeline over the TFDS dir `data.dir` (dataset weg
 Stage 3 (PSR and text-to-image data mixed into the dynamics data, data.first_turn) continues stage 2:
   python -m wegen_jax.train --config configs/wegen.py:size=tiny,stage=3 --workdir /tmp/wegen3 \
       --config.data.dir=DATA_DIR --config.init_from=/tmp/wegen2
-arg: size=tiny|7b, stage=1|2|3.
+size=small is the tiny model on a longer recipe, about an hour on a 2-core CPU for stages 1 and 2
+(stage 1 2000 steps, stage 2 6000 edit-only steps with a 128-token instruction slot):
+  python -m wegen_jax.demo --size small --workdir /tmp/small
+arg: size=tiny|small|7b, stage=1|2|3.
 """
 
 import ml_collections
@@ -87,7 +90,8 @@ SIZES = {
       # 0% (the LLM regresses to object-free mean features). Either way the objects do not move yet
       # (position error 0.175, copying through the detokenizer 0.174, the copy baseline 0.13); on
       # one-step jumps they start to, smeared, after 5000 edit-only steps with instruction_slot=128
-      # (docs/EVAL.md), not after 1500; image_index_init="sincos_2d" did not help.
+      # (docs/EVAL.md), not after 1500 (size=small's recipe); starting the <img_i> rows as a 2-D
+      # sine-cosine grid code did not help.
       image_residual=True,
       unet=dict(
         TINY_UNET,
@@ -109,6 +113,8 @@ SIZES = {
     batch_size=4,
   ),
 }
+# size=small: the tiny model on a longer schedule (about an hour on a 2-core CPU): see get_config
+SIZES["small"] = SIZES["tiny"]
 
 # SYSTEMS.md §1 optimizer settings. Stage 1 names no clipping; stage 3 repeats stage 2 on new data.
 _STAGE_OPT = {
@@ -140,7 +146,9 @@ _STAGE_OPT = {
 _STAGE_OPT[3] = _STAGE_OPT[2]
 
 
-INSTRUCTION_SLOT = 0  # tiny stages 2/3, e.g. 128; see data.instruction_slot below
+INSTRUCTION_SLOT = {"tiny": 0, "small": 128}  # stages 2/3; see data.instruction_slot below
+# Steps per stage of the CPU sizes (stage 3 continues stage 2 on its mixed data)
+CPU_STEPS = {"tiny": {1: 800, 2: 1500, 3: 200}, "small": {1: 2000, 2: 6000, 3: 1000}}
 
 
 def get_config(arg=None):
@@ -156,14 +164,14 @@ def get_config(arg=None):
   c.stage = stage
   c.seed = 0
   opt = dict(_STAGE_OPT[stage])
-  tiny = size == "tiny"
+  tiny = size in CPU_STEPS  # the CPU sizes: tiny (the demo) and small (its longer recipe)
   if tiny:  # minutes on a CPU: short schedule, larger lr, UNet unfrozen after 10 steps in stage 1
     # (stage 1 on the demo data, held-out frames redrawn: 1000 steps MAE 4.7/255 in 325 s, and its
     # step-800 checkpoint 4.9, so 800 steps leave the demo a minute inside its 15; stage 2 1500
     # steps, ~9 min. Figures in this file from before 2026-12-06 were measured with a sampler that
     # clipped x0 to [-1, 1] (stage 1 then read 9.6): compare them with each other only.)
     opt.update(
-      total_steps={1: 800, 2: 1500}.get(stage, 200),
+      total_steps=CPU_STEPS[size][stage],
       warmup_steps=5,
       lr=2e-3,
       freeze_until={"unet": 10} if stage == 1 else {},
@@ -208,8 +216,11 @@ def get_config(arg=None):
   # caption (text-to-image), its short prompt (drawn directly), or a PSR turn (short prompt ->
   # the detailed caption, then A). The tiny default also learns text-to-image in stage 2, so a
   # chat can start from text alone; stage 3 adds the PSR and short-prompt data.
+  # size=small's stage 2 trains on edits only: on one-step jumps, 5000 such steps with the slot
+  # below moved the named objects (smeared) where 1500 mixed steps copied (docs/EVAL.md); its
+  # text-to-image comes with stage 3.
   c.data.first_turn = {
-    2: dict(image=0.5, caption=0.5) if tiny else dict(image=1.0),
+    2: dict(image=0.5, caption=0.5) if size == "tiny" else dict(image=1.0),
     3: dict(image=0.25, caption=0.25, short=0.25, psr=0.25),
   }.get(stage, {})
   # Tiny only, stages 2/3: a fixed-length instruction slot (systems/wegen/sequences.py), e.g. 128
@@ -219,10 +230,11 @@ def get_config(arg=None):
   # it gave unchanged-region MAE 14.1 vs 15.5 with training seed 0 but 22.0 vs 21.1 with seed 1,
   # object_found 0% and position error 0.5 either way (docs/EVAL.md); with image_residual and the
   # unclipped sampler, 1500 steps: the same figures as without (position error 0.175 both).
-  # 0 = the authors' layout (7B).
-  c.data.instruction_slot = INSTRUCTION_SLOT if tiny and stage > 1 else 0
+  # size=small uses it (its edit-only recipe was measured with it). 0 = the authors' layout (7B).
+  c.data.instruction_slot = INSTRUCTION_SLOT[size] if tiny and stage > 1 else 0
   if tiny and stage > 1:  # a drawn frame A adds its caption to a triple: up to ~660 byte-level tokens
-    c.data.max_len = 704 + 2 * c.data.instruction_slot  # a triple pads two instructions
+    drawn_a = any(k != "image" for k in c.data.first_turn)
+    c.data.max_len = (704 if drawn_a else 512) + 2 * c.data.instruction_slot  # a triple pads two instructions
   # Local pretrained weights for a fresh run (wegen_jax/systems/wegen/pretrained.py), e.g. 7B stage 1:
   #   --config.pretrained.vision=/w/EVA02_CLIP_E_psz14_plus_s9B.visual.pt
   #   --config.pretrained.unet=/w/sdxl-base/unet --config.pretrained.vae=/w/sdxl-base/vae

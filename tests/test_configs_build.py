@@ -2,10 +2,10 @@
 included, with the parameter counts of the real checkpoints.
 
 Cases: configs/lm_train.py and configs/lm_generate.py for every preset of wegen_jax/models/presets.py, and
-configs/wegen.py for size=tiny|7b x stage=1|2|3; curate.py and synthetic.py build no model and are only loaded.
+configs/wegen.py for size=tiny|small|7b x stage=1|2|3; curate.py and synthetic.py build no model and are only loaded.
 Specs that give the same model are built once: the key is the task and `config.model` without the fields that
 only the loss and the samplers read (the WeGen stages differ in those alone; test_training_only_fields_... checks
-that they leave the parameters unchanged), so the 20 specs make 16 builds.
+that they leave the parameters unchanged), so the 43 specs make 26 builds.
 
 Speed: builds run under parallel.terse_tracer_errors, as the trainer's create_sharded does (WeGen-7B: ~5 s
 instead of 92 s; its docstring says why), and a failed build is rebuilt without it for jax's full error text.
@@ -33,7 +33,7 @@ from wegen_jax.training.task import get_task
 MODEL_SPECS = (
   [f"configs/lm_train.py:model={m}" for m in LLM_PRESETS]
   + [f"configs/lm_generate.py:model={m}" for m in LLM_PRESETS]
-  + [f"configs/wegen.py:size={size},stage={stage}" for size in ("tiny", "7b") for stage in (1, 2, 3)]
+  + [f"configs/wegen.py:size={size},stage={stage}" for size in ("tiny", "small", "7b") for stage in (1, 2, 3)]
   + [f"configs/eval/wegen_dynamics.py:stage={stage}" for stage in (1, 2)]
   + ["configs/eval/wegen_coco.py", "configs/eval/geneval_synthetic.py"]
   + [f"configs/got.py:size={size},stage={stage}" for size in ("tiny", "3b") for stage in (1, 2)]
@@ -270,7 +270,9 @@ def test_dedup_merges_only_same_model_configs():
   assert merged == sorted(
     [
       tuple(f"wegen:size=7b,stage={t}" for t in (1, 2, 3)) + ("eval/wegen_coco",),
-      tuple(f"wegen:size=tiny,stage={t}" for t in (1, 2, 3)) + evals + ("eval/geneval_synthetic",),
+      tuple(f"wegen:size={size},stage={t}" for size in ("tiny", "small") for t in (1, 2, 3))
+      + evals
+      + ("eval/geneval_synthetic",),
       ("gill:size=6.7b", "eval/gill_vist:system=gill", "eval/gill_visdial:system=gill"),
       ("mgcc:size=6.7b", "eval/gill_vist:system=mgcc", "eval/gill_visdial:system=mgcc"),
       *(tuple(f"got:size={size},stage={t}" for t in (1, 2)) for size in ("tiny", "3b")),
@@ -291,3 +293,16 @@ def test_a_broken_model_config_fails_to_build(field, value, error):
   config.model[part][name] = value
   with pytest.raises((TypeError, ValueError), match=error):
     _build(config)
+
+
+def test_wegen_small_is_the_tiny_model_on_a_longer_edit_recipe():
+  """size=small (the hour-long CPU recipe) shares tiny's model (the dedup test above) and data, and
+  trains longer; its stage 2 sees edits only, each instruction in a 128-token slot that max_len holds."""
+  for stage in (1, 2, 3):
+    tiny, small = (load_config(f"configs/wegen.py:size={s},stage={stage}") for s in ("tiny", "small"))
+    assert small.model == tiny.model and small.total_steps > tiny.total_steps
+    assert small.total_steps == small.optimizer.total_steps
+  assert dict(small.data.first_turn) == dict(tiny.data.first_turn)  # stage 3: the same mixture
+  small2 = load_config("configs/wegen.py:size=small,stage=2")
+  assert dict(small2.data.first_turn) == {"image": 1.0} and small2.data.instruction_slot == 128
+  assert small2.data.max_len == 512 + 2 * 128  # no drawn frame A: no caption to hold

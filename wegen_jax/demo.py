@@ -27,6 +27,8 @@ from wegen_jax.config_utils import load_config
 # of training; the full grammar stays the curation's test corpus (configs/synthetic.py). Held-out
 # stage-1 MAE: full grammar, 96 clips 10.3/255; this grammar, 192 clips 9.6 (measured together).
 DEMO_GRAMMAR = dict(bg_textures=("plain", "gradient"), object_textures=("solid",))
+# clips written per configs/wegen.py size: the longer small recipe sees twice the scenes
+CLIPS = {"tiny": 192, "small": 384}
 
 
 def write_videos(out: Path, num: int, seed: int) -> None:
@@ -64,8 +66,8 @@ def curate(videos: Path, data: Path) -> None:
     raise SystemExit(f"curation failed with exit code {code}")
 
 
-def stage_config(stage: int, workdir: Path, steps: int | None, init_from: Path | None):
-  c = load_config(f"configs/wegen.py:size=tiny,stage={stage}")
+def stage_config(stage: int, workdir: Path, steps: int | None, init_from: Path | None, size: str = "tiny"):
+  c = load_config(f"configs/wegen.py:size={size},stage={stage}")
   c.data.dir = str(workdir / "data")
   c.compilation_cache_dir = str(workdir / "jax_cache")  # stages 1 and 2 reuse the initialiser
   if steps:
@@ -115,14 +117,20 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True)
   p.add_argument(
+    "--size",
+    choices=sorted(CLIPS),
+    default="tiny",
+    help="configs/wegen.py size: tiny (~13 min on 2 CPU cores) or small (its longer recipe, about an hour)",
+  )
+  p.add_argument(
     "--clips",
     type=int,
-    default=192,
-    help="192: a quarter held out by id hash (>= 32 labelled pairs to score), the rest to train on "
-    "(more scenes for the detokenizer to generalise from; see DEMO_GRAMMAR)",
+    default=None,
+    help="default 192 (tiny) / 384 (small): a quarter held out by id hash (>= 32 labelled pairs to "
+    "score), the rest to train on (more scenes for the detokenizer to generalise from; see DEMO_GRAMMAR)",
   )
-  p.add_argument("--stage1-steps", type=int, default=None, help="default: configs/wegen.py tiny")
-  p.add_argument("--stage2-steps", type=int, default=None, help="default: configs/wegen.py tiny")
+  p.add_argument("--stage1-steps", type=int, default=None, help="default: configs/wegen.py at --size")
+  p.add_argument("--stage2-steps", type=int, default=None, help="default: configs/wegen.py at --size")
   p.add_argument("--samples", type=int, default=32, help="held-out pairs generated and scored")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
@@ -132,11 +140,11 @@ def main(argv=None):
   workdir = Path(args.workdir).absolute()
   times = {}
   start = time.perf_counter()
-  write_videos(workdir / "videos", args.clips, args.seed)
+  write_videos(workdir / "videos", args.clips or CLIPS[args.size], args.seed)
   times["videos"] = time.perf_counter() - start
   curate(workdir / "videos", workdir / "data")
   times["curation"] = time.perf_counter() - start - sum(times.values())
-  stage1 = stage_config(1, workdir, args.stage1_steps, None)
+  stage1 = stage_config(1, workdir, args.stage1_steps, None, args.size)
   train(stage1, workdir / "stage1")
   times["stage 1"] = time.perf_counter() - start - sum(times.values())
 
@@ -148,7 +156,7 @@ def main(argv=None):
   write_grids(redrawn[:8], workdir / "samples" / "stage1")
   stage1_mae = frame_mae([s.target for s in redrawn], [s.generated for s in redrawn])
   times["stage 1 check"] = time.perf_counter() - start - sum(times.values())
-  stage2 = stage_config(2, workdir, args.stage2_steps, workdir / "stage1")
+  stage2 = stage_config(2, workdir, args.stage2_steps, workdir / "stage1", args.size)
   train(stage2, workdir / "stage2")
   times["stage 2"] = time.perf_counter() - start - sum(times.values())
 
