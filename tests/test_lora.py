@@ -14,8 +14,8 @@ from wegen_jax.models.presets import LLM_PRESETS
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
-def _model():
-  return LLM(LLMConfig(**LLM_PRESETS["tiny_qwen"]), rngs=nnx.Rngs(0))
+def _model(**overrides):
+  return LLM(LLMConfig(**dict(LLM_PRESETS["tiny_qwen"], **overrides)), rngs=nnx.Rngs(0))
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +76,28 @@ def test_dropout_only_under_a_key(ids):
 def _dropped(model, x, key):
   with lora_dropout(model, key):
     return model(x)
+
+
+@pytest.mark.parametrize("layout", [dict(scan_layers=True), dict(remat="full")], ids=["scanned", "remat"])
+def test_scanned_and_rematerialised_layers_drop_out_as_unrolled(ids, layout):
+  """Scan and remat rebuild each layer from its state (split/merge): the dropout key must travel
+  with it, one per layer, so GoT-3B (scan_layers) trains with the authors' LoRA dropout."""
+  models = {}
+  for name, kw in (("unrolled", {}), ("other", layout)):
+    models[name] = _model(**kw)
+    apply_lora(models[name], TARGETS, rank=4, alpha=4, dropout=0.5, rngs=nnx.Rngs(1))
+    _randomise_b(models[name])
+  plain = np.asarray(models["unrolled"](ids))
+  key = jax.random.key(3)
+  want = np.asarray(_dropped(models["unrolled"], ids, key))
+  assert np.abs(want - plain).max() > 1e-4
+  np.testing.assert_allclose(np.asarray(_dropped(models["other"], ids, key)), want, atol=1e-5)
+
+  def loss(m):  # under a traced grad, as in the train step
+    with lora_dropout(m, key):
+      return jnp.mean(m(ids) ** 2)
+
+  grads = [nnx.state(nnx.grad(loss)(models[n]), nnx.Param) for n in ("unrolled", "other")]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  assert not hasattr(lora_layers(models["other"])[0], "dropout_key")  # the key does not outlive the block

@@ -7,13 +7,16 @@ base kernels and unwraps them (for export: the result is the plain model PyTorch
 / `unmerge` on one layer toggle the fold in place (PEFT's semantics).
 
 Dropout needs a key per step, and the trainer keeps no mutable RNG state in the model, so the
-key is passed explicitly: `with lora_dropout(model, key): model(...)` (no key: no dropout).
+key is passed explicitly: `with lora_dropout(model, key): model(...)` (no key: no dropout). For the
+block each LoRA layer holds its own key as a `LoRADropoutKey` variable, so the key travels with
+the layer's state through split/merge: scanned layers (layers/scan.py stacks one key per layer)
+and rematerialised ones (layers/remat.py) drop out as the unrolled model does. Outside the block
+the variable is gone: checkpoints and exports never see it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 from typing import Iterable
 
@@ -24,8 +27,8 @@ from flax import nnx
 from wegen_jax.layers.linear import Dense, param
 
 
-# id(layer) -> dropout key, for the calls inside `lora_dropout` (the layers are the traced copies).
-_DROPOUT_KEYS: contextvars.ContextVar[dict] = contextvars.ContextVar("lora_dropout_keys", default={})
+class LoRADropoutKey(nnx.Variable):
+  """A LoRA layer's dropout key (raw uint32 key data: scan stacks it), set only inside `lora_dropout`."""
 
 
 def _kaiming_uniform(fan_in: int):
@@ -61,9 +64,9 @@ class LoRADense(nnx.Module):
       return y
     dtype = self.base.dtype or x.dtype
     h = x.astype(dtype)
-    key = _DROPOUT_KEYS.get().get(id(self))
+    key = getattr(self, "dropout_key", None)
     if key is not None and self.dropout > 0:
-      keep = jax.random.bernoulli(key, 1.0 - self.dropout, h.shape)
+      keep = jax.random.bernoulli(jax.random.wrap_key_data(key[...]), 1.0 - self.dropout, h.shape)
       h = jnp.where(keep, h / (1.0 - self.dropout), 0).astype(dtype)
     low = jnp.dot(h, self.lora_a[...].astype(dtype))
     return y + jnp.dot(low, self.lora_b[...].astype(dtype)) * jnp.asarray(self.scale, dtype)
@@ -133,13 +136,16 @@ def merge_lora(module: nnx.Module) -> nnx.Module:
 @contextlib.contextmanager
 def lora_dropout(module: nnx.Module, key: jax.Array | None):
   """Dropout on every LoRA input for the calls inside the block (one key split per layer)."""
-  layers = lora_layers(module)
-  keys = {} if key is None else {id(l): k for l, k in zip(layers, jax.random.split(key, max(len(layers), 1)))}
-  token = _DROPOUT_KEYS.set(keys)
+  layers = lora_layers(module) if key is not None else []
+  if key is not None and not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)  # a raw uint32 key
+  for layer, k in zip(layers, jax.random.split(key, len(layers)) if layers else []):
+    layer.dropout_key = LoRADropoutKey(jax.random.key_data(k))
   try:
     yield
   finally:
-    _DROPOUT_KEYS.reset(token)
+    for layer in layers:
+      del layer.dropout_key
 
 
 def _swap(module: nnx.Module, wrapped: bool, store: list):
