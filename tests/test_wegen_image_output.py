@@ -151,3 +151,20 @@ def test_latent_samplers_keep_the_unets_x0_unclipped():
     out = {"epsilon": eps, "v_prediction": a**0.5 * eps - (1 - a) ** 0.5 * x0}[sampler.prediction_type]
     drawn = sampler.step(plan, out, 0, x, noise=jnp.zeros_like(x))
     np.testing.assert_allclose(np.asarray(drawn), 3.0, rtol=1e-4, err_msg=name)
+
+
+def test_cosine_loss_is_torchs_and_an_all_zero_slot_has_a_finite_gradient():
+  """F.normalize semantics (norm floored at 1e-12), as the authors' get_cosine_loss; a slot whose
+  prediction is all zeros (masked out later) must not put NaN into the gradient."""
+  import torch
+
+  from wegen_jax.systems.wegen.loss import cosine_loss
+
+  rng = np.random.default_rng(0)
+  pred, target = rng.standard_normal((2, 3, 5, 8)).astype(np.float32)
+  pred[1] = 0.0
+  t_pred, t_target = torch.from_numpy(pred), torch.from_numpy(target)
+  want = (1 - (torch.nn.functional.normalize(t_pred, dim=-1) * torch.nn.functional.normalize(t_target, dim=-1)).sum(-1))
+  np.testing.assert_allclose(np.asarray(cosine_loss(jnp.asarray(pred), jnp.asarray(target))), want.mean(-1), atol=1e-6)
+  grad = jax.grad(lambda p: cosine_loss(p, jnp.asarray(target))[0])(jnp.asarray(pred))
+  assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad[0])).max() > 0

@@ -22,9 +22,9 @@ def _masked_mean(values, mask):
 def cosine_loss(pred, target):
   """Mean over tokens of 1 - cos(pred, target) (the authors' get_cosine_loss), per image [M].
   Vectors are normalised as F.normalize does (norm floored at 1e-12): an all-zero slot gives
-  1, not NaN, so masking it out works."""
-  pred = pred / jnp.maximum(jnp.linalg.norm(pred, axis=-1, keepdims=True), 1e-12)
-  target = target / jnp.maximum(jnp.linalg.norm(target, axis=-1, keepdims=True), 1e-12)
+  1, not NaN, so masking it out works (the floor is on the squared norm, so its gradient is 0, not NaN)."""
+  unit = lambda x: x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))  # noqa: E731
+  pred, target = unit(pred), unit(target)
   return jnp.mean(1.0 - jnp.sum(pred * target, axis=-1), axis=-1)
 
 
