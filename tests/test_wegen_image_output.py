@@ -164,7 +164,7 @@ def test_cosine_loss_is_torchs_and_an_all_zero_slot_has_a_finite_gradient():
   pred, target = rng.standard_normal((2, 3, 5, 8)).astype(np.float32)
   pred[1] = 0.0
   t_pred, t_target = torch.from_numpy(pred), torch.from_numpy(target)
-  want = (1 - (torch.nn.functional.normalize(t_pred, dim=-1) * torch.nn.functional.normalize(t_target, dim=-1)).sum(-1))
+  want = 1 - (torch.nn.functional.normalize(t_pred, dim=-1) * torch.nn.functional.normalize(t_target, dim=-1)).sum(-1)
   np.testing.assert_allclose(np.asarray(cosine_loss(jnp.asarray(pred), jnp.asarray(target))), want.mean(-1), atol=1e-6)
   grad = jax.grad(lambda p: cosine_loss(p, jnp.asarray(target))[0])(jnp.asarray(pred))
   assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad[0])).max() > 0
