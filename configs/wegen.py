@@ -14,8 +14,9 @@ Data: wegen_jax.systems.wegen.pipeline over the TFDS dir `data.dir` (dataset weg
 Stage 3 (PSR and text-to-image data mixed into the dynamics data, data.first_turn) continues stage 2:
   python -m wegen_jax.train --config configs/wegen.py:size=tiny,stage=3 --workdir /tmp/wegen3 \
       --config.data.dir=DATA_DIR --config.init_from=/tmp/wegen2
-size=small is the tiny model on a longer recipe, about an hour on a 2-core CPU for stages 1 and 2
-(stage 1 2000 steps, stage 2 6000 edit-only steps with a 128-token instruction slot):
+size=small is the tiny model on a longer recipe, ~1.5 h on an idle 2-core CPU for stages 1 and 2
+(stage 1 2000 steps, stage 2 6000 edit-only steps at ~0.7 s with a 128-token instruction slot;
+figures in docs/EVAL.md):
   python -m wegen_jax.demo --size small --workdir /tmp/small
 arg: size=tiny|small|7b, stage=1|2|3.
 """
@@ -113,7 +114,7 @@ SIZES = {
     batch_size=4,
   ),
 }
-# size=small: the tiny model on a longer schedule (about an hour on a 2-core CPU): see get_config
+# size=small: the tiny model on a longer schedule (~1.5 h on a 2-core CPU): see get_config
 SIZES["small"] = SIZES["tiny"]
 
 # SYSTEMS.md §1 optimizer settings. Stage 1 names no clipping; stage 3 repeats stage 2 on new data.
