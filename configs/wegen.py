@@ -90,9 +90,10 @@ SIZES = {
       # demo data: unchanged-region MAE 2.2/255 and objects found 82% with it; without it 6.1 and
       # 0% (the LLM regresses to object-free mean features). Either way the objects do not move yet
       # (position error 0.175, copying through the detokenizer 0.174, the copy baseline 0.13); on
-      # one-step jumps they start to, smeared, after 5000 edit-only steps with instruction_slot=128
-      # (docs/EVAL.md), not after 1500 (size=small's recipe); starting the <img_i> rows as a 2-D
-      # sine-cosine grid code did not help.
+      # one-step jumps they start to, smeared, after 5000 edit-only steps with instruction_slot=128,
+      # not after 1500 (docs/EVAL.md); size=small's 6000 such steps on the demo's grammar still copy.
+      # A 2-D sine-cosine start of the <img_i> rows, a local warp of the edited features and
+      # word-level tokens did not help.
       image_residual=True,
       unet=dict(
         TINY_UNET,

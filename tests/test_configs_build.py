@@ -296,7 +296,7 @@ def test_a_broken_model_config_fails_to_build(field, value, error):
 
 
 def test_wegen_small_is_the_tiny_model_on_a_longer_edit_recipe():
-  """size=small (the hour-long CPU recipe) shares tiny's model (the dedup test above) and data, and
+  """size=small (the longer CPU recipe) shares tiny's model (the dedup test above) and data, and
   trains longer; its stage 2 sees edits only, each instruction in a 128-token slot that max_len holds."""
   for stage in (1, 2, 3):
     tiny, small = (load_config(f"configs/wegen.py:size={s},stage={stage}") for s in ("tiny", "small"))

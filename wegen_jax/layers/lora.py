@@ -136,11 +136,12 @@ def merge_lora(module: nnx.Module) -> nnx.Module:
 @contextlib.contextmanager
 def lora_dropout(module: nnx.Module, key: jax.Array | None):
   """Dropout on every LoRA input for the calls inside the block (one key split per layer)."""
-  layers = lora_layers(module) if key is not None else []
-  if key is not None and not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.wrap_key_data(key)  # a raw uint32 key
-  for layer, k in zip(layers, jax.random.split(key, len(layers)) if layers else []):
-    layer.dropout_key = LoRADropoutKey(jax.random.key_data(k))
+  layers = [] if key is None else lora_layers(module)
+  if layers:
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+      key = jax.random.wrap_key_data(key)  # a raw uint32 key
+    for layer, k in zip(layers, jax.random.split(key, len(layers))):
+      layer.dropout_key = LoRADropoutKey(jax.random.key_data(k))
   try:
     yield
   finally:
