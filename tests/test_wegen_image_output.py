@@ -153,18 +153,121 @@ def test_latent_samplers_keep_the_unets_x0_unclipped():
     np.testing.assert_allclose(np.asarray(drawn), 3.0, rtol=1e-4, err_msg=name)
 
 
-def test_cosine_loss_is_torchs_and_an_all_zero_slot_has_a_finite_gradient():
+def test_cosine_distance_is_torchs_and_an_all_zero_slot_has_a_finite_gradient():
   """F.normalize semantics (norm floored at 1e-12), as the authors' get_cosine_loss; a slot whose
   prediction is all zeros (masked out later) must not put NaN into the gradient."""
   import torch
 
-  from wegen_jax.systems.wegen.loss import cosine_loss
+  from wegen_jax.systems.wegen.loss import cosine_distance
 
   rng = np.random.default_rng(0)
   pred, target = rng.standard_normal((2, 3, 5, 8)).astype(np.float32)
   pred[1] = 0.0
   t_pred, t_target = torch.from_numpy(pred), torch.from_numpy(target)
   want = 1 - (torch.nn.functional.normalize(t_pred, dim=-1) * torch.nn.functional.normalize(t_target, dim=-1)).sum(-1)
-  np.testing.assert_allclose(np.asarray(cosine_loss(jnp.asarray(pred), jnp.asarray(target))), want.mean(-1), atol=1e-6)
-  grad = jax.grad(lambda p: cosine_loss(p, jnp.asarray(target))[0])(jnp.asarray(pred))
+  np.testing.assert_allclose(np.asarray(cosine_distance(jnp.asarray(pred), jnp.asarray(target))), want, atol=1e-6)
+  grad = jax.grad(lambda p: cosine_distance(p, jnp.asarray(target))[0].mean())(jnp.asarray(pred))
   assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad[0])).max() > 0
+
+
+def _inplace_model(config, inplace=True):
+  config.model.update(image_output="queries", image_index_embeddings=True, image_residual=True, image_inplace=inplace)
+  return random_model(WeGenConfig.from_dict(config.model))
+
+
+def _edit_features(model, tokens, tok, pixels):
+  """One edit drawn by generate(), and the same sequence's teacher-forced prediction (mllm_loss's path)."""
+  from wegen_jax.generation import SamplingConfig
+  from wegen_jax.systems.wegen.generate import ImageSampling, generate, image_positions
+
+  q = model.cfg.num_image_tokens
+  image = [tokens.boi, *tokens.image, tokens.eoi]
+  prompt = np.asarray([[tok.bos_id, *image, *tok.encode("move the red circle left")]], np.int32)
+  out = generate(
+    model,
+    prompt,
+    tokens=tokens,
+    pixel_values=pixels,
+    image_first=True,
+    sampling=SamplingConfig(max_new_tokens=q + 2, pad_token=tok.pad_id),
+    image_sampling=ImageSampling(num_steps=1),
+  )
+  full = jnp.asarray(np.concatenate([prompt, [image]], 1))
+  pos = jnp.asarray(image_positions(np.asarray(full), tokens, 2))
+  features = model.image_features(jnp.asarray(np.concatenate([pixels, pixels], 1)))
+  valid, is_target = jnp.array([[True, True]]), jnp.array([[False, True]])
+  embeds = model.embed_inputs(full, features, pos, valid & ~is_target)
+  bases = model.edit_base(features, valid)
+  embeds = model.embed_edit_bases(embeds, bases, pos, is_target)
+  hidden = model.llm.forward(inputs_embeds=embeds).hidden_states
+  forced = model.output_proj(hidden[0, pos[0, 1] - 1]) + bases[0, 1]
+  return out.features[0][0], np.asarray(forced)
+
+
+def test_image_inplace_generation_draws_what_teacher_forcing_trains():
+  """The edit base's features enter at the positions that predict each output token, in
+  training and in decoding alike; turning the option off changes the drawn features."""
+  from wegen_jax.systems.wegen.generate import ImageTokens
+  from wegen_jax.systems.wegen.tokenizer import load_tokenizer
+
+  tok = load_tokenizer("")
+  model = _inplace_model(tiny_config(stage=2))
+  tokens = ImageTokens.from_tokenizer(tok, model.cfg.num_image_tokens)
+  s = model.cfg.vision.image_size
+  pixels = np.random.default_rng(0).standard_normal((1, 1, 3, s, s)).astype(np.float32)
+  drawn, forced = _edit_features(model, tokens, tok, pixels)
+  np.testing.assert_allclose(drawn, forced, atol=1e-4)
+  plain = _inplace_model(tiny_config(stage=2), inplace=False)
+  assert np.abs(_edit_features(plain, tokens, tok, pixels)[0] - drawn).max() > 1e-3
+  config = tiny_config(stage=2)
+  config.model.update(image_output="queries", image_residual=False, image_inplace=True)
+  with pytest.raises(ValueError, match="image_inplace needs image_residual"):
+    WeGenConfig.from_dict(config.model)
+
+
+def test_changed_tokens_weigh_more_and_unchanged_images_keep_the_plain_mean():
+  from wegen_jax.systems.wegen.loss import token_weights
+
+  config = tiny_config(stage=2)
+  config.model.update(
+    image_output="queries", image_index_embeddings=True, image_residual=True, changed_token_weight=3.0
+  )
+  cfg = WeGenConfig.from_dict(config.model)
+  base = jnp.zeros((2, 4, 8))
+  target = base.at[0, 1].set(1.0)  # image 0 changes token 1; image 1 changes nothing
+  w = np.asarray(token_weights(cfg, base, target))
+  np.testing.assert_allclose(w[0], np.array([1, 4, 1, 1]) / 1.75, rtol=1e-6)
+  np.testing.assert_allclose(w[1], 1.0)
+
+  batch = make_batch(config)
+  model = random_model(cfg)
+  features = np.asarray(model.image_features(jnp.asarray(batch["pixel_values"])))
+  # half of the target tokens count as changed: the weighted mse differs from the plain one
+  threshold = float(np.median(np.mean(np.square(features[:, 1] - features[:, 0]), -1)))
+
+  def mse(weight, b):
+    m = random_model(
+      WeGenConfig.from_dict(dict(config.model, changed_token_weight=weight, changed_token_threshold=threshold))
+    )
+    return float(mllm_loss(m, {k: jnp.asarray(v) for k, v in b.items()}, jax.random.key(0))[1]["loss_mse"])
+
+  assert mse(3.0, batch) != pytest.approx(mse(0.0, batch), rel=1e-3)
+  same = dict(batch, pixel_values=batch["pixel_values"].copy())
+  same["pixel_values"][:, 1] = same["pixel_values"][:, 0]  # nothing changes: every weight is 1
+  assert mse(3.0, same) == pytest.approx(mse(0.0, same), rel=1e-6)
+
+
+def test_a_zero_diffusion_weight_skips_the_detokenizer(monkeypatch):
+  import wegen_jax.systems.wegen.loss as L
+
+  config = tiny_config(stage=2)
+  config.model.loss_weights = dict(ce=1.0, mse=1.0, cos=1.0, diffusion=0.0)
+  model = random_model(WeGenConfig.from_dict(config.model))
+  batch = {k: jnp.asarray(v) for k, v in make_batch(config).items()}
+  calls = []
+  real = L.diffusion_on_slots
+  monkeypatch.setattr(L, "diffusion_on_slots", lambda *a: calls.append(1) or real(*a))
+  loss, metrics = L.mllm_loss(model, batch, jax.random.key(0))
+  assert not calls and float(metrics["loss_diffusion"]) == 0.0
+  total = sum(float(metrics[k]) for k in ("loss_ce", "loss_mse", "loss_cos"))
+  assert float(loss) == pytest.approx(total, rel=1e-5)

@@ -98,6 +98,17 @@ class WeGenConfig:
   # edit, not the whole picture (InstructPix2Pix conditions on the source image the same way).
   # Needs "queries" (no fed-back tokens). The authors' 7B writes whole images (False).
   image_residual: bool = False
+  # Each output query of an edit also carries the projected features of the image it edits
+  # (its edit base), added at the position whose state predicts that token (one before its
+  # `<img_i>`): an output token starts from what it replaces, so erasing and drawing are local
+  # choices rather than a search of the context. Needs image_residual. The authors' 7B: off.
+  image_inplace: bool = False
+  # The mse/cos regression weighs a token 1 + this when its target differs from its edit base
+  # (mean square difference > changed_token_threshold), then renormalises each image's weights to
+  # mean 1: the few tokens an edit changes are not outweighed by the many it keeps. 0 = the
+  # authors' plain means.
+  changed_token_weight: float = 0.0
+  changed_token_threshold: float = 0.1
 
   def __post_init__(self):
     if self.image_output not in ("autoregressive", "queries"):
@@ -106,6 +117,8 @@ class WeGenConfig:
       raise ValueError("image_index_embeddings needs image_output='queries' (fed-back features replace embeddings)")
     if self.image_residual and self.image_output != "queries":
       raise ValueError("image_residual needs image_output='queries' (a fed-back token cannot carry the residual)")
+    if self.image_inplace and not self.image_residual:
+      raise ValueError("image_inplace needs image_residual (the queries carry the edit base it defines)")
     for name in ("train_scheduler", "sample_scheduler", "loss_weights"):  # hashable (jit static)
       v = getattr(self, name)
       if isinstance(v, Mapping):
@@ -183,4 +196,7 @@ class WeGenConfig:
       image_output=d.get("image_output", "autoregressive"),
       image_index_embeddings=bool(d.get("image_index_embeddings", False)),
       image_residual=bool(d.get("image_residual", False)),
+      image_inplace=bool(d.get("image_inplace", False)),
+      changed_token_weight=float(d.get("changed_token_weight", 0.0)),
+      changed_token_threshold=float(d.get("changed_token_threshold", 0.1)),
     )

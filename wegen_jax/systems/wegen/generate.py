@@ -166,6 +166,52 @@ class VARGuidanceHook(ForcedTokensHook):
     return token, embed, use_embed, new
 
 
+class EditBaseHook(nnx.Module):
+  """cfg.image_inplace: wraps the forced-image hook so that the input whose state predicts output
+  token k of an image (`<img>` for k=0, `<img_{k-1}>` after) also carries project_in(base[k]),
+  as model.embed_edit_bases in training. The base is the row's last prompt image for its first
+  drawn image, then the image drawn before (its features as _add_edit_base computes them)."""
+
+  def __init__(self, inner, model, bases, trigger: int, image_ids):
+    self.inner = inner
+    self.model = model
+    self.bases = nnx.Variable(jnp.asarray(bases, jnp.float32))  # [B, Q, C]
+    self.trigger = int(trigger)
+    self.image_ids = tuple(int(t) for t in image_ids)
+
+  def init(self, batch, hidden_size):
+    base = self.bases[...]
+    return dict(inner=self.inner.init(batch, hidden_size), base=base, drawn=jnp.zeros_like(base))
+
+  def step(self, state, token, hidden):
+    token, embed, use_embed, inner = self.inner.step(state["inner"], token, hidden)
+    q = len(self.image_ids)
+    hit = token[:, None] == jnp.asarray(self.image_ids, jnp.int32)[None]
+    s = jnp.where(hit.any(-1), jnp.argmax(hit, -1), -1)  # token is <img_s>; `hidden` predicted feature s
+    rows = jnp.arange(token.shape[0])
+    base = state["base"]
+    feature = self.model.output_proj(hidden).astype(jnp.float32) + base[rows, jnp.maximum(s, 0)]
+    at_s = (jnp.arange(q)[None] == s[:, None])[..., None]  # [B, Q, 1]
+    drawn = jnp.where(at_s, feature[:, None], state["drawn"])
+    base = jnp.where((s == q - 1)[:, None, None], drawn, base)  # an image done: the next edits it
+    k = jnp.where(token == self.trigger, 0, jnp.where((s >= 0) & (s < q - 1), s + 1, -1))
+    extra = self.model.project_in(base[rows, jnp.maximum(k, 0)])
+    plain = self.model.llm.embed_tokens(token)
+    embed = jnp.where(use_embed[:, None], embed.astype(plain.dtype), plain)
+    embed = jnp.where((k >= 0)[:, None], embed + extra.astype(plain.dtype), embed)
+    return token, embed.astype(hidden.dtype), use_embed | (k >= 0), dict(inner=inner, base=base, drawn=drawn)
+
+
+def _edit_bases(prompt_features, valid, q: int, width: int) -> np.ndarray:
+  """Each row's first edit base [B, Q, C]: its last valid prompt image's features, else zeros."""
+  bases = np.zeros((len(valid), q, width), np.float32)
+  for r in range(len(valid)):
+    slots = np.flatnonzero(valid[r])
+    if slots.size:
+      bases[r] = prompt_features[r, slots[-1]]
+  return bases
+
+
 class ImageFirstHook(ForcedTokensHook):
   """ForcedTokensHook that starts with `<img>` itself: the first generated token is forced to
   the trigger, so the image follows the prompt directly (PSR's drawing step after the rewrite,
@@ -215,9 +261,9 @@ def _add_edit_base(f, owner, prompt_features, valid):
   (model.edit_base in training). f [k, Q, C] in row order, owner [k], prompt_features
   [B, N, Q, C], valid [B, N]."""
   f = np.array(f)
+  first = _edit_bases(prompt_features, valid, *f.shape[1:])
   for r in dict.fromkeys(owner.tolist()):
-    slots = np.flatnonzero(valid[r])
-    base = prompt_features[r, slots[-1]] if slots.size else np.zeros(f.shape[1:], f.dtype)
+    base = first[r]
     for i in np.flatnonzero(owner == r):
       f[i] = base = f[i] + base
   return f
@@ -391,6 +437,9 @@ def generate(
     hook = (ImageFirstHook if image_first else ForcedTokensHook)(tokens.boi, forced, _Feedback(model), feedback)
   else:
     hook = VARGuidanceHook(model, tokens.boi, forced, feedback, var_cfg_scale, sampling.max_new_tokens)
+  if model.cfg.image_inplace:
+    bases = _edit_bases(np.asarray(prompt_features), np.asarray(valid), q, model.cfg.vision.width)
+    hook = EditBaseHook(hook, model, put(bases), tokens.boi, tokens.image)
   out = decode(
     _LLMWithPrompt(model.llm, embeds),
     put(input_ids),

@@ -19,13 +19,20 @@ def _masked_mean(values, mask):
   return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def cosine_loss(pred, target):
-  """Mean over tokens of 1 - cos(pred, target) (the authors' get_cosine_loss), per image [M].
-  Vectors are normalised as F.normalize does (norm floored at 1e-12): an all-zero slot gives
-  1, not NaN, so masking it out works (the floor is on the squared norm, so its gradient is 0, not NaN)."""
+def cosine_distance(pred, target):
+  """1 - cos(pred, target) per token [..., Q] (the authors' get_cosine_loss before its mean), vectors normalised as F.normalize does (norm
+  floored at 1e-12): an all-zero slot gives 1, not NaN, so masking it out works (the floor is on
+  the squared norm, so its gradient is 0, not NaN)."""
   unit = lambda x: x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))  # noqa: E731
-  pred, target = unit(pred), unit(target)
-  return jnp.mean(1.0 - jnp.sum(pred * target, axis=-1), axis=-1)
+  return 1.0 - jnp.sum(unit(pred) * unit(target), axis=-1)
+
+
+def token_weights(cfg, base, target):
+  """Per-token regression weights [M, Q], mean 1 per image: 1 + cfg.changed_token_weight where
+  the target differs from the edit base by more than cfg.changed_token_threshold (mean square)."""
+  changed = jnp.mean(jnp.square(target - base), axis=-1) > cfg.changed_token_threshold
+  w = 1.0 + cfg.changed_token_weight * changed.astype(jnp.float32)
+  return w / jnp.mean(w, axis=-1, keepdims=True)
 
 
 def image_diffusion_loss(model, features, vae_pixels, mask, key):
@@ -104,6 +111,9 @@ def mllm_loss(model, batch, rng):
   is_target = batch["image_valid"] & batch["image_is_target"]  # [B, N]
   fed = batch["image_valid"] if cfg.image_output == "autoregressive" else batch["image_valid"] & ~is_target
   embeds = model.embed_inputs(batch["input_ids"], features, batch["image_token_positions"], fed)
+  slot_segments = jnp.take_along_axis(batch["segment_ids"], batch["image_token_positions"][..., 0], axis=1)
+  bases = model.edit_base(features, batch["image_valid"], slot_segments)
+  embeds = model.embed_edit_bases(embeds, bases, batch["image_token_positions"], is_target)
   out = model.llm.forward(inputs_embeds=embeds, positions=batch["positions"], segment_ids=batch["segment_ids"])
   ce, _ = cross_entropy(out.logits, batch["labels"])
 
@@ -111,12 +121,15 @@ def mllm_loss(model, batch, rng):
   prev = jnp.maximum(batch["image_token_positions"] - 1, 0)
   hidden = out.hidden_states[jnp.arange(b)[:, None, None], prev]  # [B, N, Q, E]
   pred = model.output_proj(hidden).astype(jnp.float32)  # [B, N, Q, C]
-  slot_segments = jnp.take_along_axis(batch["segment_ids"], batch["image_token_positions"][..., 0], axis=1)
-  pred = pred + model.edit_base(features, batch["image_valid"], slot_segments)
+  pred = pred + bases
   flat_pred, flat_target, flat_mask = _flat(pred), _flat(features), is_target.reshape(-1)
-  mse = _masked_mean(jnp.mean(jnp.square(flat_pred - flat_target), axis=(1, 2)), flat_mask)
-  cos = _masked_mean(cosine_loss(flat_pred, flat_target), flat_mask)
-  diff, skipped = diffusion_on_slots(model, pred, batch["vae_pixels"], is_target, rng)
+  w = token_weights(cfg, _flat(bases), flat_target)  # all 1 unless cfg.changed_token_weight
+  mse = _masked_mean(jnp.mean(jnp.mean(jnp.square(flat_pred - flat_target), axis=-1) * w, axis=1), flat_mask)
+  cos = _masked_mean(jnp.mean(cosine_distance(flat_pred, flat_target) * w, axis=1), flat_mask)
+  if cfg.weight("diffusion"):
+    diff, skipped = diffusion_on_slots(model, pred, batch["vae_pixels"], is_target, rng)
+  else:  # no UNet/VAE pass at all (the tiny stage 2: ~85% of its step)
+    diff = skipped = jnp.zeros((), jnp.float32)
   loss = cfg.weight("ce") * ce + cfg.weight("mse") * mse + cfg.weight("cos") * cos + cfg.weight("diffusion") * diff
   return loss, {
     "loss_ce": ce,

@@ -67,6 +67,16 @@ class WeGen(nnx.Module):
     prev = features[:, :-1] * has_prev[..., None, None].astype(features.dtype)
     return jnp.concatenate([jnp.zeros_like(features[:, :1]), prev], axis=1)
 
+  def embed_edit_bases(self, embeds, bases, image_token_positions, is_target) -> jax.Array:
+    """cfg.image_inplace: each target slot's edit base [B, N, Q, C], projected, added to the
+    embeddings [B, T, E] at the positions whose states predict its tokens (`<img_i>` - 1)."""
+    if not self.cfg.image_inplace:
+      return embeds
+    b, length = embeds.shape[:2]
+    pos = jnp.where(is_target[..., None], image_token_positions - 1, length)  # others dropped
+    rows = jnp.broadcast_to(jnp.arange(b)[:, None, None], pos.shape)
+    return embeds.at[rows, pos].add(self.project_in(bases).astype(embeds.dtype), mode="drop")
+
   def embed_inputs(self, input_ids, features, image_token_positions, image_valid) -> jax.Array:
     """Token embeddings with the projected features of every valid image slot written at its
     Q `<img_i>` positions (added to the `<img_i>` embeddings with cfg.image_index_embeddings).
