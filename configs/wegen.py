@@ -93,7 +93,9 @@ SIZES = {
       # one-step jumps they start to, smeared, after 5000 edit-only steps with instruction_slot=128,
       # not after 1500 (docs/EVAL.md); size=small's 6000 such steps on the demo's grammar still copy.
       # A 2-D sine-cosine start of the <img_i> rows, a local warp of the edited features and
-      # word-level tokens did not help.
+      # word-level tokens did not help. Output queries that carry their edit base with changed
+      # tokens weighted up (image_inplace, changed_token_weight; off here) erase the named object
+      # but do not yet draw it elsewhere, so the frames lose it (docs/EVAL.md, 2026-12-07).
       image_residual=True,
       unet=dict(
         TINY_UNET,
