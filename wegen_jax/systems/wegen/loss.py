@@ -20,9 +20,9 @@ def _masked_mean(values, mask):
 
 
 def cosine_distance(pred, target):
-  """1 - cos(pred, target) per token [..., Q] (the authors' get_cosine_loss before its mean), vectors normalised as F.normalize does (norm
-  floored at 1e-12): an all-zero slot gives 1, not NaN, so masking it out works (the floor is on
-  the squared norm, so its gradient is 0, not NaN)."""
+  """1 - cos(pred, target) per token [..., Q] (the authors' get_cosine_loss before its mean).
+  Vectors are normalised as F.normalize does (norm floored at 1e-12): an all-zero slot gives 1,
+  not NaN, so masking it out works (the floor is on the squared norm, so its gradient is 0, not NaN)."""
   unit = lambda x: x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))  # noqa: E731
   return 1.0 - jnp.sum(unit(pred) * unit(target), axis=-1)
 

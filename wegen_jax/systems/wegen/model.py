@@ -72,23 +72,19 @@ class WeGen(nnx.Module):
     embeddings [B, T, E] at the positions whose states predict its tokens (`<img_i>` - 1)."""
     if not self.cfg.image_inplace:
       return embeds
-    b, length = embeds.shape[:2]
-    pos = jnp.where(is_target[..., None], image_token_positions - 1, length)  # others dropped
-    rows = jnp.broadcast_to(jnp.arange(b)[:, None, None], pos.shape)
-    return embeds.at[rows, pos].add(self.project_in(bases).astype(embeds.dtype), mode="drop")
+    at = _slot_index(image_token_positions - 1, is_target, embeds.shape[1])
+    return embeds.at[at].add(self.project_in(bases).astype(embeds.dtype), mode="drop")
 
   def embed_inputs(self, input_ids, features, image_token_positions, image_valid) -> jax.Array:
     """Token embeddings with the projected features of every valid image slot written at its
     Q `<img_i>` positions (added to the `<img_i>` embeddings with cfg.image_index_embeddings).
     features [B, N, Q, width], positions [B, N, Q], valid [B, N]."""
     embeds = self.llm.embed_tokens(input_ids)
-    b, length = input_ids.shape
     proj = self.project_in(features).astype(embeds.dtype)
-    pos = jnp.where(image_valid[..., None], image_token_positions, length)  # invalid -> dropped
-    rows = jnp.broadcast_to(jnp.arange(b)[:, None, None], pos.shape)
+    at = _slot_index(image_token_positions, image_valid, input_ids.shape[1])
     if self.cfg.image_index_embeddings:
-      return embeds.at[rows, pos].add(proj, mode="drop")
-    return embeds.at[rows, pos].set(proj, mode="drop")
+      return embeds.at[at].add(proj, mode="drop")
+    return embeds.at[at].set(proj, mode="drop")
 
   def condition(self, features: jax.Array) -> tuple[jax.Array, dict]:
     """UNet conditioning from 64 features [M, Q, width]: cross-attention on the tokens, pooled
@@ -128,3 +124,10 @@ class WeGen(nnx.Module):
       posterior = jax.lax.map(self.vae.encode, slices)
       posterior = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((m,) + x.shape[2:]), posterior)
     return jax.lax.stop_gradient(self.vae.to_latents(posterior.sample(key)))
+
+
+def _slot_index(positions, mask, length: int):
+  """(rows, positions) indexing [B, T, ...] at the image slots' positions [B, N, Q]; slots where
+  mask [B, N] is False point past the end (dropped by mode="drop")."""
+  pos = jnp.where(mask[..., None], positions, length)
+  return jnp.broadcast_to(jnp.arange(pos.shape[0])[:, None, None], pos.shape), pos
