@@ -143,3 +143,18 @@ def chain_box_iou(predicted: Chain, truth: Chain) -> dict[str, float]:
     "recall@0.5": float(sum(i >= 0.5 for i in ious) / n) if ious else float(not predicted.objects),
     "count_error": float(abs(len(predicted.objects) - len(truth.objects))),
   }
+
+
+def objects_drawn(image: np.ndarray, truth: Chain, margin: float = 0.1, min_area: float = 0.003) -> list[bool]:
+  """Per true object: whether uint8 `image` [H, W, 3] has a region of its colour (the synthetic
+  scenes' colours, evaluators/geneval_synthetic.py) whose centroid lies in its box, widened by
+  `margin` of the image on each side. The layout check of an image drawn from a chain."""
+  from wegen_jax.data.synthetic import COLOURS
+  from wegen_jax.evaluators.geneval_synthetic import colour_regions
+
+  hits = []
+  for obj in truth.objects:
+    x1, y1, x2, y2 = (v / COORD_RANGE for v in obj.box)
+    centroids = colour_regions(image, obj.colour, min_area) if obj.colour in COLOURS else []
+    hits.append(any(x1 - margin <= x <= x2 + margin and y1 - margin <= y <= y2 + margin for x, y in centroids))
+  return hits

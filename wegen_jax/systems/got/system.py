@@ -14,7 +14,7 @@ import numpy as np
 from wegen_jax.generation.sampling import SamplingConfig
 from wegen_jax.systems import base
 from wegen_jax.systems.got import export
-from wegen_jax.systems.got.chain import Chain, chain_box_iou, parse_chain
+from wegen_jax.systems.got.chain import Chain, chain_box_iou, objects_drawn, parse_chain
 from wegen_jax.systems.got.generate import gen_hidden_states, render, write_chains
 from wegen_jax.systems.got.tokenizer import load_tokenizer
 
@@ -100,8 +100,9 @@ class GoTSystem(base.System):
 
   def validation_samples(self, num: int, seed: int = 0) -> list[base.Sample]:
     """`num` held-out synthetic examples: the chain written and the image drawn from it, with
-    the ground-truth target and the chain's box IoU against the true boxes."""
-    from wegen_jax.systems.got.data import SyntheticGoTSource, to_pixels
+    the ground-truth target, the chain's box IoU against the true boxes and the share of true
+    objects drawn in their box (objects_drawn)."""
+    from wegen_jax.systems.got.data import SyntheticGoTSource
 
     source = SyntheticGoTSource(self.config.data, "validation", self.model.cfg)
     size = int(self.config.data.image_size)
@@ -110,15 +111,18 @@ class GoTSystem(base.System):
       ex = source.example(i)
       request = base.Request(ex["text"], images=(ex["source"],) if ex["edit"] else (), seed=seed)
       response = self.generate([request])[0]
-      target = to_pixels(ex["target"], size)
       out.append(
         base.Sample(
           text=ex["text"],
           # T2I's reference image is black (what the UNet sees), so every row has an input
           inputs=list(request.images) or [np.zeros((size, size, 3), np.uint8)],
-          target=np.round((np.transpose(target, (1, 2, 0)) + 1) * 127.5).astype(np.uint8),
+          target=self._target_uint8(ex["target"]),
           generated=response.images[0],
-          record={"chain": response.text, "box_iou": chain_box_iou(parse_chain(response.text), ex["chain"])},
+          record={
+            "chain": response.text,
+            "box_iou": chain_box_iou(parse_chain(response.text), ex["chain"]),
+            "objects_drawn": float(np.mean(objects_drawn(response.images[0], ex["chain"]) or [1.0])),
+          },
         )
       )
     return out
@@ -139,7 +143,41 @@ class GoTSystem(base.System):
       scores = [chain_box_iou(c, e["chain"]) for c, e in zip(self.chains(reqs), examples)]
       return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
-    return {"generate_images": generate_images, "chain_box_iou": chain_iou}
+    def drawn_from_true_chains(num: int, seed: int = 0) -> dict[str, float]:
+      """Images drawn from the ground-truth chains of `num` held-out examples (the decoder and
+      SSGM alone, whatever chain the MLLM would write): the share of true objects found in
+      their box in their colour (objects_drawn), and the frame MAE (/255) against each
+      example's own target and against the next example's (the image follows its chain)."""
+      from wegen_jax.systems.got.data import SyntheticGoTSource
+
+      source = SyntheticGoTSource(self.config.data, "validation", self.model.cfg)
+      examples = [source.example(i) for i in range(num)]
+      targets = [self._target_uint8(e["target"]).astype(np.float64) for e in examples]
+      found, own, other = [], [], []
+      for i, e in enumerate(examples):
+        request = base.Request(e["text"], images=(e["source"],) if e["edit"] else (), seed=seed)
+        image = self.draw([self.prompt(request)], [e["chain"]], [e["source"]], seed=seed)[0]
+        found += objects_drawn(image, e["chain"])
+        own.append(np.abs(image - targets[i]).mean())
+        other.append(np.abs(image - targets[(i + 1) % num]).mean())
+      return {
+        "objects_drawn": float(np.mean(found)),
+        "mae_own": float(np.mean(own)),
+        "mae_other": float(np.mean(other)),
+      }
+
+    return {
+      "generate_images": generate_images,
+      "chain_box_iou": chain_iou,
+      "drawn_from_true_chains": drawn_from_true_chains,
+    }
+
+  def _target_uint8(self, image) -> np.ndarray:
+    """A synthetic frame at the run's image size, uint8 [V, V, 3] (nearest resize, as training sees it)."""
+    from wegen_jax.systems.got.data import to_pixels
+
+    pixels = to_pixels(image, int(self.config.data.image_size))
+    return np.round((np.transpose(pixels, (1, 2, 0)) + 1) * 127.5).astype(np.uint8)
 
 
 def _steps(request: base.Request) -> dict:
