@@ -102,14 +102,10 @@ class GoTSystem(base.System):
     """`num` held-out synthetic examples: the chain written and the image drawn from it, with
     the ground-truth target, the chain's box IoU against the true boxes and the share of true
     objects drawn in their box (objects_drawn)."""
-    from wegen_jax.systems.got.data import SyntheticGoTSource
-
-    source = SyntheticGoTSource(self.config.data, "validation", self.model.cfg)
     size = int(self.config.data.image_size)
     out = []
-    for i in range(num):
-      ex = source.example(i)
-      request = base.Request(ex["text"], images=(ex["source"],) if ex["edit"] else (), seed=seed)
+    for ex in self._held_out(num):
+      request = _request(ex, seed)
       response = self.generate([request])[0]
       out.append(
         base.Sample(
@@ -134,11 +130,8 @@ class GoTSystem(base.System):
 
     def chain_iou(num: int) -> dict[str, float]:
       """Box IoU of the chains written for `num` held-out examples against their ground truth."""
-      from wegen_jax.systems.got.data import SyntheticGoTSource
-
-      source = SyntheticGoTSource(self.config.data, "validation", self.model.cfg)
-      examples = [source.example(i) for i in range(num)]
-      reqs = [base.Request(e["text"], images=(e["source"],) if e["edit"] else ()) for e in examples]
+      examples = self._held_out(num)
+      reqs = [_request(e) for e in examples]
       # one left-padded batch: one compile of the decoder, not one per prompt length
       scores = [chain_box_iou(c, e["chain"]) for c, e in zip(self.chains(reqs), examples)]
       return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
@@ -148,15 +141,11 @@ class GoTSystem(base.System):
       SSGM alone, whatever chain the MLLM would write): the share of true objects found in
       their box in their colour (objects_drawn), and the frame MAE (/255) against each
       example's own target and against the next example's (the image follows its chain)."""
-      from wegen_jax.systems.got.data import SyntheticGoTSource
-
-      source = SyntheticGoTSource(self.config.data, "validation", self.model.cfg)
-      examples = [source.example(i) for i in range(num)]
+      examples = self._held_out(num)
       targets = [self._target_uint8(e["target"]).astype(np.float64) for e in examples]
       found, own, other = [], [], []
       for i, e in enumerate(examples):
-        request = base.Request(e["text"], images=(e["source"],) if e["edit"] else (), seed=seed)
-        image = self.draw([self.prompt(request)], [e["chain"]], [e["source"]], seed=seed)[0]
+        image = self.draw([self.prompt(_request(e))], [e["chain"]], [e["source"]], seed=seed)[0]
         found += objects_drawn(image, e["chain"])
         own.append(np.abs(image - targets[i]).mean())
         other.append(np.abs(image - targets[(i + 1) % num]).mean())
@@ -172,12 +161,24 @@ class GoTSystem(base.System):
       "drawn_from_true_chains": drawn_from_true_chains,
     }
 
+  def _held_out(self, num: int) -> list[dict]:
+    """The first `num` held-out synthetic examples (data.synthetic_example dicts)."""
+    from wegen_jax.systems.got.data import SyntheticGoTSource
+
+    source = SyntheticGoTSource(self.config.data, "validation", self.model.cfg)
+    return [source.example(i) for i in range(num)]
+
   def _target_uint8(self, image) -> np.ndarray:
     """A synthetic frame at the run's image size, uint8 [V, V, 3] (nearest resize, as training sees it)."""
     from wegen_jax.systems.got.data import to_pixels
 
     pixels = to_pixels(image, int(self.config.data.image_size))
     return np.round((np.transpose(pixels, (1, 2, 0)) + 1) * 127.5).astype(np.uint8)
+
+
+def _request(example: dict, seed: int = 0) -> base.Request:
+  """A synthetic example's request: its caption or instruction, with the source image to edit."""
+  return base.Request(example["text"], images=(example["source"],) if example["edit"] else (), seed=seed)
 
 
 def _steps(request: base.Request) -> dict:
