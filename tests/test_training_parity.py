@@ -128,3 +128,56 @@ def test_unet_gradients_match_pytorch(name, tmp_path):
   for (path, g), b, a in zip(jax.tree_util.tree_leaves_with_path(grads), before, after, strict=True):
     theirs = np.asarray(b) - np.asarray(a)
     np.testing.assert_allclose(np.asarray(g), theirs, atol=1e-6, rtol=1e-3, err_msg=jax.tree_util.keystr(path))
+
+
+def test_qwen2_5_vl_gradients_match_pytorch(tmp_path):
+  """GoT's MLLM: the chain CE's gradients through M-RoPE, the spliced image features and the
+  windowed vision tower equal transformers' autograd (a padded batch with several images)."""
+  from tests.test_qwen2_5_vl import CFG, _batch, _hf_inputs
+  from wegen_jax.convert.hf_qwen2_5_vl import hf_config
+  from wegen_jax.training.losses import cross_entropy, next_token_labels
+
+  torch.manual_seed(0)
+  config = transformers.Qwen2_5_VLConfig(**{k: v for k, v in hf_config(CFG).items() if k != "architectures"})
+  ref = transformers.Qwen2_5_VLForConditionalGeneration(config)
+  with torch.no_grad():
+    for p in ref.parameters():
+      p.add_(torch.randn_like(p) * 0.2)
+  ref.save_pretrained(tmp_path / "init")
+  ids, mask, pixels, grids = _batch(CFG)
+  # text tokens with a real token before them (what the chain CE trains; the first token after
+  # left padding would be predicted from a padding position, whose output neither side defines)
+  supervised = (mask == 1) & (ids != CFG.image_token_id) & (np.roll(mask, 1, axis=1) == 1)
+  supervised[:, 0] = False
+
+  labels = torch.from_numpy(np.where(supervised, ids, -100))
+  ref(**_hf_inputs(ids, mask, pixels, grids), labels=labels).loss.backward()
+  with torch.no_grad():  # one SGD step of size 1: the weights move by minus their gradient
+    for p in ref.parameters():
+      if p.grad is not None:
+        p.sub_(p.grad)
+  ref.save_pretrained(tmp_path / "stepped")
+
+  model = convert.load_hf_qwen2_5_vl(tmp_path / "init")
+  graphdef, params = nnx.split(model, nnx.Param)
+  grid = tuple(map(tuple, grids))
+
+  def loss(params):
+    logits = nnx.merge(graphdef, params).forward(
+      jnp.asarray(ids),
+      pixel_values=jnp.asarray(pixels),
+      image_grid_thw=np.asarray(grid),
+      attention_mask=jnp.asarray(mask),
+    )[0]
+    return cross_entropy(logits, next_token_labels(jnp.asarray(ids), jnp.asarray(supervised)))[0]
+
+  grads = jax.jit(jax.grad(loss))(params)
+  stepped = nnx.state(convert.load_hf_qwen2_5_vl(tmp_path / "stepped"), nnx.Param)
+  before, after = jax.tree.leaves(params), jax.tree.leaves(stepped)
+  visual = 0.0
+  for (path, g), b, a in zip(jax.tree_util.tree_leaves_with_path(grads), before, after, strict=True):
+    theirs = np.asarray(b) - np.asarray(a)
+    np.testing.assert_allclose(np.asarray(g), theirs, atol=2e-6, rtol=1e-3, err_msg=jax.tree_util.keystr(path))
+    if "visual" in jax.tree_util.keystr(path):
+      visual = max(visual, float(np.abs(theirs).max()))
+  assert visual > 1e-4  # the loss does reach the vision tower through the spliced features
