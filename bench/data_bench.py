@@ -46,6 +46,30 @@ def pipeline_rows_per_s(config, batches: int) -> tuple[float, float]:
   return rows / seconds, float(np.sum(tokens)) / rows
 
 
+def frame_size(data_dir: Path) -> int:
+  from wegen_jax.data.source import dynamics_dataset
+
+  return int(dynamics_dataset(str(data_dir), "train", shuffle_seed=0)[0]["frames"].shape[1])
+
+
+def device_resize_ms(config, repeats: int = 5) -> float:
+  """Median ms of data/device_resize.tower_inputs on one row's frames (uint8 [N, F, F, 3])."""
+  from wegen_jax.data.device_resize import tower_inputs
+
+  d = config.data
+  frames = jax.device_put(
+    np.random.default_rng(0).integers(0, 256, (d.max_images, d.frame_size, d.frame_size, 3), np.uint8)
+  )
+  fn = jax.jit(lambda f: tower_inputs(f, d.image_size, d.vae_image_size))
+  jax.block_until_ready(fn(frames))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(frames))
+    times.append(time.perf_counter() - start)
+  return 1e3 * float(np.median(times))
+
+
 def tiny_step_rows_per_s(config, steps: int) -> float:
   from bench.packing_bench import _batches, _step
 
@@ -86,6 +110,11 @@ def main(argv=None):
   c7.data.update(image_size=448, vae_image_size=1024)
   c7.batch_size = 8
   rows7_s, _ = pipeline_rows_per_s(c7, max(2, args.batches // 4))
+  # ... and with data.device_preprocess (the 7B config's default): uint8 frames shipped as curated,
+  # resized in the train step; that resize is timed apart on this host's device
+  c7.data.update(device_preprocess=True, frame_size=frame_size(work / "data"))
+  rows7_dev_s, _ = pipeline_rows_per_s(c7, args.batches)
+  resize_ms = device_resize_ms(c7)
   # A 7B row of seq-7b tokens; the host consumes host_devices * peak * mfu / (6 N) tokens/s.
   rows_7b = args.host_devices * args.peak * args.mfu / (6 * WEGEN_7B_TRAINABLE) / args.seq_7b
   print(f"pipeline: {rows_s:,.1f} rows/s ({rows_s * tokens_row:,.0f} real tokens/s, batch {c.batch_size})")
@@ -93,7 +122,15 @@ def main(argv=None):
   print(f"| tiny stage-2 train step (measured) | {tiny_s:,.1f} | {rows_s / tiny_s:.1f}x |")
   print(
     f"| WeGen-7B, {args.host_devices} devices/host at {args.mfu:.0%} MFU of {args.peak / 1e12:.0f} TFLOP/s "
-    f"(estimate; pipeline at 448/1024 px, {rows7_s:,.1f} rows/s) | {rows_7b:,.2f} | {rows7_s / rows_7b:.1f}x |"
+    f"(estimate; host preprocessing to 448/1024 px, {rows7_s:,.1f} rows/s) | {rows_7b:,.2f} | {rows7_s / rows_7b:.1f}x |"
+  )
+  print(
+    f"| the same, data.device_preprocess ({c7.data.frame_size}-px uint8 frames shipped, "
+    f"{rows7_dev_s:,.1f} rows/s) | {rows_7b:,.2f} | {rows7_dev_s / rows_7b:.1f}x |"
+  )
+  print(
+    f"device-side resize of one 7B row ({c7.data.max_images} frames -> 448 bilinear + 1024 bicubic, "
+    f"data/device_resize.py) on {jax.devices()[0].platform}: {resize_ms:.1f} ms"
   )
 
 

@@ -52,7 +52,10 @@ SIZES = {
       # ~1 GiB per image and tensor (14 GiB of temporaries for 16 images per chip)
       vae_encode_slices=4,
     ),
-    data=dict(max_len=1024, max_images=4, image_size=448, vae_image_size=1024),
+    # the host ships the curated 256-px uint8 frames (curation's frame_size) and the train step
+    # resizes them to 448 / 1024 exactly as PIL (data/device_resize.py): ~50 MB of float32 pixels
+    # per row and ~160 ms of host work per image otherwise (docs/PERFORMANCE.md)
+    data=dict(max_len=1024, max_images=4, image_size=448, vae_image_size=1024, device_preprocess=True, frame_size=256),
     batch_size=128,
   ),
   "tiny": dict(
@@ -111,9 +114,9 @@ SIZES = {
       scan_layers=False,
       attention_impl="xla",
     ),
-    data=dict(
-      max_len=512, max_images=3, image_size=64, vae_image_size=32
-    ),  # 98% of synthetic pairs/triples fit (byte-level text)
+    # 98% of synthetic pairs/triples fit (byte-level text); 64-px frames, preprocessed on the host
+    # (cheap at these sizes; data.device_preprocess does the same on the device)
+    data=dict(max_len=512, max_images=3, image_size=64, vae_image_size=32, device_preprocess=False, frame_size=64),
     batch_size=4,
   ),
 }

@@ -4,6 +4,9 @@ Per example (L = data.max_len, N = data.max_images, Q = data.num_image_tokens):
   input_ids, segment_ids, positions, labels   int32 [L]  (labels aligned: target of logits at t)
   pixel_values          float32 [N, 3, S, S]  vision-tower input (CLIP mean/std)
   vae_pixels            float32 [N, 3, V, V]  diffusion target in [-1, 1]
+    or, with data.device_preprocess, instead of both:
+  frames                uint8 [N, F, F, 3]    the curated frames (F = data.frame_size); the train
+                        step makes the two arrays above from them (data/device_resize.py)
   image_token_positions int32 [N, Q]          where each image's Q <img_i> tokens sit
   image_valid, image_is_target  bool [N]
   example_valid, examples_packed, examples_dropped   scalars (data.pack > 1 packs several per row)
@@ -28,15 +31,24 @@ from wegen_jax.systems.wegen.tokenizer import WeGenTokenizer, load_tokenizer
 from wegen_jax.training.losses import IGNORE_INDEX
 
 
+def image_arrays(d) -> dict[str, np.ndarray]:
+  """A row's image slots: float32 tower inputs made on the host, or with data.device_preprocess
+  the uint8 frames they are made from in the train step (~1/20 of the bytes at 7B sizes)."""
+  N, S, V = d.max_images, d.image_size, d.vae_image_size
+  if d.get("device_preprocess", False):
+    F = d.frame_size
+    return {"frames": np.zeros((N, F, F, 3), np.uint8)}
+  return {"pixel_values": np.zeros((N, 3, S, S), np.float32), "vae_pixels": np.zeros((N, 3, V, V), np.float32)}
+
+
 def empty_example(d, pad_id: int) -> dict[str, np.ndarray]:
-  L, N, Q, S, V = d.max_len, d.max_images, d.num_image_tokens, d.image_size, d.vae_image_size
+  L, N, Q = d.max_len, d.max_images, d.num_image_tokens
   return {
     "input_ids": np.full((L,), pad_id, np.int32),
     "segment_ids": np.zeros((L,), np.int32),
     "positions": np.zeros((L,), np.int32),
     "labels": np.full((L,), IGNORE_INDEX, np.int32),
-    "pixel_values": np.zeros((N, 3, S, S), np.float32),
-    "vae_pixels": np.zeros((N, 3, V, V), np.float32),
+    **image_arrays(d),
     "image_token_positions": np.zeros((N, Q), np.int32),
     "image_valid": np.zeros((N,), bool),
     "image_is_target": np.zeros((N,), bool),
@@ -72,6 +84,15 @@ def pack_examples(parts, d, pad_id: int) -> dict[str, np.ndarray]:
     out["image_valid"][n0 : n0 + n] = True
     out["image_is_target"][n0 : n0 + n] = seq.image_is_target
     for i, frame in enumerate(images):
+      if "frames" in out:
+        if frame.shape != out["frames"].shape[1:]:
+          raise ValueError(
+            f"a record holds {frame.shape[0]}x{frame.shape[1]} frames but data.frame_size={d.frame_size}: "
+            f"set --config.data.frame_size to the curation's frame_size ({frame.shape[0]}), or turn "
+            "data.device_preprocess off"
+          )
+        out["frames"][n0 + i] = frame
+        continue
       out["pixel_values"][n0 + i] = preprocess_image(frame, d.image_size)
       out["vae_pixels"][n0 + i] = sd_preprocess(frame, d.vae_image_size)
     t0, n0 = t0 + t, n0 + n

@@ -87,6 +87,12 @@ class WeGenTask(Task):
     return super().param_group(path)
 
   def loss_fn(self, model, batch, rng):
+    if "frames" in batch:  # data.device_preprocess: the tower inputs are made here, on the device
+      from wegen_jax.data.device_resize import tower_inputs
+
+      d = self.config.data
+      pixel_values, vae_pixels = tower_inputs(batch["frames"], d.image_size, d.vae_image_size)
+      batch = dict(batch, pixel_values=pixel_values, vae_pixels=vae_pixels)
     return wegen_loss(model, batch, rng, self.stage)
 
   def dataset(self, split, *, seed, global_batch):
