@@ -52,10 +52,20 @@ SIZES = {
       # ~1 GiB per image and tensor (14 GiB of temporaries for 16 images per chip)
       vae_encode_slices=4,
     ),
-    # the host ships the curated 256-px uint8 frames (curation's frame_size) and the train step
+    # The host ships the curated 256-px uint8 frames (curation's frame_size) and the train step
     # resizes them to 448 / 1024 exactly as PIL (data/device_resize.py): ~50 MB of float32 pixels
-    # per row and ~160 ms of host work per image otherwise (docs/PERFORMANCE.md)
-    data=dict(max_len=1024, max_images=4, image_size=448, vae_image_size=1024, device_preprocess=True, frame_size=256),
+    # per row and ~160 ms of host work per image otherwise. Rows are built in 8 Grain worker
+    # processes (one made ~190 rows/s on 2 cores; one host of 8 H100s at 40% MFU consumes ~76:
+    # docs/PERFORMANCE.md).
+    data=dict(
+      max_len=1024,
+      max_images=4,
+      image_size=448,
+      vae_image_size=1024,
+      device_preprocess=True,
+      frame_size=256,
+      workers=8,
+    ),
     batch_size=128,
   ),
   "tiny": dict(
@@ -218,7 +228,9 @@ def get_config(arg=None):
   # pack=k puts k consecutive records in one row with segment ids (max_len/max_images must hold
   # k of them; diffusion_images_per_example then counts per row). At tiny sizes it gained nothing
   # (bench/packing_bench.py: per-image work dominates the step), so the default is one per row.
-  c.data = dict(preset["data"], dir="", tokenizer="", num_image_tokens=64, pack=1)
+  # read_threads: Grain threads building rows in each process (Python under the GIL: more than
+  # one or two slow it down, data/loader.process_batches); workers: Grain worker processes.
+  c.data = dict(dict(workers=0, read_threads=1), **preset["data"], dir="", tokenizer="", num_image_tokens=64, pack=1)
   # Where frame A of a record comes from (systems/wegen/psr.py): the input image (editing), its
   # caption (text-to-image), its short prompt (drawn directly), or a PSR turn (short prompt ->
   # the detailed caption, then A). The tiny default also learns text-to-image in stage 2, so a

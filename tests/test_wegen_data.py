@@ -148,3 +148,35 @@ def test_pipeline_packs_consecutive_records_into_one_row(curated_dir, tok):
   assert batch["input_ids"].shape == (2, 1024)
   assert (batch["examples_packed"] + batch["examples_dropped"]).tolist() == [2, 2]
   assert batch["examples_packed"].sum() >= 3 and batch["segment_ids"].max() == 2
+
+
+def test_worker_processes_give_the_same_batches_and_resume(curated_dir):
+  """data.workers > 0 (Grain worker processes) and data.device_preprocess: the batches, and those
+  after a restore of the iterator state, are the single-process ones."""
+  import jax
+  from wegen_jax.data.loader import DeviceLoader
+  from wegen_jax.systems.wegen.pipeline import make_dataset
+
+  sharding = lambda name, x: jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  seen = {}
+  for workers in (0, 2):
+    config = ml_collections.ConfigDict(
+      {
+        "data": dict(
+          data_config(max_len=512, num_image_tokens=64, device_preprocess=True, frame_size=64, workers=workers),
+          dir=str(curated_dir),
+        )
+      }
+    )
+    loader = DeviceLoader(make_dataset(config, "train", seed=0, global_batch=2), sharding)
+    batches = [next(loader) for _ in range(3)]
+    state = loader.get_state()
+    again = DeviceLoader(make_dataset(config, "train", seed=0, global_batch=2), sharding)
+    again.set_state(state)
+    batches.append(next(again))
+    assert batches[0]["frames"].dtype == np.uint8 and batches[0]["frames"].shape == (2, 3, 64, 64, 3)
+    seen[workers] = [{k: np.asarray(v) for k, v in b.items()} for b in batches]
+    loader.close(), again.close()
+  for single, multi in zip(seen[0], seen[2]):
+    for k in single:
+      np.testing.assert_array_equal(multi[k], single[k], err_msg=k)

@@ -16,13 +16,23 @@ import jax
 import numpy as np
 
 
-def process_batches(dataset: grain.MapDataset, global_batch: int) -> grain.IterDataset:
+def process_batches(
+  dataset: grain.MapDataset, global_batch: int, read_threads: int = 1, workers: int = 0
+) -> grain.IterDataset:
   """Endless batches of this process's rows of each global batch.
 
   Global batch k is records k*B .. (k+1)*B-1 of `dataset` repeated, whatever the number of
   processes; process p reads only its contiguous block of rows, which is the block
   `jax.make_array_from_process_local_data` places on its devices. So a run on N hosts sees
   the same global batches as a run on one.
+
+  read_threads: Grain threads that build rows ahead (`grain.ReadOptions`). Row building is
+  Python under the GIL (tokenising, packing; PNG decode of small frames), so Grain's default of
+  16 threads ran WeGen's 7B-shaped rows at 174 rows/s where one ran 614 (2-core host,
+  docs/PERFORMANCE.md); more threads pay where a source blocks on I/O (remote storage).
+  workers: > 0 builds batches in that many Grain worker processes (`mp_prefetch`), the way to
+  use a host's cores; each worker makes whole batches in turn, so the order and the
+  checkpointed iterator state are those of a single process.
   """
   count, index = jax.process_count(), jax.process_index()
   if global_batch % count:
@@ -32,7 +42,16 @@ def process_batches(dataset: grain.MapDataset, global_batch: int) -> grain.IterD
   rows = grain.MapDataset.range(len(repeated) // count).map(
     lambda j: repeated[(j // local) * global_batch + index * local + j % local]
   )
-  return rows.batch(local, drop_remainder=True).to_iter_dataset()
+  # a few batches ahead (Grain's default buffer of 500 would hold ~25 GB of 7B rows made on the host)
+  options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=8)
+  batches = rows.batch(local, drop_remainder=True).to_iter_dataset(options)
+  if workers > 0:
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # Grain's worker code reads absl flags; our CLIs do not parse them
+      flags.FLAGS.mark_as_parsed()
+    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+  return batches
 
 
 class DeviceLoader:
@@ -72,6 +91,12 @@ class DeviceLoader:
 
   def get_state(self) -> Any:
     return self._state
+
+  def close(self) -> None:
+    """Stops Grain's worker processes (data.workers > 0) while their queues are still open."""
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()
 
   def set_state(self, state: Any) -> None:
     if self._thread is not None:

@@ -349,4 +349,5 @@ def _train(task, config, workdir: Path, stop_at: int | None) -> TrainResult:
     signal.signal(signal.SIGTERM, previous)
     ckpt.close()
     writer.close()
+    loader.close()
   return TrainResult(step, losses, workdir)
