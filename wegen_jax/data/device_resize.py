@@ -7,7 +7,7 @@ instead and the train step makes the same arrays here: PIL's two passes (horizon
 vertical) with its filter weights in its 22-bit fixed point and a uint8 rounding after each
 pass, so the pixels are PIL's bit for bit (tests/test_device_resize.py), then the float32
 normalisation of `preprocess_image`. Each output pixel gathers at most 2 * ceil(support) + 1
-input pixels: integer multiply-adds, no dense resize matrix.
+input pixels: integer multiply-adds tap by tap, no dense resize matrix.
 """
 
 from __future__ import annotations
@@ -73,11 +73,13 @@ def pil_taps(in_size: int, out_size: int, method: str) -> tuple[np.ndarray, np.n
 def _pass(x: jax.Array, axis: int, out_size: int, method: str) -> jax.Array:
   """One of PIL's passes along `axis` of uint8 x: rounding and clipping as its clip8."""
   index, weight = pil_taps(x.shape[axis], out_size, method)
-  moved = jnp.moveaxis(x, axis, -1).astype(jnp.int32)  # [..., in]
-  taps = moved[..., jnp.asarray(index)]  # [..., out, K]
-  acc = jnp.sum(taps * jnp.asarray(weight), axis=-1) + (1 << (PRECISION_BITS - 1))
-  out = jnp.clip(acc >> PRECISION_BITS, 0, 255).astype(jnp.uint8)
-  return jnp.moveaxis(out, -1, axis)
+  shape = [1] * x.ndim
+  shape[axis] = out_size
+  acc = jnp.full((), 1 << (PRECISION_BITS - 1), jnp.int32)
+  for k in range(index.shape[1]):  # tap by tap: no [..., out, K] tensor (TPU temporaries 4x smaller)
+    tap = jnp.take(x, jnp.asarray(index[:, k]), axis=axis).astype(jnp.int32)
+    acc = acc + tap * jnp.asarray(weight[:, k]).reshape(shape)
+  return jnp.clip(acc >> PRECISION_BITS, 0, 255).astype(jnp.uint8)
 
 
 def resize_uint8(frames: jax.Array, size: int, method: str = "bicubic") -> jax.Array:
