@@ -58,12 +58,6 @@ def write_large_videos(out: Path, num: int, size: int) -> None:
     S.write_clip(str(out / f"clip_{i:03d}"), frames, gt, "h264")
 
 
-def frame_size(data_dir: Path) -> int:
-  from wegen_jax.data.source import dynamics_dataset
-
-  return int(dynamics_dataset(str(data_dir), "train", shuffle_seed=0)[0]["frames"].shape[1])
-
-
 def device_resize_ms(config, repeats: int = 5) -> float:
   """Median ms of data/device_resize.tower_inputs on one row's frames (uint8 [N, F, F, 3])."""
   from wegen_jax.data.device_resize import tower_inputs
@@ -141,7 +135,7 @@ def main(argv=None):
   rows7_s, _ = pipeline_rows_per_s(c7, max(2, args.batches // 4))
   # ... and with data.device_preprocess (the 7B config's default): uint8 frames shipped as curated,
   # resized in the train step; that resize is timed apart on this host's device
-  c7.data.update(device_preprocess=True, frame_size=frame_size(work / "data_7b"))
+  c7.data.update(device_preprocess=True, frame_size=args.frame_size_7b)
   rows7_dev_s, _ = pipeline_rows_per_s(c7, args.batches)
   c7.data.workers = args.workers
   rows7_workers_s, _ = pipeline_rows_per_s(c7, args.batches)
@@ -153,10 +147,10 @@ def main(argv=None):
   print(f"| tiny stage-2 train step (measured) | {tiny_s:,.1f} | {rows_s / tiny_s:.1f}x |")
   print(
     f"| WeGen-7B, {args.host_devices} devices/host at {args.mfu:.0%} MFU of {args.peak / 1e12:.0f} TFLOP/s "
-    f"(estimate; {c7.data.frame_size}-px records, host preprocessing to 448/1024 px, {rows7_s:,.1f} rows/s) | {rows_7b:,.2f} | {rows7_s / rows_7b:.1f}x |"
+    f"(estimate; {args.frame_size_7b}-px records, host preprocessing to 448/1024 px, {rows7_s:,.1f} rows/s) | {rows_7b:,.2f} | {rows7_s / rows_7b:.1f}x |"
   )
   print(
-    f"| the same, data.device_preprocess ({c7.data.frame_size}-px uint8 frames shipped, "
+    f"| the same, data.device_preprocess ({args.frame_size_7b}-px uint8 frames shipped, "
     f"{rows7_dev_s:,.1f} rows/s) | {rows_7b:,.2f} | {rows7_dev_s / rows_7b:.1f}x |"
   )
   print(

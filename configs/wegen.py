@@ -55,7 +55,7 @@ SIZES = {
     # The host ships the curated 256-px uint8 frames (curation's frame_size) and the train step
     # resizes them to 448 / 1024 exactly as PIL (data/device_resize.py): ~50 MB of float32 pixels
     # per row and ~160 ms of host work per image otherwise. Rows are built in 8 Grain worker
-    # processes (one made ~190 rows/s on 2 cores; one host of 8 H100s at 40% MFU consumes ~76:
+    # processes (one made ~270 rows/s on 2 cores; one host of 8 H100s at 40% MFU consumes ~76:
     # docs/PERFORMANCE.md).
     data=dict(
       max_len=1024,

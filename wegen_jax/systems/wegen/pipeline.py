@@ -134,10 +134,9 @@ def make_dataset(config, split: str, *, seed: int, global_batch: int) -> grain.I
   records = dynamics_dataset(d.dir, split, shuffle_seed=seed)
   k = int(d.get("pack", 1))
   if k <= 1:
-    return process_batches(
-      records.map(lambda r: records_to_row([r], tok, d)), global_batch, d.get("read_threads", 1), d.get("workers", 0)
+    rows = records.map(lambda r: records_to_row([r], tok, d))
+  else:
+    rows = grain.MapDataset.range(len(records) // k).map(
+      lambda i: records_to_row([records[i * k + j] for j in range(k)], tok, d)
     )
-  rows = grain.MapDataset.range(len(records) // k).map(
-    lambda i: records_to_row([records[i * k + j] for j in range(k)], tok, d)
-  )
   return process_batches(rows, global_batch, d.get("read_threads", 1), d.get("workers", 0))
