@@ -113,6 +113,12 @@ def _llama_like(d, family, *, qkv_bias, theta, scaling) -> LLMConfig:
 
 def hf_config(cfg: LLMConfig) -> dict:
   """config.json for the HF class of cfg.family (Qwen2.5-VL text exports as plain Qwen2)."""
+  if cfg.short_conv:
+    raise CheckpointError(
+      f"this LLM has short convolutions (short_conv={cfg.short_conv}), which no transformers class has; "
+      "it can be saved as an Orbax checkpoint (training runs) but not exported to an HF layout. "
+      "Train with short_conv=0 for a model that exports."
+    )
   if cfg.family == "opt":
     return {
       "architectures": ["OPTForCausalLM"],
@@ -272,11 +278,11 @@ def save_hf_llm(model: LLM, path: str | os.PathLike, *, dtype=None) -> None:
   path = Path(path)
   path.mkdir(parents=True, exist_ok=True)
   cfg = model.cfg
+  config = hf_config(cfg)  # first: it says why a model cannot be exported
   state_dict = export_state_dict(model, rules(cfg), dtype=dtype)
   if cfg.tie_word_embeddings:
     emb = "model.decoder.embed_tokens.weight" if cfg.family == "opt" else "model.embed_tokens.weight"
     state_dict["lm_head.weight"] = state_dict[emb]
-  config = hf_config(cfg)
   if dtype is not None:
     config["torch_dtype"] = np.dtype(dtype).name
   save_state_dict(state_dict, path)

@@ -207,10 +207,10 @@ def save_hf_qwen2_5_vl(model: Qwen2_5_VL, path: str | os.PathLike, *, dtype=None
   path = Path(path)
   path.mkdir(parents=True, exist_ok=True)
   cfg = model.cfg
+  config = hf_config(cfg)  # first: it says why a model cannot be exported
   state_dict = _join_qkv(export_state_dict(model, rules(cfg), dtype=dtype))
   if cfg.text.tie_word_embeddings:
     state_dict["lm_head.weight"] = state_dict["model.language_model.embed_tokens.weight"]
-  config = hf_config(cfg)
   if dtype is not None:
     config["torch_dtype"] = np.dtype(dtype).name
   save_state_dict(state_dict, path)

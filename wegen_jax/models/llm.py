@@ -24,6 +24,7 @@ from flax import nnx
 from wegen_jax.layers import Attention, Dense, Embed, GatedMLP, LayerNorm, MLP, RMSNorm, RopeConfig, cos_sin
 from wegen_jax.layers.remat import remat_call, remat_policy
 from wegen_jax.layers.scan import scan_blocks
+from wegen_jax.layers.short_conv import ShortConv
 from wegen_jax.parallel.sharding import constrain
 
 
@@ -60,6 +61,9 @@ class LLMConfig:
   remat: str = "none"  # a policy of layers/remat.py
   attention_impl: str = "xla"
   scan_layers: bool = False  # one scanned layer body (layers/scan.py): fast compiles at 7B
+  # > 0: a causal depthwise conv of this width on each attention input (layers/short_conv.py);
+  # only for models trained from scratch (no HF/PyTorch layout has it).
+  short_conv: int = 0
 
   def __post_init__(self):
     # Hashable fields: the config is static data of the jitted graph.
@@ -126,6 +130,9 @@ class DecoderLayer(nnx.Module):
       param_dtype=pdtype,
       rngs=rngs,
     )
+    self.short_conv = (
+      ShortConv(cfg.hidden_size, cfg.short_conv, dtype=dtype, param_dtype=pdtype, rngs=rngs) if cfg.short_conv else None
+    )
     self.mlp_norm = _norm(cfg, cfg.hidden_size, rngs)
     mlp_cls = GatedMLP if cfg.gated_mlp else MLP
     self.mlp = mlp_cls(
@@ -139,15 +146,23 @@ class DecoderLayer(nnx.Module):
     )
 
   def __call__(self, x, rope, q_offset, q_segment_ids, kv_segment_ids, cache=None):
-    attend = lambda h: self.attn(
-      h,
-      rope=rope,
-      causal=True,
-      q_offset=q_offset,
-      cache=cache,
-      q_segment_ids=q_segment_ids,
-      kv_segment_ids=kv_segment_ids,
-    )
+    conv_state = None
+
+    def attend(h):
+      nonlocal conv_state
+      if self.short_conv is not None:
+        h, conv_state = self.short_conv(h, q_segment_ids, None if cache is None else cache["conv"])
+      kv_cache = None if cache is None else {"k": cache["k"], "v": cache["v"]}
+      return self.attn(
+        h,
+        rope=rope,
+        causal=True,
+        q_offset=q_offset,
+        cache=kv_cache,
+        q_segment_ids=q_segment_ids,
+        kv_segment_ids=kv_segment_ids,
+      )
+
     if self.pre_norm:
       a = attend(self.attn_norm(x))
       a, cache = a if cache is not None else (a, None)
@@ -158,6 +173,8 @@ class DecoderLayer(nnx.Module):
       a, cache = a if cache is not None else (a, None)
       x = self.attn_norm(x + a)
       x = self.mlp_norm(x + self.mlp(x))
+    if cache is not None and conv_state is not None:
+      cache = {**cache, "conv": conv_state}
     return constrain(x, ("batch", "length", "act_embed")), cache
 
 
@@ -188,8 +205,15 @@ class LLM(nnx.Module):
     cfg = self.cfg
     dtype = jnp.dtype(dtype or cfg.dtype)
     shape = (batch, max_len, cfg.kv_heads, cfg.dim_per_head)
+
+    def layer_cache(layer):
+      c = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+      if layer.short_conv is not None:
+        c["conv"] = layer.short_conv.init_state(batch, dtype)
+      return c
+
     return {
-      "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)],
+      "layers": [layer_cache(layer) for layer in self.layers],
       "segment_ids": jnp.zeros((batch, max_len), jnp.int32),
     }
 

@@ -145,7 +145,9 @@ QWEN_VISION_PRESETS = {
 }
 
 # Defaults every preset gets, so overrides like --config.model.dtype=bfloat16 always work.
-LLM_DEFAULTS = dict(dtype="float32", param_dtype="float32", remat="none", attention_impl="xla", scan_layers=False)
+LLM_DEFAULTS = dict(
+  dtype="float32", param_dtype="float32", remat="none", attention_impl="xla", scan_layers=False, short_conv=0
+)
 
 # stabilityai/stable-diffusion-xl-base-1.0 unet/ and vae/ config.json (diffusers names): the
 # detokenizers of WeGen and GoT start from these and change their conditioning widths.
