@@ -3,6 +3,7 @@ editable structure (round trips, a moved box moves its canvas, box IoU), the who
 tiny random model (chain written, then drawn; an edited chain drawn without writing one), and a
 tiny GoT overfitting a fixed batch (chain CE and diffusion loss both fall)."""
 
+import dataclasses
 import functools
 
 import jax
@@ -268,3 +269,21 @@ def test_tiny_got_overfits_a_fixed_batch(setup):
   first, last = history[0], history[-1]
   assert last["loss_ce"] < 0.3 * first["loss_ce"], history[::10]
   assert last["loss_diffusion"] < 0.5 * first["loss_diffusion"], history[::10]
+
+
+def test_one_encoder_pass_gives_the_three_latents_of_separate_passes(setup):
+  """The training step encodes target, source and box canvases in one VAE pass; each result
+  equals its own pass (with the encoder sliced as GoT-3B's config does, too)."""
+  config, cfg, model = setup
+  batch = {k: jnp.asarray(v) for k, v in make_batch(config, 2).items()}
+  key = jax.random.key(3)
+  for slices in (1, 2):
+    model.cfg = dataclasses.replace(cfg, vae_encode_slices=slices)
+    latents, reference, spatial = model.training_latents(
+      batch["target"], batch["source"], batch["canvases"], batch["canvas_valid"], key
+    )
+    np.testing.assert_allclose(latents, model.target_latents(batch["target"], key), atol=1e-6)
+    np.testing.assert_allclose(reference, model.condition_latents(batch["source"]), atol=1e-6)
+    want = model.spatial_latents(batch["canvases"], batch["canvas_valid"])
+    np.testing.assert_allclose(spatial, want, atol=1e-6)
+  model.cfg = cfg

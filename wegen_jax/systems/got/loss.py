@@ -36,9 +36,11 @@ def got_loss(model, batch, rng):
   tokens, pooled = model.ssgm(hidden)
   keep_text, keep_spatial, keep_ref = drop_masks(k_drop, b, cfg.cond_drop)
   tokens = jnp.where(keep_text[:, None, None], tokens, model.null_semantic(hidden))
-  reference = model.condition_latents(batch["source"]) * keep_ref[:, None, None, None]
-  spatial = model.spatial_latents(batch["canvases"], batch["canvas_valid"]) * keep_spatial[:, None, None, None]
-  latents = model.target_latents(batch["target"], k_vae)
+  latents, reference, spatial = model.training_latents(
+    batch["target"], batch["source"], batch["canvases"], batch["canvas_valid"], k_vae
+  )
+  reference = reference * keep_ref[:, None, None, None]
+  spatial = spatial * keep_spatial[:, None, None, None]
   v = batch["target"].shape[-1]
   added = {"text_embeds": pooled, "time_ids": model.time_ids(b, v, v)}
   diff = diffusion_loss(

@@ -111,7 +111,22 @@ class GoT(nnx.Module):
     """Box canvases [B, N, 3, H, W] with valid [B, N] -> the mean of their latents [B, C, h, w]
     (a row with no box carries one valid black canvas)."""
     b, n = valid.shape
-    lat = self.condition_latents(canvases.reshape((b * n,) + canvases.shape[2:]))
+    return self._average_canvases(self.condition_latents(canvases.reshape((b * n,) + canvases.shape[2:])), valid)
+
+  def training_latents(self, target, source, canvases, valid, key):
+    """The three VAE inputs of a training step in one encoder pass (one copy of the encoder in the
+    compiled step instead of three): target [B, 3, H, W] -> sampled, scaled latents; source ->
+    the reference latents; canvases [B, N, 3, H, W] with valid [B, N] -> the spatial latents.
+    The same values as target_latents, condition_latents and spatial_latents."""
+    b, n = valid.shape
+    pixels = jnp.concatenate([target, source, canvases.reshape((b * n,) + canvases.shape[2:])], axis=0)
+    posterior = jax.tree.map(jax.lax.stop_gradient, self._encode(pixels))
+    mean = posterior.mean.astype(jnp.float32)
+    latents = self.vae.to_latents(type(posterior)(posterior.mean[:b], posterior.logvar[:b]).sample(key))
+    return latents, mean[b : 2 * b], self._average_canvases(mean[2 * b :], valid)
+
+  def _average_canvases(self, lat, valid):
+    b, n = valid.shape
     lat = lat.reshape((b, n) + lat.shape[1:])
     w = valid.astype(jnp.float32)[:, :, None, None, None]
     return jnp.sum(lat * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
