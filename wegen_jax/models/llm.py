@@ -145,36 +145,35 @@ class DecoderLayer(nnx.Module):
       rngs=rngs,
     )
 
-  def __call__(self, x, rope, q_offset, q_segment_ids, kv_segment_ids, cache=None):
+  def _attend(self, h, rope, q_offset, q_segment_ids, kv_segment_ids, cache):
+    """The short conv (when configured) then attention -> (output, the layer's new cache or None)."""
     conv_state = None
+    if self.short_conv is not None:
+      h, conv_state = self.short_conv(h, q_segment_ids, None if cache is None else cache["conv"])
+    out = self.attn(
+      h,
+      rope=rope,
+      causal=True,
+      q_offset=q_offset,
+      cache=None if cache is None else {"k": cache["k"], "v": cache["v"]},
+      q_segment_ids=q_segment_ids,
+      kv_segment_ids=kv_segment_ids,
+    )
+    if cache is None:
+      return out, None
+    out, kv = out
+    return out, kv if conv_state is None else {**kv, "conv": conv_state}
 
-    def attend(h):
-      nonlocal conv_state
-      if self.short_conv is not None:
-        h, conv_state = self.short_conv(h, q_segment_ids, None if cache is None else cache["conv"])
-      kv_cache = None if cache is None else {"k": cache["k"], "v": cache["v"]}
-      return self.attn(
-        h,
-        rope=rope,
-        causal=True,
-        q_offset=q_offset,
-        cache=kv_cache,
-        q_segment_ids=q_segment_ids,
-        kv_segment_ids=kv_segment_ids,
-      )
-
+  def __call__(self, x, rope, q_offset, q_segment_ids, kv_segment_ids, cache=None):
+    attend = lambda h: self._attend(h, rope, q_offset, q_segment_ids, kv_segment_ids, cache)
     if self.pre_norm:
-      a = attend(self.attn_norm(x))
-      a, cache = a if cache is not None else (a, None)
+      a, cache = attend(self.attn_norm(x))
       x = x + a
       x = x + self.mlp(self.mlp_norm(x))
     else:
-      a = attend(x)
-      a, cache = a if cache is not None else (a, None)
+      a, cache = attend(x)
       x = self.attn_norm(x + a)
       x = self.mlp_norm(x + self.mlp(x))
-    if cache is not None and conv_state is not None:
-      cache = {**cache, "conv": conv_state}
     return constrain(x, ("batch", "length", "act_embed")), cache
 
 
