@@ -119,7 +119,15 @@ def get_config(arg=None):
   c.model["loss_weights"] = dict(cap=1.0, ce=1.0, ret=1.0, gen=1.0)
   c.total_steps = preset["optimizer"]["total_steps"]
   c.optimizer = dict(
-    preset["optimizer"], b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01, min_lr_ratio=0.0, grad_clip=1.0, freeze_until={}
+    preset["optimizer"],
+    b1=0.9,
+    b2=0.95,
+    eps=1e-8,
+    weight_decay=0.01,
+    min_lr_ratio=0.0,
+    grad_clip=1.0,
+    freeze_until={},
+    stack_leaves=False,  # AdamW over stacks of equal-shape leaves (training/stacked_updates.py)
   )
   c.batch_size = preset["batch_size"]
   c.grad_accum = 1

@@ -43,6 +43,7 @@ def get_config(arg=None):
     weight_decay=0.01,
     grad_clip=1.0,
     freeze_until={},
+    stack_leaves=False,  # AdamW over stacks of equal-shape leaves (training/stacked_updates.py)
   )
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.sharding_rules = [list(r) for r in DEFAULT_RULES]

@@ -146,6 +146,7 @@ _STAGE_OPT = {
     total_steps=160_000,
     grad_clip=0.0,
     freeze_until={"unet": 12_000},
+    stack_leaves=False,  # AdamW over stacks of equal-shape leaves (training/stacked_updates.py)
   ),
   2: dict(
     lr=5e-4,
@@ -158,6 +159,7 @@ _STAGE_OPT = {
     total_steps=30_000,
     grad_clip=1.0,
     freeze_until={},
+    stack_leaves=False,
   ),
 }
 _STAGE_OPT[3] = _STAGE_OPT[2]

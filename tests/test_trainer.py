@@ -57,6 +57,18 @@ def test_stop_and_resume_is_exact(uninterrupted, tmp_path):
     assert abs(merged[step] - loss) <= 1e-6, step
 
 
+def test_stacked_optimizer_trains_and_resumes_as_the_per_leaf_one(uninterrupted, tmp_path):
+  """optimizer.stack_leaves on a 2x2x2 mesh: stopped, resumed from its stacked optimizer state,
+  the same losses as the per-leaf AdamW's uninterrupted run."""
+  stacked = {"optimizer.stack_leaves": True, "mesh": {"data": 2, "fsdp": 2, "tensor": 2}}
+  first = train(config(**stacked), tmp_path, stop_at=6)
+  second = train(config(**stacked), tmp_path)
+  assert min(second.losses) == 7
+  merged = {**first.losses, **second.losses}
+  for step, loss in uninterrupted.losses.items():
+    assert abs(merged[step] - loss) <= 1e-5 * abs(loss), step
+
+
 def test_data_iterator_resumes_without_repeating_or_skipping():
   import grain
   from wegen_jax.data.loader import DeviceLoader, process_batches

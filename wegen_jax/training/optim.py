@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from wegen_jax.training.stacked_updates import plan_stacks, stack_leaves, stacked_abstract, stacked_sharding
+
 
 def make_schedule(cfg) -> optax.Schedule:
   """Linear warm-up to cfg.lr, cosine decay to cfg.lr * cfg.min_lr_ratio at cfg.total_steps."""
@@ -46,8 +48,11 @@ def _frozen_until(step_limit: int, inner: optax.GradientTransformation) -> optax
   return optax.GradientTransformation(init, update)
 
 
-def _adamw(cfg, schedule) -> optax.GradientTransformation:
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # no decay on norms/biases
+def _no_decay_on_vectors(params):  # no weight decay on norms and biases
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def _adamw(cfg, schedule, decay_mask=_no_decay_on_vectors) -> optax.GradientTransformation:
   return optax.adamw(
     schedule,
     b1=cfg.get("b1", 0.9),
@@ -58,11 +63,46 @@ def _adamw(cfg, schedule) -> optax.GradientTransformation:
   )
 
 
-def make_optimizer(cfg, labels: Any = None) -> optax.GradientTransformation:
+def make_optimizer(
+  cfg, labels: Any = None, *, params: Any = None, shardings: Any = None
+) -> optax.GradientTransformation:
   """cfg fields: lr, total_steps, warmup_steps, min_lr_ratio, b1, b2, eps, weight_decay,
-  grad_clip (0 = off), freeze_until {group: step}. (Gradient accumulation happens in the
-  train step, over micro-batches, so one optimizer step = one schedule step, as in the papers.)
-  labels: pytree like the params with a group name per leaf (needed for freeze_until)."""
+  grad_clip (0 = off), freeze_until {group: step}, stack_leaves. (Gradient accumulation happens
+  in the train step, over micro-batches, so one optimizer step = one schedule step, as in the papers.)
+  labels: pytree like the params with a group name per leaf (needed for freeze_until).
+  stack_leaves (training/stacked_updates.py) needs `params` (arrays or ShapeDtypeStructs) and
+  takes the parameters' `shardings` (a tree like params) to keep each stack sharded as its members."""
+  if not cfg.get("stack_leaves", False):
+    return _clipped_adamw(cfg, labels, _no_decay_on_vectors)
+  plan = _stack_plan(params, labels, shardings)
+
+  def on_stacks(plan):
+    stack_labels = None if labels is None else dict(zip(plan.names, (label for label, _ in plan.keys)))
+    decay = dict(zip(plan.names, (len(shape) > 1 for shape in plan.shapes)))
+    return _clipped_adamw(cfg, stack_labels, lambda _: decay)
+
+  return stack_leaves(on_stacks, plan, [stacked_sharding(sharding) for _, sharding in plan.keys])
+
+
+def optimized_tree(cfg, params, labels: Any = None, shardings: Any = None):
+  """The tree whose leaves the optimizer state mirrors (for its shardings): the params, or
+  with stack_leaves their stacks as ShapeDtypeStructs carrying the stacked shardings."""
+  if not cfg.get("stack_leaves", False):
+    return params
+  plan = _stack_plan(params, labels, shardings)
+  return stacked_abstract(plan, params, [stacked_sharding(sharding) for _, sharding in plan.keys])
+
+
+def _stack_plan(params, labels, shardings):
+  """Stacks of leaves sharing shape, dtype, group label and sharding."""
+  if params is None:
+    raise ValueError("optimizer.stack_leaves needs the parameters' shapes (make_optimizer(..., params=...))")
+  treedef = jax.tree.structure(params)
+  per_leaf = lambda tree: [None] * treedef.num_leaves if tree is None else treedef.flatten_up_to(tree)
+  return plan_stacks(params, list(zip(per_leaf(labels), per_leaf(shardings))))
+
+
+def _clipped_adamw(cfg, labels, decay_mask) -> optax.GradientTransformation:
   schedule = make_schedule(cfg)
   freeze: Mapping[str, int] = dict(cfg.get("freeze_until", {}) or {})
   if freeze:
@@ -75,15 +115,15 @@ def make_optimizer(cfg, labels: Any = None) -> optax.GradientTransformation:
     # A group unfrozen at step N sees the global learning rate: its schedule is shifted by N.
     transforms = {
       g: (
-        _frozen_until(freeze[g], _adamw(cfg, lambda c, n=freeze[g]: schedule(c + n)))
+        _frozen_until(freeze[g], _adamw(cfg, lambda c, n=freeze[g]: schedule(c + n), decay_mask))
         if g in freeze
-        else _adamw(cfg, schedule)
+        else _adamw(cfg, schedule, decay_mask)
       )
       for g in groups
     }
     tx = optax.multi_transform(transforms, labels)
   else:
-    tx = _adamw(cfg, schedule)
+    tx = _adamw(cfg, schedule, decay_mask)
   # One global norm over all trainable parameters. Always in the chain (an infinite bound leaves
   # finite gradients exactly as they are), so the optimizer state, and so a checkpoint, has the
   # same structure whether or not clipping is on: a rerun may change it.

@@ -32,7 +32,7 @@ from wegen_jax.training.compile_cache import use_compilation_cache
 from wegen_jax.training.evals import build_evaluators, due, run_evaluators
 from wegen_jax.training.flops import jaxpr_flops
 from wegen_jax.training.metrics import MetricsWriter, device_peak_flops
-from wegen_jax.training.optim import make_optimizer, make_schedule
+from wegen_jax.training.optim import make_optimizer, make_schedule, optimized_tree
 from wegen_jax.training.task import get_task
 from wegen_jax.training.validation import check_training_config
 from wegen_jax.training.workdir_lock import WorkdirLock
@@ -132,7 +132,8 @@ def build_train_step(task, graphdef, tx, accum: int, schedule, masks=None):
 
 def optimizer_shardings(opt_state, params, mesh):
   """Shardings for the optimizer state: each moment leaf takes the sharding of the parameter
-  whose tree path ends its own (optax nests the params tree inside its states), the rest
+  (or stack of parameters: optim.optimized_tree) whose tree path ends its own (optax nests
+  that tree inside its states), the rest
   (step counts) is replicated. Without this, jit(tx.init) puts the whole state on one device:
   its outputs depend on no sharded input."""
   by_path = {tuple(map(str, path)): p for path, p in jax.tree_util.tree_flatten_with_path(params)[0]}
@@ -166,10 +167,11 @@ def make_train_step(task, config, mesh, graphdef, params) -> TrainStep:
   """params: the trainable nnx State, concrete or abstract (ShapeDtypeStructs with shardings)."""
   rules = config.get("sharding_rules")
   labels = jax.tree_util.tree_map_with_path(lambda p, _: task.param_group(path_string(p)), params)
-  tx = make_optimizer(config.optimizer, labels)
-  schedule = make_schedule(config.optimizer)
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
-  opt_shardings = optimizer_shardings(jax.eval_shape(tx.init, params), params, mesh)
+  tx = make_optimizer(config.optimizer, labels, params=params, shardings=param_shardings)
+  schedule = make_schedule(config.optimizer)
+  optimized = optimized_tree(config.optimizer, params, labels, param_shardings)
+  opt_shardings = optimizer_shardings(jax.eval_shape(tx.init, params), optimized, mesh)
   masks = row_masks(task, params)
   if all(m is None for m in jax.tree.leaves(masks, is_leaf=lambda x: x is None)):
     masks = None
