@@ -38,6 +38,7 @@ JAX_STACK = [
   "numpy>=2.0",
   "av==18.1.0",
   "pillow>=10",
+  "pyspng==0.1.4",  # libspng: decodes the records' PNG frames in half PIL's time (same pixels)
   "tqdm>=4.66",
   "tensorboardX==2.6.5",
   "tokenizers>=0.21",

@@ -596,3 +596,25 @@ def test_killed_curation_takes_its_workers_with_it(corpus, tmp_path, start_metho
   cfg = load_config(corpus[2])
   counts = runner.run_selection(str(vids), str(out), cfg, progress=False)
   assert counts == {"assigned": 8, "skipped_done": done, "ok": 8 - done}
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "I;16"])
+def test_png_frames_decode_as_pil_does(mode):
+  """The libspng fast path gives PIL's pixels for RGB frames; other PNGs go through PIL."""
+  from PIL import Image
+
+  rng = np.random.default_rng(0)
+  rgb = Image.fromarray(rng.integers(0, 256, (37, 53, 3), np.uint8))
+  img = rgb.convert(mode) if mode != "I;16" else Image.fromarray(rng.integers(0, 65536, (37, 53), np.uint16))
+  buf = io.BytesIO()
+  img.save(buf, format="PNG", compress_level=1)
+  got = schema.decode_png(buf.getvalue())
+  assert got.dtype == np.uint8 and got.shape == (37, 53, 3)
+  np.testing.assert_array_equal(got, np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+
+
+def test_corrupt_png_frame_raises_pil_error():
+  from PIL import UnidentifiedImageError
+
+  with pytest.raises(UnidentifiedImageError):
+    schema.decode_png(b"not a png at all")

@@ -23,6 +23,7 @@ import io
 from typing import Any, Sequence
 
 import numpy as np
+import pyspng
 from PIL import Image
 
 VERSION = "1.0.0"
@@ -56,6 +57,15 @@ def encode_png(img: np.ndarray) -> bytes:
 
 
 def decode_png(data: bytes) -> np.ndarray:
+  """uint8 [H, W, 3]. libspng first (half PIL's time on curated frames: decoding is most of a
+  training row's host time, docs/PERFORMANCE.md); PIL for any other PNG (grey, alpha, 16-bit,
+  palette) and for bytes libspng rejects, so a bad frame raises PIL's error as before."""
+  try:
+    img = pyspng.load(data)
+  except Exception:  # PIL decides (and reports) what is wrong with the bytes
+    img = None
+  if img is not None and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3:
+    return img
   return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
