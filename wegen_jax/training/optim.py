@@ -5,6 +5,9 @@ Freezing: `labels` gives each trainable parameter a group name; `config.freeze_u
 maps a group to the step before which its updates are zero (WeGen stage 1 keeps the UNet
 frozen for its first 12k steps while the rest trains). Parameters that never train are
 not passed to the optimizer at all (no moments for a frozen 2.6B UNet).
+
+`config.stack_leaves` runs all of it on stacks of equal-shape leaves (training/stacked_updates.py):
+the same updates from a far smaller program, for models with thousands of per-layer leaves.
 """
 
 from __future__ import annotations
