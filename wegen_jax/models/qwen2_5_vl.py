@@ -30,6 +30,7 @@ from wegen_jax.layers import MLP, Attention, Dense, GatedMLP, RMSNorm, RopeConfi
 from wegen_jax.layers.scan import scan_blocks
 from wegen_jax.models.llm import LLM, LLMConfig, LLMOutput
 from wegen_jax.models.presets import LLM_DEFAULTS, LLM_PRESETS, QWEN_VISION_PRESETS
+from wegen_jax.parallel.sharding import constrain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +204,7 @@ class VisionBlock(nnx.Module):
     self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act, use_bias=True, **kw)
 
   def __call__(self, x, rope, segments):
+    x = constrain(x, ("batch", "length", "act_embed"))
     x = x + self.attn(self.norm1(x), rope=rope, q_segment_ids=segments, kv_segment_ids=segments)
     return x + self.mlp(self.norm2(x))
 

@@ -142,6 +142,18 @@ def active_sharding():
   return _ACTIVE.get()
 
 
+def batch_mesh_axes(rows: int):
+  """The mesh axes a `rows`-long logical "batch" dimension shards over in the enclosing
+  `activation_sharding` (None outside it, or where they would not divide it): vmap's
+  `spmd_axis_name`, so that constraints inside a vmapped per-example model keep the mapped
+  dimension batch-sharded instead of replicating it on every device."""
+  active = _ACTIVE.get()
+  if active is None:
+    return None
+  mesh, rules = active
+  return logical_to_spec(("batch",), (rows,), mesh, rules)[0]
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """with_sharding_constraint by logical names; a no-op outside `activation_sharding`."""
   active = _ACTIVE.get()

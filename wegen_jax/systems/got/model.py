@@ -23,6 +23,7 @@ from wegen_jax.models.patch_autoencoder import PatchAutoencoder, PatchAutoencode
 from wegen_jax.models.qwen2_5_vl import Qwen2_5_VL, Qwen2_5_VLConfig, QwenVisionTransformer, get_rope_index
 from wegen_jax.models.unet import UNet2DConditionModel
 from wegen_jax.models.vae import AutoencoderKL
+from wegen_jax.parallel.sharding import batch_mesh_axes, constrain
 from wegen_jax.systems.got.config import GoTConfig
 
 
@@ -54,8 +55,12 @@ class GoT(nnx.Module):
     b = input_ids.shape[0]
     grid = self.vision_grid(1)
     graphdef, state = nnx.split(self.visual)
-    feats = jax.vmap(lambda pv: nnx.merge(graphdef, state)(pv, grid))(source_patches)  # [B, Q, E]
-    feats = jax.lax.stop_gradient(feats)  # the tower is frozen
+    tower = lambda pv: nnx.merge(graphdef, state)(pv, grid)
+    # Batch-sharded through the tower: unconstrained, the GoT-3B step on v5p-64 ran all 128
+    # source images on every chip (f32[128, 16, 1024, 1024] attention scores per chip).
+    source_patches = constrain(source_patches, ("batch", None, None))
+    feats = jax.vmap(tower, spmd_axis_name=batch_mesh_axes(b))(source_patches)  # [B, Q, E]
+    feats = jax.lax.stop_gradient(constrain(feats, ("batch", None, "act_embed")))  # the tower is frozen
     embeds = self.llm.embed_tokens(input_ids)
     mask = input_ids == self.cfg.image_token_id
     index = jnp.clip(jnp.cumsum(mask, axis=1) - 1, 0, feats.shape[1] - 1)
