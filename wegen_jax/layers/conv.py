@@ -19,6 +19,25 @@ from wegen_jax.parallel.sharding import constrain
 NHWC_AXES = ("batch", None, None, "act_embed")
 
 
+# Convolutions whose input has fewer channels (RGB pixels, 4 latent channels) run as one matmul
+# over shifted copies of the input (shifted_copies_conv).
+SMALL_INPUT_CHANNELS = 8
+
+
+def shifted_copies_conv(x: jax.Array, kernel: jax.Array, ph: int, pw: int) -> jax.Array:
+  """A stride-1 NHWC convolution as one matmul: the kh*kw shifted copies of the padded input
+  side by side on the channel axis, times the HWIO kernel flattened to [kh*kw*in, out]; the
+  same products as the convolution. For inputs of a few channels: XLA's TPU compiler gave the
+  SDXL VAE encoder's first convolution (3 input channels) a batch-minor output layout, the
+  images padded to 128 lanes, which the layers after it kept: GoT-3B's VAE pass took 98.7 GiB
+  of temporaries per v5p chip, 49.7 this way (docs/SCALING.md)."""
+  kh, kw, cin, cout = kernel.shape
+  h, w = x.shape[1] + 2 * ph - kh + 1, x.shape[2] + 2 * pw - kw + 1
+  padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+  copies = jnp.concatenate([padded[:, i : i + h, j : j + w] for i in range(kh) for j in range(kw)], axis=-1)
+  return jnp.dot(constrain(copies, NHWC_AXES), kernel.reshape(kh * kw * cin, cout))
+
+
 def _torch_conv_init(fan_in: int):
   # PyTorch's default (kaiming_uniform a=sqrt(5)) is U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
   bound = fan_in**-0.5
@@ -66,10 +85,12 @@ class Conv2d(nnx.Module):
     if self.pad_right_bottom:
       x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
     kernel = self.kernel[...].astype(dtype)
+    ph, pw = (self.padding, self.padding) if isinstance(self.padding, int) else self.padding
     if kernel.shape[:2] == (1, 1) and self.stride == 1:
       y = jnp.dot(x, kernel[0, 0])  # pointwise: a matmul, cheaper than a conv on CPU
+    elif kernel.shape[2] < SMALL_INPUT_CHANNELS and self.stride == 1:
+      y = shifted_copies_conv(x, kernel, ph, pw)
     else:
-      ph, pw = (self.padding, self.padding) if isinstance(self.padding, int) else self.padding
       y = jax.lax.conv_general_dilated(
         x, kernel, (self.stride, self.stride), ((ph, ph), (pw, pw)), dimension_numbers=("NHWC", "HWIO", "NHWC")
       )
