@@ -84,7 +84,7 @@ def make_optimizer(
     decay = dict(zip(plan.names, (len(shape) > 1 for shape in plan.shapes)))
     return _clipped_adamw(cfg, stack_labels, lambda _: decay)
 
-  return stack_leaves(on_stacks, plan, [stacked_sharding(sharding) for _, sharding in plan.keys])
+  return stack_leaves(on_stacks, plan, _stack_shardings(plan))
 
 
 def optimized_tree(cfg, params, labels: Any = None, shardings: Any = None):
@@ -93,7 +93,7 @@ def optimized_tree(cfg, params, labels: Any = None, shardings: Any = None):
   if not cfg.get("stack_leaves", False):
     return params
   plan = _stack_plan(params, labels, shardings)
-  return stacked_abstract(plan, params, [stacked_sharding(sharding) for _, sharding in plan.keys])
+  return stacked_abstract(plan, params, _stack_shardings(plan))
 
 
 def _stack_plan(params, labels, shardings):
@@ -103,6 +103,10 @@ def _stack_plan(params, labels, shardings):
   treedef = jax.tree.structure(params)
   per_leaf = lambda tree: [None] * treedef.num_leaves if tree is None else treedef.flatten_up_to(tree)
   return plan_stacks(params, list(zip(per_leaf(labels), per_leaf(shardings))))
+
+
+def _stack_shardings(plan):
+  return [stacked_sharding(sharding) for _, sharding in plan.keys]  # keys are (label, sharding)
 
 
 def _clipped_adamw(cfg, labels, decay_mask) -> optax.GradientTransformation:
