@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from wegen_jax.layers.attention import softmax_last
 from wegen_jax.layers.linear import Dense, matmul_2d
 from wegen_jax.training.losses import IGNORE_INDEX, cross_entropy
 
@@ -49,6 +50,23 @@ def test_dense_flattened_matmul_is_the_same_product():
   want = jax.grad(lambda k, x: jnp.sum(jnp.sin(jnp.dot(x, k))), argnums=(0, 1))(k, x)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_softmax_backward_from_probabilities_matches_jax():
+  """softmax_last's backward (p * (g - sum(g p))) gives jax.nn.softmax's values and gradients,
+  also on rows with masked (finfo.min) logits as attention writes them."""
+  x = jax.random.normal(jax.random.key(0), (2, 3, 7, 9)) * 4
+  mask = jnp.tril(jnp.ones((7, 9), bool), k=2)
+  x = jnp.where(mask, x, jnp.finfo(jnp.float32).min)
+  w = jax.random.normal(jax.random.key(1), x.shape)
+
+  def loss(f):
+    return lambda x: jnp.sum(jnp.sin(f(x)) * w)
+
+  np.testing.assert_allclose(softmax_last(x), jax.nn.softmax(x, axis=-1), rtol=1e-6, atol=1e-7)
+  got, want = jax.grad(loss(softmax_last))(x), jax.grad(loss(lambda v: jax.nn.softmax(v, axis=-1)))(x)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(got).max()) > 1e-3  # a real gradient, not zeros on both sides
 
 
 def test_small_input_convolution_is_the_same_product():

@@ -65,6 +65,29 @@ def attention_mask(
   return mask
 
 
+@jax.custom_vjp
+def softmax_last(x: jax.Array) -> jax.Array:
+  """Softmax over the last axis whose backward uses only the probabilities: p * (g - sum(g * p)).
+
+  jax.nn.softmax (with jax_softmax_custom_jvp off, the default) differentiates exp(x) / sum as a
+  quotient: the backward keeps exp(x) and a broadcast 1 / sum, [B, H, T, S] each, and makes extra
+  passes over them (docs/PERFORMANCE.md: the LLM step's attention backward).
+  """
+  return jax.nn.softmax(x, axis=-1)
+
+
+def _softmax_last_fwd(x):
+  p = jax.nn.softmax(x, axis=-1)
+  return p, p
+
+
+def _softmax_last_bwd(p, g):
+  return (p * (g - jnp.sum(g * p, axis=-1, keepdims=True)),)
+
+
+softmax_last.defvjp(_softmax_last_fwd, _softmax_last_bwd)
+
+
 def dot_product_attention(
   q, k, v, *, causal: bool = False, q_offset=0, q_segment_ids=None, kv_segment_ids=None, scale: float | None = None
 ) -> jax.Array:
@@ -86,7 +109,7 @@ def dot_product_attention(
   )
   if mask is not None:
     logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, kh, g * t, s)
+  probs = softmax_last(logits).astype(v.dtype).reshape(b, kh, g * t, s)
   out = jnp.einsum("bkqs,bksd->bkqd", probs, vt)
   return out.reshape(b, kh, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
