@@ -90,6 +90,8 @@ def llm_param_count(c: LLMConfig) -> int:
     total += norm
   if c.position_embedding == "learned":
     total += (c.max_position_embeddings + c.learned_position_offset) * h
+  if c.short_conv:  # ours, not in the HF layout: one depthwise [width, hidden] kernel per layer
+    total += c.num_layers * c.short_conv * h
   return total
 
 

@@ -5,6 +5,7 @@ tiny GoT overfitting a fixed batch (chain CE and diffusion loss both fall)."""
 
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,7 @@ def tiny_config(max_len=288):
 
   c = get_config("size=tiny,stage=1")
   c.model.lora_rank = 8  # the 3B's path: LoRA on the LLM (the tiny default trains the whole LLM)
+  c.model.llm.short_conv = 0  # exports to transformers' layout (the tiny default's convolutions do not)
   c.data.update(max_len=max_len, image_size=16, max_boxes=2)
   c.model.unet.update(
     block_out_channels=[32],
@@ -198,6 +200,12 @@ def test_synthetic_chains_hold_the_ground_truth_boxes():
     assert patch.size and obj.colour in obj.phrase
   edit = synthetic_example(0, seed=0, size=64, edit_fraction=1.0)
   assert edit["edit"] and edit["source"].shape == (64, 64, 3) and edit["chain"].text().startswith("After the edit: ")
+  # a chain is its frame's caption with a box and colour after each object phrase: writing it from
+  # a caption is copying the caption's words (docs/GOT.md)
+  for i in range(8):
+    ex = synthetic_example(i, seed=1, size=64, edit_fraction=0.0)
+    plain = re.sub(r"<\|box_start\|>.*?<\|box_end\|> \(\w+\)", "", ex["chain"].text())
+    assert plain.replace("<|object_ref_start|>", "").replace("<|object_ref_end|>", "") == ex["text"]
   assert frame_chain({"frames": [{"scene": 0, "objects": []}], "scenes": [{"background": "gray"}]}, 0, 64).objects == []
 
 

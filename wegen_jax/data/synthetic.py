@@ -389,21 +389,36 @@ def describe(gt: dict[str, Any], i: int, j: int, min_move: float = 0.06) -> str:
   return "; ".join(out) + "."
 
 
-def caption(gt: dict[str, Any], i: int) -> str:
-  """Caption of frame i: the visible objects, where they are, and the background."""
+def caption_parts(gt: dict[str, Any], i: int) -> tuple[list[tuple[dict, str]], str]:
+  """Frame i's visible object records with their caption phrases ('a striped red circle at the
+  top left'), and the background phrase ('a gray background'): what `caption` joins."""
   fr = gt["frames"][i]
   scene = gt["scenes"][fr["scene"]]
-  parts = []
+  objects = []
   for rec in fr["objects"]:
     if rec["visible"]:
       st, meta = rec["state"], gt["objects"][rec["id"]]
       tex = "striped " if meta["texture"] == "striped" else ""
-      parts.append(f"a {tex}{st['colour']} {meta['shape']} at the {_region(st['x'], st['y'])}")
-  bg = f"a {'' if scene['texture'] == 'plain' else scene['texture'] + ' '}{scene['background']} background"
-  if not parts:
-    return f"an empty scene with {bg}."
-  objs = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-  return f"{objs} on {bg}."
+      objects.append((rec, f"a {tex}{st['colour']} {meta['shape']} at the {_region(st['x'], st['y'])}"))
+  background = (
+    f"a {'' if scene.get('texture', 'plain') == 'plain' else scene['texture'] + ' '}{scene['background']} background"
+  )
+  return objects, background
+
+
+def caption_separators(n: int) -> list[str]:
+  """The text between a caption's n object phrases: ', ' and a final ' and '."""
+  return [", "] * max(n - 2, 0) + [" and "] * (n >= 2)
+
+
+def caption(gt: dict[str, Any], i: int) -> str:
+  """Caption of frame i: the visible objects, where they are, and the background."""
+  objects, background = caption_parts(gt, i)
+  if not objects:
+    return f"an empty scene with {background}."
+  phrases = [phrase for _, phrase in objects]
+  joined = phrases[0] + "".join(sep + p for sep, p in zip(caption_separators(len(phrases)), phrases[1:]))
+  return f"{joined} on {background}."
 
 
 _OBJECT_IN_CAPTION = re.compile(r"\ba (?:striped )?(\w+) (" + "|".join(SHAPES) + r") at the ")

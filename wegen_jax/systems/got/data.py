@@ -24,26 +24,27 @@ import numpy as np
 from wegen_jax.data.image_preprocess import resize_uint8
 from wegen_jax.data.loader import process_batches
 from wegen_jax.data.qwen_vl_images import qwen_vl_pixels
-from wegen_jax.data.synthetic import ClipSpec, caption, describe, generate_clip
+from wegen_jax.data.synthetic import ClipSpec, caption, caption_parts, caption_separators, describe, generate_clip
 from wegen_jax.systems.got.chain import Chain, ChainObject, box_canvases, pixel_box_to_chain
 from wegen_jax.systems.got.tokenizer import GoTTokenizer, load_tokenizer
 from wegen_jax.training.losses import IGNORE_INDEX
 
 
 def frame_chain(gt: dict, i: int, size: int) -> Chain:
-  """The visible objects of frame i, each with its ground-truth box, on its background."""
-  fr = gt["frames"][i]
-  scene = gt["scenes"][fr["scene"]]
-  objects = []
-  for rec in fr["objects"]:
-    if rec["visible"]:
-      colour = rec["state"]["colour"]
-      phrase = f"a {colour} {gt['objects'][rec['id']]['shape']}"
-      objects.append(ChainObject(phrase, pixel_box_to_chain(rec["box"], size), colour))
-  ending = f" on a {scene['background']} background."
+  """Frame i's caption with each visible object's ground-truth box and colour after its phrase.
+
+  The chain repeats the caption's words (as GoT's chains describe the scene with boxes inserted),
+  so writing it from a caption is copying: with the tiny LLM's short convolutions the copy is
+  learned (docs/GOT.md); chains that reworded the objects ('a white cross' for the caption's
+  'a striped white cross at the right') left the colours at chance.
+  """
+  objects, background = caption_parts(gt, i)
   if not objects:
-    return Chain([f"nothing{ending}"], [])
-  return Chain([""] + [", "] * (len(objects) - 1) + [ending], objects)
+    return Chain([f"an empty scene with {background}."], [])
+  chain_objects = [
+    ChainObject(phrase, pixel_box_to_chain(rec["box"], size), rec["state"]["colour"]) for rec, phrase in objects
+  ]
+  return Chain([""] + caption_separators(len(objects)) + [f" on {background}."], chain_objects)
 
 
 def synthetic_example(index: int, seed: int, size: int, edit_fraction: float) -> dict:
