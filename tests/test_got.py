@@ -18,7 +18,7 @@ from wegen_jax.diffusion.guidance import split_branches
 from wegen_jax.models.unet import UNet2DConditionModel, widen_conv_in
 from wegen_jax.systems.base import Request
 from wegen_jax.systems.got import GoTConfig, System
-from wegen_jax.systems.got.chain import Chain, box_canvases, box_iou, chain_box_iou, parse_chain
+from wegen_jax.systems.got.chain import Chain, ChainObject, box_canvases, box_iou, chain_box_iou, parse_chain
 from wegen_jax.systems.got.config import GUIDANCE
 from wegen_jax.systems.got.data import encode_example, frame_chain, synthetic_example
 from wegen_jax.systems.got.generate import gen_hidden_states
@@ -188,6 +188,14 @@ def test_chain_box_iou():
   assert score["mean_iou"] == 0.5 and score["recall@0.5"] == 0.5
   missing = Chain(["only ", " left"], [truth.objects[1]])
   assert chain_box_iou(missing, truth) == {"mean_iou": 0.5, "recall@0.5": 0.5, "count_error": 1.0}
+
+
+def test_a_moved_object_names_its_new_place():
+  obj = ChainObject("a striped red circle at the centre", (400, 400, 600, 600), "red")
+  assert obj.moved(-300, -300).phrase == "a striped red circle at the top left"
+  assert obj.moved(350, 0).phrase == "a striped red circle at the right"
+  assert obj.moved(10, 0).phrase == obj.phrase  # still the centre's ninth
+  assert ChainObject("a red blob", (0, 0, 10, 10), "red").moved(500, 500).phrase == "a red blob"
 
 
 def test_synthetic_chains_hold_the_ground_truth_boxes():

@@ -328,7 +328,7 @@ def generate_clip(seed: int, spec: ClipSpec = ClipSpec()) -> tuple[np.ndarray, d
 # --------------------------------------------------------------------------------------------- language
 
 
-def _region(x: float, y: float) -> str:
+def region_name(x: float, y: float) -> str:
   row = "top" if y < 1 / 3 else ("bottom" if y > 2 / 3 else "")
   col = "left" if x < 1 / 3 else ("right" if x > 2 / 3 else "")
   return f"{row} {col}".strip() or "centre"
@@ -360,7 +360,7 @@ def describe(gt: dict[str, Any], i: int, j: int, min_move: float = 0.06) -> str:
     if not a["visible"] and not b["visible"]:
       continue
     if not a["visible"]:
-      out.append(f"a {_name(gt, oid, sb)} appears at the {_region(sb['x'], sb['y'])}")
+      out.append(f"a {_name(gt, oid, sb)} appears at the {region_name(sb['x'], sb['y'])}")
       continue
     name = f"the {_name(gt, oid, sa)}"
     if not b["visible"]:
@@ -369,7 +369,7 @@ def describe(gt: dict[str, Any], i: int, j: int, min_move: float = 0.06) -> str:
     dx, dy = sb["x"] - sa["x"], sb["y"] - sa["y"]
     dist = math.hypot(dx, dy)
     if dist >= min_move:
-      out.append(f"{name} moves {_direction(dx, dy)} to the {_region(sb['x'], sb['y'])}")
+      out.append(f"{name} moves {_direction(dx, dy)} to the {region_name(sb['x'], sb['y'])}")
     elif dist >= min_move / 8:  # about half a pixel at 64 px: still visible at the edges
       out.append(f"{name} moves slightly {_direction(dx, dy)}")
     shape, turn = gt["objects"][oid]["shape"], sb["angle"] - sa["angle"]
@@ -399,7 +399,7 @@ def caption_parts(gt: dict[str, Any], i: int) -> tuple[list[tuple[dict, str]], s
     if rec["visible"]:
       st, meta = rec["state"], gt["objects"][rec["id"]]
       tex = "striped " if meta["texture"] == "striped" else ""
-      objects.append((rec, f"a {tex}{st['colour']} {meta['shape']} at the {_region(st['x'], st['y'])}"))
+      objects.append((rec, f"a {tex}{st['colour']} {meta['shape']} at the {region_name(st['x'], st['y'])}"))
   background = (
     f"a {'' if scene.get('texture', 'plain') == 'plain' else scene['texture'] + ' '}{scene['background']} background"
   )

@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from wegen_jax.data.eval_sets import GENEVAL_TASKS, synthetic_scenes
 from wegen_jax.data.image_preprocess import resize_uint8
-from wegen_jax.data.synthetic import COLOURS, _region
+from wegen_jax.data.synthetic import COLOURS, region_name
 from wegen_jax.evaluators import require_predict_fns
 from wegen_jax.evaluators.dynamics import COLOUR_TOLERANCE
 from wegen_jax.evaluators.image_cache import generated_images
@@ -47,7 +47,7 @@ def score(task: str, image: np.ndarray, objects, min_area: float) -> bool:
   if task == "count":
     return named and sum(len(v) for v in found.values()) == len(objects)
   if task == "position":  # some region of each colour in its named place
-    return named and all(any(_region(*p) == _region(x, y) for p in found[c]) for c, _, x, y in objects)
+    return named and all(any(region_name(*p) == region_name(x, y) for p in found[c]) for c, _, x, y in objects)
   raise ValueError(f"unknown task {task!r}; choose from {GENEVAL_TASKS}")
 
 

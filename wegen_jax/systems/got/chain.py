@@ -15,9 +15,13 @@ import re
 import numpy as np
 from PIL import ImageColor
 
+from wegen_jax.data.synthetic import region_name
+
 REF_START, REF_END = "<|object_ref_start|>", "<|object_ref_end|>"
 BOX_START, BOX_END = "<|box_start|>", "<|box_end|>"
 COORD_RANGE = 1000
+# the place words that end an object phrase of the synthetic captions (data/synthetic.region_name)
+_PLACE = re.compile(r" at the (?:top left|top right|bottom left|bottom right|top|bottom|left|right|centre)$")
 
 # The authors' pattern (parse_coordinates_colors) with the optional phrase before the box.
 _OBJECT = re.compile(
@@ -42,9 +46,16 @@ class ChainObject:
     return f"{ref}{BOX_START}({x1},{y1}),({x2},{y2}){BOX_END} ({self.colour})"
 
   def moved(self, dx: int, dy: int) -> "ChainObject":
+    """The object with its box shifted (clipped to the image); a phrase that ends with the
+    synthetic captions' place words ('... at the top left') names the new box's place."""
     x1, y1, x2, y2 = self.box
     clip = lambda v: int(min(max(v, 0), COORD_RANGE - 1))
-    return dataclasses.replace(self, box=(clip(x1 + dx), clip(y1 + dy), clip(x2 + dx), clip(y2 + dy)))
+    box = (clip(x1 + dx), clip(y1 + dy), clip(x2 + dx), clip(y2 + dy))
+    phrase = self.phrase
+    if phrase and _PLACE.search(phrase):
+      place = region_name((box[0] + box[2]) / 2 / COORD_RANGE, (box[1] + box[3]) / 2 / COORD_RANGE)
+      phrase = _PLACE.sub(f" at the {place}", phrase)
+    return dataclasses.replace(self, box=box, phrase=phrase)
 
 
 @dataclasses.dataclass
