@@ -20,8 +20,9 @@ from wegen_jax.data.synthetic import region_name
 REF_START, REF_END = "<|object_ref_start|>", "<|object_ref_end|>"
 BOX_START, BOX_END = "<|box_start|>", "<|box_end|>"
 COORD_RANGE = 1000
-# the place words that end an object phrase of the synthetic captions (data/synthetic.region_name)
-_PLACE = re.compile(r" at the (?:top left|top right|bottom left|bottom right|top|bottom|left|right|centre)$")
+# the place words that end an object phrase of the synthetic captions: region_name's nine names
+_PLACES = sorted({region_name(x, y) for x in (0, 0.5, 1) for y in (0, 0.5, 1)}, key=len, reverse=True)
+_PLACE = re.compile(rf" at the (?:{'|'.join(_PLACES)})$")
 
 # The authors' pattern (parse_coordinates_colors) with the optional phrase before the box.
 _OBJECT = re.compile(
