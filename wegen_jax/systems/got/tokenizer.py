@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from wegen_jax.data.bpe import train_word_bpe
 from wegen_jax.systems.got.chain import BOX_END, BOX_START, REF_END, REF_START
 
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -97,18 +97,7 @@ def _tiny_tokenizer_json(num_gen: int) -> str:
   for i in range(256):
     ex = synthetic_example(i, seed=7, size=64, edit_fraction=0.5)
     corpus += [(EDIT_PROMPT if ex["edit"] else T2I_PROMPT).format(ex["text"]), specials.sub(" ", ex["chain"].text())]
-  tok = tokenizers.Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.Sequence(
-    [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-  )
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(
-    vocab_size=TINY_VOCAB_SIZE,
-    special_tokens=QWEN_TOKENS + got_tokens(num_gen),
-    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    show_progress=False,
-  )
-  tok.train_from_iterator(corpus, trainer)
+  tok = train_word_bpe(corpus, QWEN_TOKENS + got_tokens(num_gen), TINY_VOCAB_SIZE)
   return tok.to_str()
 
 
