@@ -4,8 +4,9 @@
       --config.data.dir=DATA_DIR [--config.init_from=/tmp/wegen1]
 
 size=tiny trains on a laptop CPU in minutes (64-px frames, 8x8 EVA grid pooled 1:1 to 64
-tokens, 2-layer LLM, 32-px target frames folded into 16x16x12 latents); stage 1 shows loss_diffusion falling, stage 2 all four
-terms (loss_ce, loss_mse, loss_cos, loss_diffusion). size=7b holds the real dimensions:
+tokens, 2-layer LLM, 32-px target frames folded into 16x16x12 latents); stage 1 shows loss_diffusion falling, stage 2
+loss_ce, loss_mse and loss_cos (size=7b also the authors' loss_diffusion through the frozen UNet: the tiny
+default leaves it out, see loss_weights). size=7b holds the real dimensions:
 Llama-2-7B-chat (vocab 32330), EVA-CLIP-E-14-plus at 448 px, the SDXL-base UNet with
 cross_attention_dim 1792 and a 1792 + 6*256 = 3328 add-embedding input, the SDXL VAE.
 Data: wegen_jax.systems.wegen.pipeline over the TFDS dir `data.dir` (dataset wegen_dynamics), e.g.
@@ -14,9 +15,10 @@ Data: wegen_jax.systems.wegen.pipeline over the TFDS dir `data.dir` (dataset weg
 Stage 3 (PSR and text-to-image data mixed into the dynamics data, data.first_turn) continues stage 2:
   python -m wegen_jax.train --config configs/wegen.py:size=tiny,stage=3 --workdir /tmp/wegen3 \
       --config.data.dir=DATA_DIR --config.init_from=/tmp/wegen2
-size=small is the tiny model on a longer recipe, ~1.5 h on an idle 2-core CPU for stages 1 and 2
-(stage 1 2000 steps, stage 2 6000 edit-only steps at ~0.7 s with a 128-token instruction slot;
-figures in docs/EVAL.md):
+size=small is the tiny model on a longer recipe (stage 1 2000 steps, stage 2 6000 edit-only steps
+with a 32-token instruction slot; ~1.5 h on an idle 2-core CPU for stages 1 and 2 with byte-level
+text and the diffusion term, figures in docs/EVAL.md; since 2026-12-08 its stage-2 steps are ~5x
+cheaper and it has not been rerun):
   python -m wegen_jax.demo --size small --workdir /tmp/small
 arg: size=tiny|small|7b, stage=1|2|3.
 """
@@ -70,7 +72,15 @@ SIZES = {
   ),
   "tiny": dict(
     model=dict(
-      llm=dict(LLM_DEFAULTS, **dict(LLM_PRESETS["tiny_llama"], vocab_size=384)),
+      # The built-in word-level tokenizer (systems/wegen/tokenizer.py: 474 BPE ids + WeGen's 102)
+      # and short_conv=4, a causal width-4 convolution on each attention input (layers/short_conv.py;
+      # not in Llama, so this LLM does not export to transformers): with them a query finds the
+      # phrase of its place in one attention step ("top left" is two tokens the conv joins). Caption
+      # -> features alone (no edits, 1500 steps, 128 held-out scenes, stage-1 tower): held-out
+      # feature MSE 0.363 with both, 0.414 words without the conv, 0.446/0.453 bytes without/with
+      # it (the mean feature: 1.386); only with both do the drawn objects have their colour and
+      # place (docs/CHAT.md). Sequences are 2x shorter than in bytes, so a step is too.
+      llm=dict(LLM_DEFAULTS, **dict(LLM_PRESETS["tiny_llama"], vocab_size=576, short_conv=4)),
       # pre-norm blocks: the random frozen tower's post-norm (EVA-E) blocks add unit-variance
       # image-independent vectors (16% of the features' variance is across images,
       # 46% pre-norm); end to end that took held-out frame MAE from 31.0 to 27.0 /255
@@ -124,13 +134,14 @@ SIZES = {
       scan_layers=False,
       attention_impl="xla",
     ),
-    # 98% of synthetic pairs/triples fit (byte-level text); 64-px frames, preprocessed on the host
-    # (cheap at these sizes; data.device_preprocess does the same on the device)
-    data=dict(max_len=512, max_images=3, image_size=64, vae_image_size=32, device_preprocess=False, frame_size=64),
+    # every synthetic pair/triple of the demo fits (word-level text: at most 346 tokens with a drawn
+    # frame A); 64-px frames, preprocessed on the host (cheap at these sizes; data.device_preprocess
+    # does the same on the device)
+    data=dict(max_len=320, max_images=3, image_size=64, vae_image_size=32, device_preprocess=False, frame_size=64),
     batch_size=4,
   ),
 }
-# size=small: the tiny model on a longer schedule (~1.5 h on a 2-core CPU): see get_config
+# size=small: the tiny model on a longer schedule: see get_config
 SIZES["small"] = SIZES["tiny"]
 
 # SYSTEMS.md §1 optimizer settings. Stage 1 names no clipping; stage 3 repeats stage 2 on new data.
@@ -165,9 +176,9 @@ _STAGE_OPT = {
 _STAGE_OPT[3] = _STAGE_OPT[2]
 
 
-INSTRUCTION_SLOT = {"tiny": 0, "small": 128}  # stages 2/3; see data.instruction_slot below
+INSTRUCTION_SLOT = {"tiny": 0, "small": 32}  # stages 2/3; see data.instruction_slot below
 # Steps per stage of the CPU sizes (stage 3 continues stage 2 on its mixed data)
-CPU_STEPS = {"tiny": {1: 600, 2: 500, 3: 200}, "small": {1: 2000, 2: 6000, 3: 1000}}
+CPU_STEPS = {"tiny": {1: 600, 2: 2000, 3: 3000}, "small": {1: 2000, 2: 6000, 3: 6000}}
 
 
 def get_config(arg=None):
@@ -187,10 +198,12 @@ def get_config(arg=None):
   if tiny:  # minutes on a CPU: short schedule, larger lr, UNet unfrozen after 10 steps in stage 1
     # (the demo's stage 1, held-out frames redrawn: MAE 4.7/255 after 1000 steps, 5.1 after 800,
     # 5.6 after 600; target 8. Stage 2's moved-object figures are those of 10 steps (docs/EVAL.md);
-    # unchanged MAE 2.35/2.34/2.60 after 1500/1000/500 steps, target 12. 600 + 500 steps (since
-    # 2026-12-07): `make demo` 460 s on an idle host (stage 1 233 s, stage 2 172 s), where 800 + 1000
-    # would take ~710 s at the same step times and took 779-961 s on earlier, noisier days: the demo
-    # now stays well inside its 15 minutes on a noisy host too.
+    # unchanged MAE 2.35/2.34/2.60 after 1500/1000/500 steps, target 12. 600 + 500 steps on
+    # 2026-12-07: `make demo` 460 s on an idle host (stage 1 233 s, stage 2 172 s). Since 2026-12-08
+    # stage 2 regresses features only (loss_weights below): 2000 steps of 8 rows in ~220 s, 4x the
+    # rows of 500 steps of 4 with the diffusion term, for text-to-image (docs/CHAT.md); the edit
+    # figures are the same. Stage 3: 3000 steps (~8 min; PSR rewrites name the prompt's objects in 69% of
+    # samples after 3000, 0% after 600: docs/CHAT.md).
     # Figures in this file from before 2026-12-06 were measured with a sampler that clipped x0 to
     # [-1, 1] (stage 1 then read 9.6): compare them with each other only.)
     opt.update(
@@ -205,8 +218,8 @@ def get_config(arg=None):
   c.keep_checkpoints = 3
   c.async_checkpoints = True
   c.compilation_cache_dir = ""  # e.g. ~/.cache/wegen_jax/xla: restarts and later stages skip compiling
-  c.batch_size = preset["batch_size"] * (2 if tiny and stage == 1 else 1)  # tiny detokenizer: 8 rows
-  c.grad_accum = 1 if stage <= 1 else 2
+  c.batch_size = preset["batch_size"] * (2 if tiny else 1)  # the CPU sizes: 8 rows
+  c.grad_accum = 1 if stage <= 1 or tiny else 2
   c.optimizer = opt
   # The tiny detokenizer predicts v (SD 2's parameterisation; WeGen's SDXL predicts epsilon): after
   # 400 steps an epsilon UNet drew the same image whatever its condition (held-out MAE 29.4/255
@@ -226,7 +239,13 @@ def get_config(arg=None):
     # t=999), so each extra step adds error (8 frames: 1/2/4/20 steps give MAE 11.5/13.4/15.6/17.5;
     # held-out, trained at t >= 700: 11.0 at 1 step, 14.0 at 2); Euler/DDIM do worse still
     sample_scheduler=dict(train_scheduler, timestep_spacing="trailing") if tiny else SDXL_SCHEDULER,
-    loss_weights=dict(ce=1.0, mse=1.0, cos=1.0, diffusion=1.0),
+    # The CPU sizes regress features only (no UNet/VAE pass in stages 2/3: a step ~5x cheaper).
+    # The diffusion term through the frozen one-step detokenizer adds nothing there: on the demo's
+    # data and stage 1, stage 2 with it (500 steps) and without (2000 steps, the same minutes)
+    # scored the same edits (unchanged MAE 2.68 / 2.62, moved objects found 88% / 88%, placed 0.157
+    # / 0.158) and the 4x more rows without it are what text-to-image needs (docs/CHAT.md). 7B:
+    # the authors' four terms.
+    loss_weights=dict(ce=1.0, mse=1.0, cos=1.0, diffusion=0.0 if tiny else 1.0),
     # stages 2/3 run the UNet/VAE on <= 2 images per example (a pair has 1 target, a
     # triple 2), not on every slot; stage 1 trains the detokenizer on every image (0)
     diffusion_images_per_example=0 if stage == 1 else 2,
@@ -248,18 +267,19 @@ def get_config(arg=None):
     2: dict(image=0.5, caption=0.5) if size == "tiny" else dict(image=1.0),
     3: dict(image=0.25, caption=0.25, short=0.25, psr=0.25),
   }.get(stage, {})
-  # Tiny only, stages 2/3: a fixed-length instruction slot (systems/wegen/sequences.py), e.g. 128
-  # (holds ~92% of the synthetic instructions; longer ones are kept whole). An edit's image token
-  # i then sits at one fixed offset from token i of the image it edits, where instructions of any
-  # length (byte-level: 10..210 tokens) vary it. Off: on the demo's data and stage 1 (2026-12-05)
-  # it gave unchanged-region MAE 14.1 vs 15.5 with training seed 0 but 22.0 vs 21.1 with seed 1,
-  # object_found 0% and position error 0.5 either way (docs/EVAL.md); with image_residual and the
-  # unclipped sampler, 1500 steps: the same figures as without (position error 0.175 both).
-  # size=small uses it (its edit-only recipe was measured with it). 0 = the authors' layout (7B).
+  # Tiny only, stages 2/3: a fixed-length instruction slot (systems/wegen/sequences.py), e.g. 32
+  # (holds 97% of the synthetic instructions in words; longer ones are kept whole; 128 did in
+  # bytes). An edit's image token i then sits at one fixed offset from token i of the image it
+  # edits, where instructions of any length (3..43 words) vary it. Off for the demo: in bytes, on
+  # its data and stage 1 (2026-12-05), it gave unchanged-region MAE 14.1 vs 15.5 with training seed
+  # 0 but 22.0 vs 21.1 with seed 1, object_found 0% and position error 0.5 either way
+  # (docs/EVAL.md); with image_residual and the unclipped sampler, 1500 steps: the same figures as
+  # without (position error 0.175 both). size=small uses it (its edit-only recipe was measured with
+  # it). 0 = the authors' layout (7B).
   c.data.instruction_slot = INSTRUCTION_SLOT[size] if tiny and stage > 1 else 0
-  if tiny and stage > 1:  # a drawn frame A adds its caption to a triple: up to ~660 byte-level tokens
+  if tiny and stage > 1:  # a drawn frame A adds its caption (and a PSR turn's rewrite) to a triple
     drawn_a = any(k != "image" for k in c.data.first_turn)
-    c.data.max_len = (704 if drawn_a else 512) + 2 * c.data.instruction_slot  # a triple pads two instructions
+    c.data.max_len = (384 if drawn_a else 320) + 2 * c.data.instruction_slot  # a triple pads two instructions
   # Local pretrained weights for a fresh run (wegen_jax/systems/wegen/pretrained.py), e.g. 7B stage 1:
   #   --config.pretrained.vision=/w/EVA02_CLIP_E_psz14_plus_s9B.visual.pt
   #   --config.pretrained.unet=/w/sdxl-base/unet --config.pretrained.vae=/w/sdxl-base/vae

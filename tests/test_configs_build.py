@@ -299,12 +299,12 @@ def test_a_broken_model_config_fails_to_build(field, value, error):
 
 def test_wegen_small_is_the_tiny_model_on_a_longer_edit_recipe():
   """size=small (the longer CPU recipe) shares tiny's model (the dedup test above) and data, and
-  trains longer; its stage 2 sees edits only, each instruction in a 128-token slot that max_len holds."""
+  trains longer; its stage 2 sees edits only, each instruction in a 32-token slot that max_len holds."""
   for stage in (1, 2, 3):
     tiny, small = (load_config(f"configs/wegen.py:size={s},stage={stage}") for s in ("tiny", "small"))
     assert small.model == tiny.model and small.total_steps > tiny.total_steps
     assert small.total_steps == small.optimizer.total_steps
   assert dict(small.data.first_turn) == dict(tiny.data.first_turn)  # stage 3: the same mixture
   small2 = load_config("configs/wegen.py:size=small,stage=2")
-  assert dict(small2.data.first_turn) == {"image": 1.0} and small2.data.instruction_slot == 128
-  assert small2.data.max_len == 512 + 2 * 128  # no drawn frame A: no caption to hold
+  assert dict(small2.data.first_turn) == {"image": 1.0} and small2.data.instruction_slot == 32
+  assert small2.data.max_len == 320 + 2 * 32  # no drawn frame A: no caption to hold

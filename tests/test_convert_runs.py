@@ -36,7 +36,7 @@ PARTS = ("llm", "vision", "input_proj", "output_proj", "unet", "vae")
 
 
 def run_config_for(data_dir, cache, **overrides):
-  c = tiny_config(stage=2, max_len=512)
+  c = tiny_config(stage=2, exports=True, max_len=512)
   c.data.dir = str(data_dir)
   c.total_steps, c.ckpt_every, c.log_every = 1, 1, 1
   c.grad_accum = 1  # 4 rows: one per batch shard of a (2,2,2) mesh

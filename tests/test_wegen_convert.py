@@ -28,7 +28,7 @@ diffusers = pytest.importorskip("diffusers")
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   torch.manual_seed(0)
-  cfg = WeGenConfig.from_dict(tiny_config().model)
+  cfg = WeGenConfig.from_dict(tiny_config(exports=True).model)
   llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config(cfg.llm))).eval()
   unet_kwargs = {k: v for k, v in unet_config_to_diffusers(cfg.unet).items() if not k.startswith("_")}
   unet = diffusers.UNet2DConditionModel(**unet_kwargs).eval()

@@ -29,6 +29,21 @@ def test_tiny_tokenizer_round_trips_text_and_has_wegen_tokens(tok, tmp_path):
     load_tokenizer(tmp_path / "missing")
 
 
+def test_tiny_tokenizer_gives_each_synthetic_word_one_token_and_fits_the_tiny_llm(tok):
+  from wegen_jax.configs.wegen import get_config
+  from wegen_jax.data import synthetic
+  from wegen_jax.systems.wegen.tokenizer import check_vocab
+
+  frames, gt = synthetic.generate_clip(123, synthetic.ClipSpec(num_frames=13))  # not one of the corpus' clips
+  texts = [synthetic.caption(gt, 0), synthetic.caption(gt, 12), synthetic.describe(gt, 0, 12)]
+  for text in texts:
+    words = text.replace(";", " ;").replace(",", " ,").replace(".", " .").split()
+    assert len(tok.encode(text)) == len(words), text
+  check_vocab(tok, get_config("size=tiny,stage=2").model.llm.vocab_size)
+  with pytest.raises(ValueError, match=f"has {tok.vocab_size} ids .*vocab_size is 384: raise"):
+    check_vocab(tok, 384)
+
+
 def test_pair_sequence_layout_and_labels(tok):
   seq = build_sequence(tok, dynamics_turns(["d1"]), num_image_tokens=Q)
   ids, labels = seq.input_ids, seq.labels

@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 diffusers = pytest.importorskip("diffusers")
 
-HF_VOCAB = 320  # < the tiny WeGen vocabulary (384): the added tokens keep their init
+HF_VOCAB = 320  # < the tiny WeGen vocabulary (576): the added tokens keep their init
 
 
 def _plain(d):
@@ -30,7 +30,7 @@ def _plain(d):
 def sources(tmp_path_factory):
   torch.manual_seed(0)
   root = tmp_path_factory.mktemp("pretrained")
-  cfg = WeGenConfig.from_dict(tiny_config(sdxl_vae=True).model)
+  cfg = WeGenConfig.from_dict(tiny_config(sdxl_vae=True, exports=True).model)
   llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**dict(hf_config(cfg.llm), vocab_size=HF_VOCAB)))
   llama.save_pretrained(root / "llm")
   wide = dict(
@@ -101,7 +101,7 @@ def test_trainer_hook_fills_a_sharded_model_in_place(sources):
   from wegen_jax.systems.wegen.task import WeGenTask
 
   cfg, paths, _, _, vae, _ = sources
-  config = tiny_config(stage=1, sdxl_vae=True)
+  config = tiny_config(stage=1, sdxl_vae=True, exports=True)
   config.pretrained.vae = paths["vae"]
   mesh = make_mesh(dict(data=1, fsdp=8, tensor=1))
   model = shard_module(random_model(cfg), mesh)

@@ -24,6 +24,7 @@ def _loss(task, model, batch):
 @pytest.fixture(scope="module")
 def reference():
   config = tiny_config(stage=2)
+  config.model.loss_weights = dict(ce=1.0, mse=1.0, cos=1.0, diffusion=1.0)  # the 7B's four terms (tiny: three)
   task = WeGenTask(config)
   cfg = WeGenConfig.from_dict(config.model)
   batch = make_batch(config, batch=8)

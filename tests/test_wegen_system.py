@@ -27,9 +27,10 @@ TERMS = ("loss_ce", "loss_mse", "loss_cos", "loss_diffusion")
 @pytest.fixture(scope="module")
 def setup():
   config = tiny_config(stage=2)
-  # the authors' layout (teacher-forced, fed-back tokens, VAR CFG); the tiny default's learned
-  # queries are tests/test_wegen_image_output.py's
+  # the authors' layout and loss (teacher-forced, fed-back tokens, VAR CFG, the diffusion term);
+  # the tiny default's learned queries are tests/test_wegen_image_output.py's
   config.model.update(image_output="autoregressive", image_index_embeddings=False, image_residual=False)
+  config.model.loss_weights = dict(ce=1.0, mse=1.0, cos=1.0, diffusion=1.0)
   return config, WeGenConfig.from_dict(config.model)
 
 

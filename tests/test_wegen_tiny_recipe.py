@@ -54,7 +54,7 @@ def test_instruction_slot_puts_each_edited_token_at_one_fixed_offset_from_its_so
   tok, q, slot = load_tokenizer(""), 4, 64
   records = [
     dynamics_turns(["it moves"]),
-    dynamics_turns(["the red circle moves up to the top left", "it turns blue"]),  # triple: two edits
+    dynamics_turns(["the red circle moves up to the top left", "it turns blue and grows"]),  # triple: two edits
     dynamics_turns(["a square appears"], first_turn=Turn(user_text="a long caption " * 3, response_images=1)),
   ]
 
@@ -71,5 +71,7 @@ def test_instruction_slot_puts_each_edited_token_at_one_fixed_offset_from_its_so
     plain = build_sequence(tok, turns, q)
     pads = s.input_ids == tok.pad_id
     assert (s.labels[pads] == IGNORE_INDEX).all() and s.input_ids[~pads].tolist() == plain.input_ids.tolist()
-  too_long = build_sequence(tok, dynamics_turns(["x" * 80]), q, slot)  # kept whole, not cut
-  assert tok.decode(too_long.input_ids).count("x" * 80) == 1 and offsets(too_long) == {q + 1 + 80 + 9 + 1}
+  text = tok.encode("x" * 80 + " [/INST]\n")  # longer than the slot: kept whole, not cut
+  too_long = build_sequence(tok, dynamics_turns(["x" * 80]), q, slot)
+  assert len(text) > slot and tok.decode(too_long.input_ids).count("x" * 80) == 1
+  assert offsets(too_long) == {q + 1 + len(text) + 1}  # </img>, the text, <img>

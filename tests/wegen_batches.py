@@ -93,15 +93,18 @@ def random_model(cfg, seed=0):
   return nnx.merge(graphdef, state)
 
 
-def tiny_config(stage=2, sdxl_vae=False, **data):
+def tiny_config(stage=2, sdxl_vae=False, exports=False, **data):
   """configs/wegen.py tiny, shrunk for test speed on a shared CPU: one-level UNet, 1-block EVA,
-  16-px target images -> 8x8x12 folded latents (same structure: SDXL text_time conditioning, 64 tokens)."""
+  16-px target images -> 8x8x12 folded latents (same structure: SDXL text_time conditioning, 64 tokens).
+  exports: an LLM transformers has (no short convolutions), for the export tests."""
   from wegen_jax.configs.wegen import get_config
 
   c = get_config(f"size=tiny,stage={stage}")
   c.data.update(dict(max_len=176, vae_image_size=16), **data)
   m = c.model
   m.vision.depth = 1
+  if exports:
+    m.llm.short_conv = 0
   m.unet.update(
     block_out_channels=[32],
     down_block_types=["CrossAttnDownBlock2D"],

@@ -120,7 +120,7 @@ def main(argv=None):
     "--size",
     choices=sorted(CLIPS),
     default="tiny",
-    help="configs/wegen.py size: tiny (~13 min on 2 CPU cores) or small (its longer recipe, ~1.5 h)",
+    help="configs/wegen.py size: tiny (~8 min on 2 CPU cores) or small (its longer recipe)",
   )
   p.add_argument(
     "--clips",

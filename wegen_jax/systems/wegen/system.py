@@ -30,7 +30,7 @@ from wegen_jax.systems.wegen.generate import (
 )
 from wegen_jax.systems.wegen.psr import psr_text
 from wegen_jax.systems.wegen.sequences import Turn, build_sequence
-from wegen_jax.systems.wegen.tokenizer import load_tokenizer
+from wegen_jax.systems.wegen.tokenizer import check_vocab, load_tokenizer
 
 
 PAD_BUCKET = 64  # prompts are left-padded to a multiple of this many tokens (fewer compiles)
@@ -40,6 +40,7 @@ class WeGenSystem(base.System):
   def __init__(self, config, model):
     super().__init__(config, model)
     self.tokenizer = load_tokenizer(config.data.tokenizer)
+    check_vocab(self.tokenizer, model.cfg.llm.vocab_size)
     self.image_tokens = ImageTokens.from_tokenizer(self.tokenizer, model.cfg.num_image_tokens)
 
   export_layouts = export.LAYOUTS

@@ -19,6 +19,7 @@ from flax import nnx
 from wegen_jax.systems.wegen.config import WeGenConfig
 from wegen_jax.systems.wegen.loss import wegen_loss
 from wegen_jax.systems.wegen.model import WeGen
+from wegen_jax.systems.wegen.tokenizer import check_vocab, load_tokenizer
 from wegen_jax.training.task import Task
 from wegen_jax.training.validation import ConfigError
 
@@ -59,6 +60,11 @@ class WeGenTask(Task):
     tokenizer = self.config.data.get("tokenizer")
     if tokenizer and not Path(tokenizer).exists():
       raise ConfigError(f"config.data.tokenizer={tokenizer} does not exist: point it at a local HF tokenizer directory")
+    if self.stage > 1:  # an id past the embedding table would be clamped to its last row, silently
+      try:
+        check_vocab(load_tokenizer(tokenizer or ""), self.model_config.llm.vocab_size)
+      except ValueError as e:
+        raise ConfigError(str(e)) from None
 
   def init_pretrained(self, model):
     from wegen_jax.systems.wegen.pretrained import load_pretrained

@@ -2,13 +2,16 @@
 
 Real runs load the HF tokenizer of a local directory (tokenizer.json, e.g. SEED-X's Llama-2
 tokenizer with its 330 added tokens) through the `tokenizers` library; missing WeGen
-tokens (`<img>`, `</img>`, `<img_00000>`..) are added. The tiny default is built in code:
-byte-level (256 byte symbols, no merges) plus the special tokens, so it needs no files and
-covers any text.
+tokens (`<img>`, `</img>`, `<img_00000>`..) are added. The tiny default is built in code: a
+word-level byte BPE of the synthetic world's texts (captions, dynamics sentences, short and PSR
+prompts), so each word is one token and any other text still encodes byte by byte. On raw bytes
+the tiny LLM did not learn to read a caption's places into its image queries (text-to-image drew
+no objects; docs/CHAT.md).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -64,6 +67,16 @@ class WeGenTokenizer:
     self.tokenizer.save(str(Path(directory) / "tokenizer.json"))
 
 
+def check_vocab(tok: WeGenTokenizer, vocab_size: int) -> None:
+  """Raises when the tokenizer has ids the LLM's embedding table (vocab_size rows) lacks."""
+  if tok.vocab_size > vocab_size:
+    raise ValueError(
+      f"the tokenizer has {tok.vocab_size} ids (WeGen's image tokens included) but model.llm.vocab_size "
+      f"is {vocab_size}: raise model.llm.vocab_size to at least {tok.vocab_size} (or use the tokenizer "
+      "the model was trained with)"
+    )
+
+
 def byte_level_tokenizer() -> tokenizers.Tokenizer:
   """256 byte symbols (ids 4..259) after <pad>, <s>, </s>, <unk> (ids 0..3)."""
   specials = [PAD, BOS, EOS, "<unk>"]
@@ -76,10 +89,47 @@ def byte_level_tokenizer() -> tokenizers.Tokenizer:
   return tok
 
 
+# The tiny tokenizer's BPE ids (<pad>, <s>, </s>, <unk>, the 256 bytes, merges); WeGen's 102 added
+# tokens follow, so the tiny LLM's vocabulary (configs/wegen.py) holds TINY_BPE_SIZE + 102 ids.
+TINY_BPE_SIZE = 474
+
+
+def synthetic_texts(num_clips: int = 48) -> list[str]:
+  """What the tiny default reads and writes: the sequence format, captions, dynamics sentences,
+  short prompts and PSR requests of `num_clips` fixed clips of the full synthetic grammar."""
+  from wegen_jax.data import synthetic  # local: the renderer is only needed to build the tiny default
+  from wegen_jax.systems.wegen.psr import psr_text  # psr imports sequences, which imports this module
+
+  texts = ["[INST] ", " [/INST]\n", "nothing changes."]
+  spec = synthetic.ClipSpec()
+  for seed in range(num_clips):
+    _, gt = synthetic.generate_clip(7_000_000 + seed, spec)
+    for i in range(0, spec.num_frames - 6, 6):
+      text = synthetic.caption(gt, i)
+      texts += [text, synthetic.short_prompt(text), psr_text(synthetic.short_prompt(text))]
+      if gt["frames"][i]["scene"] == gt["frames"][i + 6]["scene"]:
+        texts.append(synthetic.describe(gt, i, i + 6))
+  return texts
+
+
+@functools.lru_cache(maxsize=1)
+def _word_level_json() -> str:
+  from wegen_jax.data.bpe import train_word_bpe
+
+  return train_word_bpe(synthetic_texts(), [PAD, BOS, EOS, "<unk>"], TINY_BPE_SIZE).to_str()
+
+
+def word_level_tokenizer() -> tokenizers.Tokenizer:
+  """The tiny default's tokenizer: a word-level BPE of `synthetic_texts` (deterministic: built
+  again, not saved, by every process that trains or samples; a change to the synthetic grammar's
+  words changes its ids, so tiny runs trained before it would need retraining)."""
+  return tokenizers.Tokenizer.from_str(_word_level_json())
+
+
 def load_tokenizer(path: str | os.PathLike | None = "") -> WeGenTokenizer:
   """'' -> the built-in tiny tokenizer; a directory -> its tokenizer.json (+ WeGen tokens)."""
   if not path:
-    return WeGenTokenizer(byte_level_tokenizer())
+    return WeGenTokenizer(word_level_tokenizer())
   path = Path(path)
   file = path / "tokenizer.json" if path.is_dir() else path
   if not file.is_file():
