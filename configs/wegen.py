@@ -200,7 +200,7 @@ def get_config(arg=None):
     # 5.6 after 600; target 8. Stage 2's moved-object figures are those of 10 steps (docs/EVAL.md);
     # unchanged MAE 2.35/2.34/2.60 after 1500/1000/500 steps, target 12. 600 + 500 steps on
     # 2026-12-07: `make demo` 460 s on an idle host (stage 1 233 s, stage 2 172 s). Since 2026-12-08
-    # stage 2 regresses features only (loss_weights below): 2000 steps of 8 rows in ~220 s, 4x the
+    # stage 2 regresses features only (loss_weights below): 2000 steps of 8 rows in 220-250 s, 4x the
     # rows of 500 steps of 4 with the diffusion term, for text-to-image (docs/CHAT.md); the edit
     # figures are the same. Stage 3: 3000 steps (~8 min; PSR rewrites name the prompt's objects in 69% of
     # samples after 3000, 0% after 600: docs/CHAT.md).

@@ -14,13 +14,13 @@ from flax import nnx
 from wegen_batches import random_model, tiny_config
 from wegen_jax.data import synthetic
 from wegen_jax.systems.wegen import WeGenConfig
-from wegen_jax.systems.wegen.loss import mllm_loss
+from wegen_jax.systems.wegen.loss import image_predictions, mllm_loss
 from wegen_jax.systems.wegen.pipeline import pack_examples
 from wegen_jax.systems.wegen.sequences import Turn, build_sequence
 from wegen_jax.systems.wegen.tokenizer import load_tokenizer
 
 STEPS, BATCH = 500, 16
-PLACE = re.compile(r" at the (?:top left|top right|bottom left|bottom right|top|bottom|left|right|centre)")
+PLACE = re.compile(rf" at the (?:{'|'.join(sorted(synthetic.REGION_NAMES, key=len, reverse=True))})")
 
 
 def _scenes(first: int, count: int):
@@ -45,18 +45,6 @@ def _rows(config, tok, scenes, strip_places: bool):
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def _predicted_features(model, batch):
-  """The features the model writes for each row's (one, target) image, and the target's: the
-  hidden states before its `<img_i>` tokens through the output projector, as mllm_loss."""
-  target = model.image_features(batch["pixel_values"])[:, 0]
-  embeds = model.embed_inputs(
-    batch["input_ids"], target[:, None], batch["image_token_positions"], ~batch["image_valid"]
-  )
-  out = model.llm.forward(inputs_embeds=embeds, positions=batch["positions"], segment_ids=batch["segment_ids"])
-  prev = batch["image_token_positions"][:, 0] - 1
-  return model.output_proj(out.hidden_states[jnp.arange(prev.shape[0])[:, None], prev]), target
-
-
 def _object_cell_error(config, tok, train, held, strip_places: bool) -> float:
   """Trains the LLM, queries and projectors on caption -> features; returns the held-out squared
   error on the grid cells the object covers."""
@@ -78,8 +66,8 @@ def _object_cell_error(config, tok, train, held, strip_places: bool) -> float:
     idx = rng.integers(0, len(train), BATCH)
     params, opt = step(params, opt, {k: jnp.asarray(v[idx]) for k, v in rows.items()})
   batch = {k: jnp.asarray(v) for k, v in held_rows.items()}
-  pred, target = jax.jit(lambda p: _predicted_features(nnx.merge(graphdef, p, rest), batch))(params)
-  error = np.asarray(jnp.mean(jnp.square(pred - target), axis=-1))  # [held, 64]
+  _, pred, target, _, _ = jax.jit(lambda p: image_predictions(nnx.merge(graphdef, p, rest), batch))(params)
+  error = np.asarray(jnp.mean(jnp.square(pred - target), axis=-1))[:, 0]  # [held, 64]: the one (target) slot
   cells = np.stack([_object_cells(box) for _, _, box in held])
   return float((error * cells).sum() / cells.sum())
 

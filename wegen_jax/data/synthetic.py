@@ -334,6 +334,9 @@ def region_name(x: float, y: float) -> str:
   return f"{row} {col}".strip() or "centre"
 
 
+REGION_NAMES = tuple(sorted({region_name(x, y) for x in (0, 0.5, 1) for y in (0, 0.5, 1)}))  # the nine places
+
+
 def _direction(dx: float, dy: float) -> str:
   parts = []
   if abs(dy) > 0.5 * abs(dx):

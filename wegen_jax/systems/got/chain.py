@@ -15,14 +15,13 @@ import re
 import numpy as np
 from PIL import ImageColor
 
-from wegen_jax.data.synthetic import region_name
+from wegen_jax.data.synthetic import REGION_NAMES, region_name
 
 REF_START, REF_END = "<|object_ref_start|>", "<|object_ref_end|>"
 BOX_START, BOX_END = "<|box_start|>", "<|box_end|>"
 COORD_RANGE = 1000
-# the place words that end an object phrase of the synthetic captions: region_name's nine names
-_PLACES = sorted({region_name(x, y) for x in (0, 0.5, 1) for y in (0, 0.5, 1)}, key=len, reverse=True)
-_PLACE = re.compile(rf" at the (?:{'|'.join(_PLACES)})$")
+# the place words that end an object phrase of the synthetic captions (longest first: "top left" before "top")
+_PLACE = re.compile(rf" at the (?:{'|'.join(sorted(REGION_NAMES, key=len, reverse=True))})$")
 
 # The authors' pattern (parse_coordinates_colors) with the optional phrase before the box.
 _OBJECT = re.compile(

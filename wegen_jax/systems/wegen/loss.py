@@ -98,14 +98,14 @@ def detokenizer_loss(model, batch, rng):
   return loss, {"loss_diffusion": loss, "diffusion_images_skipped": skipped}
 
 
-def mllm_loss(model, batch, rng):
-  """Stages 2/3: next-token CE + (MSE + cosine + diffusion) on the generated images' features.
+def image_predictions(model, batch):
+  """The teacher-forced forward of stages 2/3: (LLM output, predicted features [B, N, Q, C],
+  the slots' avg-pooled features, their edit bases, is_target [B, N]).
 
   Every valid image (input or target) is teacher-forced into its `<img_i>` embeddings (targets
-  keep the query embeddings with cfg.image_output "queries"); for target images the hidden
-  states one position earlier (`<img>`..`<img_00062>`) go through the output projector (plus
-  the previous image's features with cfg.image_residual) and are regressed onto the
-  stop-gradient avg-pooled target features."""
+  keep the query embeddings with cfg.image_output "queries"); for every slot the hidden states
+  one position earlier (`<img>`..`<img_00062>`) go through the output projector, plus the
+  previous image's features with cfg.image_residual (the edit base)."""
   cfg = model.cfg
   features = model.image_features(batch["pixel_values"])  # [B, N, Q, C], no gradient
   is_target = batch["image_valid"] & batch["image_is_target"]  # [B, N]
@@ -115,13 +115,19 @@ def mllm_loss(model, batch, rng):
   bases = model.edit_base(features, batch["image_valid"], slot_segments)
   embeds = model.embed_edit_bases(embeds, bases, batch["image_token_positions"], is_target)
   out = model.llm.forward(inputs_embeds=embeds, positions=batch["positions"], segment_ids=batch["segment_ids"])
-  ce, _ = cross_entropy(out.logits, batch["labels"])
-
   b = embeds.shape[0]
   prev = jnp.maximum(batch["image_token_positions"] - 1, 0)
   hidden = out.hidden_states[jnp.arange(b)[:, None, None], prev]  # [B, N, Q, E]
-  pred = model.output_proj(hidden).astype(jnp.float32)  # [B, N, Q, C]
-  pred = pred + bases
+  pred = model.output_proj(hidden).astype(jnp.float32) + bases  # [B, N, Q, C]
+  return out, pred, features, bases, is_target
+
+
+def mllm_loss(model, batch, rng):
+  """Stages 2/3: next-token CE + (MSE + cosine + diffusion) on the generated images' features:
+  `image_predictions` of the target slots regressed onto their stop-gradient features."""
+  cfg = model.cfg
+  out, pred, features, bases, is_target = image_predictions(model, batch)
+  ce, _ = cross_entropy(out.logits, batch["labels"])
   flat_pred, flat_target, flat_mask = _flat(pred), _flat(features), is_target.reshape(-1)
   w = token_weights(cfg, _flat(bases), flat_target)  # all 1 unless cfg.changed_token_weight
   mse = _masked_mean(jnp.mean(jnp.mean(jnp.square(flat_pred - flat_target), axis=-1) * w, axis=1), flat_mask)

@@ -18,6 +18,8 @@ from pathlib import Path
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
+from wegen_jax.data.bpe import train_word_bpe
+
 IMG_START, IMG_END = "<img>", "</img>"
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 NUM_IMAGE_TOKEN_NAMES = 100  # SEED-X defines <img_00000>..<img_00099>; WeGen uses the first 64
@@ -114,8 +116,6 @@ def synthetic_texts(num_clips: int = 48) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _word_level_json() -> str:
-  from wegen_jax.data.bpe import train_word_bpe
-
   return train_word_bpe(synthetic_texts(), [PAD, BOS, EOS, "<unk>"], TINY_BPE_SIZE).to_str()
 
 
